@@ -1,0 +1,133 @@
+"""Every setting of the platform, read from environment variables with defaults under one home directory.
+
+`Settings.from_env()` validates everything at once and raises `ConfigError` naming the variable at fault,
+so a bad value stops a command at start rather than deep inside a run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+HOME_VAR = "FRAUD_PLATFORM_HOME"
+REDIS_URL_VAR = "REDIS_URL"
+REDIS_PORT_VAR = "FRAUD_PLATFORM_REDIS_PORT"
+MLFLOW_URI_VAR = "MLFLOW_TRACKING_URI"
+DAGSTER_HOME_VAR = "DAGSTER_HOME"
+WAREHOUSE_VAR = "FRAUD_PLATFORM_WAREHOUSE"
+LANDING_VAR = "FRAUD_PLATFORM_LANDING"
+LABEL_MATURITY_VAR = "FRAUD_PLATFORM_LABEL_MATURITY_DAYS"
+
+DEFAULT_REDIS_PORT = 6390
+DEFAULT_LABEL_MATURITY_DAYS = 180
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_MLFLOW_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the platform cannot use; the message names the variable."""
+
+
+def project_root() -> Path:
+    """The checkout this package runs from (editable install), else the current directory."""
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. `redis_url` is None when the project runs its own local server."""
+
+    home: Path
+    redis_url: str | None
+    redis_port: int
+    mlflow_tracking_uri: str
+    dagster_home: Path
+    warehouse_path: Path
+    landing_dir: Path
+    label_maturity_days: int
+
+    @property
+    def redis_dir(self) -> Path:
+        """Data directory, pid file, log and password of the project-owned Redis-compatible server."""
+        return self.home / "redis"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        """Where the local MLflow store keeps model artefacts."""
+        return self.home / "mlflow" / "artifacts"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting; raise ConfigError naming the first bad variable."""
+        env = os.environ if environ is None else environ
+        home = _path(env, HOME_VAR, project_root() / ".fraud_platform", directory=True)
+        redis_url = env.get(REDIS_URL_VAR) or None
+        if redis_url is not None:
+            _check_url(REDIS_URL_VAR, redis_url, _REDIS_SCHEMES)
+        mlflow_uri = env.get(MLFLOW_URI_VAR) or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        _check_url(MLFLOW_URI_VAR, mlflow_uri, _MLFLOW_SCHEMES)
+        return cls(
+            home=home,
+            redis_url=redis_url,
+            redis_port=_integer(env, REDIS_PORT_VAR, DEFAULT_REDIS_PORT, 1024, 65535),
+            mlflow_tracking_uri=mlflow_uri,
+            dagster_home=_path(env, DAGSTER_HOME_VAR, home / "dagster", directory=True),
+            warehouse_path=_path(env, WAREHOUSE_VAR, home / "warehouse.duckdb", directory=False),
+            landing_dir=_path(env, LANDING_VAR, home / "landing", directory=True),
+            label_maturity_days=_integer(env, LABEL_MATURITY_VAR, DEFAULT_LABEL_MATURITY_DAYS, 1, 3650),
+        )
+
+    def environment(self) -> dict[str, str]:
+        """The variables a child process (dagster, bytewax, mlflow) needs to see this configuration."""
+        variables = {
+            HOME_VAR: str(self.home),
+            DAGSTER_HOME_VAR: str(self.dagster_home),
+            MLFLOW_URI_VAR: self.mlflow_tracking_uri,
+            WAREHOUSE_VAR: str(self.warehouse_path),
+            LANDING_VAR: str(self.landing_dir),
+            REDIS_PORT_VAR: str(self.redis_port),
+            LABEL_MATURITY_VAR: str(self.label_maturity_days),
+        }
+        if self.redis_url:
+            variables[REDIS_URL_VAR] = self.redis_url
+        return variables
+
+
+def _path(env: Mapping[str, str], name: str, default: Path, *, directory: bool) -> Path:
+    path = Path(env[name]).expanduser() if env.get(name) else default
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if directory and path.exists() and not path.is_dir():
+        raise ConfigError(f"{name}={path}: exists and is not a directory")
+    if not directory and path.is_dir():
+        raise ConfigError(f"{name}={path}: is a directory, expected a file path")
+    return path
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value}: must be between {low} and {high}")
+    return value
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in schemes:
+        raise ConfigError(f"{name}: scheme {parsed.scheme!r} is not one of {', '.join(schemes)}")
+    if parsed.scheme in ("redis", "rediss", "http", "https") and not parsed.hostname:
+        raise ConfigError(f"{name}: URL has no host")
+    try:
+        parsed.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ConfigError(f"{name}: URL has an invalid port") from None

@@ -1,0 +1,254 @@
+"""The transaction event schema and the context tables' schemas, shared by every producer and consumer.
+
+One validation function, `parse_transaction`, is used by the import of user files and by the stream, so a
+row that the batch side accepts is exactly an event that the stream accepts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+CHANNELS = frozenset({"pos", "ecom", "atm"})
+
+# ISO 4217 codes the platform accepts; anything else is an "unknown currency".
+CURRENCIES = frozenset(
+    "AED AUD BRL CAD CHF CLP CNY COP CZK DKK EUR GBP HKD HUF IDR ILS INR JPY KRW MXN MYR NOK NZD PEN "
+    "PHP PLN RON SAR SEK SGD THB TRY TWD USD ZAR".split()
+)
+
+# Amounts above this are treated as corrupt input, not as a purchase.
+MAX_AMOUNT = 1_000_000.0
+# Timestamps outside this range are absurd for a card transaction.
+MIN_TIMESTAMP_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+MAX_TIMESTAMP_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
+MAX_ID_LENGTH = 64
+
+_MCC = re.compile(r"^\d{4}$")
+
+REQUIRED_FIELDS = ("transaction_id", "card_id", "merchant_id", "amount", "currency", "timestamp")
+OPTIONAL_FIELDS = ("lat", "lon", "channel", "mcc")
+EVENT_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+TRANSACTIONS = pa.schema(
+    [
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("card_id", pa.string(), nullable=False),
+        pa.field("merchant_id", pa.string(), nullable=False),
+        pa.field("amount", pa.float64(), nullable=False),
+        pa.field("currency", pa.string(), nullable=False),
+        pa.field("timestamp", TIMESTAMP, nullable=False),
+        pa.field("lat", pa.float64()),
+        pa.field("lon", pa.float64()),
+        pa.field("channel", pa.string()),
+        pa.field("mcc", pa.string()),
+    ]
+)
+
+CARDS = pa.schema(
+    [
+        pa.field("card_id", pa.string(), nullable=False),
+        pa.field("home_lat", pa.float64()),
+        pa.field("home_lon", pa.float64()),
+        pa.field("account_open_date", pa.date32()),
+    ]
+)
+
+MERCHANTS = pa.schema(
+    [
+        pa.field("merchant_id", pa.string(), nullable=False),
+        pa.field("mcc", pa.string()),
+        pa.field("channel", pa.string()),
+        pa.field("lat", pa.float64()),
+        pa.field("lon", pa.float64()),
+    ]
+)
+
+CHARGEBACKS = pa.schema(
+    [
+        pa.field("chargeback_id", pa.string(), nullable=False),
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("card_id", pa.string(), nullable=False),
+        pa.field("amount", pa.float64()),
+        pa.field("reported_at", TIMESTAMP, nullable=False),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+INVESTIGATION_OUTCOMES = frozenset({"confirmed_fraud", "not_fraud", "inconclusive"})
+
+INVESTIGATIONS = pa.schema(
+    [
+        pa.field("investigation_id", pa.string(), nullable=False),
+        pa.field("card_id", pa.string(), nullable=False),
+        pa.field("transaction_id", pa.string()),
+        pa.field("opened_at", TIMESTAMP, nullable=False),
+        pa.field("closed_at", TIMESTAMP),
+        pa.field("outcome", pa.string()),
+    ]
+)
+
+# Ground truth exists only for simulated data: it is what the simulator knows and a bank never does.
+FRAUD_TRUTH = pa.schema(
+    [
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("is_fraud", pa.bool_(), nullable=False),
+        pa.field("scenario", pa.string(), nullable=False),
+    ]
+)
+
+CONTEXT_TABLES: dict[str, pa.Schema] = {
+    "cards": CARDS,
+    "merchants": MERCHANTS,
+    "chargebacks": CHARGEBACKS,
+    "investigations": INVESTIGATIONS,
+    "fraud_truth": FRAUD_TRUTH,
+}
+
+
+class InvalidTransaction(ValueError):
+    """A transaction event that breaks the schema; the message names the field and what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One validated card transaction; `timestamp_ms` is epoch milliseconds in UTC."""
+
+    transaction_id: str
+    card_id: str
+    merchant_id: str
+    amount: float
+    currency: str
+    timestamp_ms: int
+    lat: float | None = None
+    lon: float | None = None
+    channel: str | None = None
+    mcc: str | None = None
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def _identifier(raw: Mapping[str, Any], field: str) -> str:
+    value = raw.get(field)
+    if _is_missing(value):
+        raise InvalidTransaction(f"missing field '{field}'")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidTransaction(f"field '{field}' must be a string, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text or len(text) > MAX_ID_LENGTH:
+        raise InvalidTransaction(f"field '{field}' must be 1 to {MAX_ID_LENGTH} characters")
+    return text
+
+
+def _number(raw: Mapping[str, Any], field: str) -> float:
+    value = raw.get(field)
+    if isinstance(value, bool):
+        raise InvalidTransaction(f"field '{field}' must be a number, got bool")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidTransaction(f"field '{field}' must be a number, got {value!r:.40}") from None
+    if not math.isfinite(number):
+        raise InvalidTransaction(f"field '{field}' must be finite, got {value!r:.40}")
+    return number
+
+
+def parse_timestamp_ms(value: Any) -> int:
+    """Epoch milliseconds from ISO-8601 text with a zone, epoch milliseconds, or a timezone-aware datetime."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidTransaction("field 'timestamp' has no time zone")
+        millis = int(value.timestamp() * 1000)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InvalidTransaction(f"field 'timestamp' must be finite, got {value!r}")
+        millis = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            millis = int(text)
+        else:
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                raise InvalidTransaction(f"field 'timestamp' is not ISO-8601 or epoch ms: {text!r:.40}") from None
+            if parsed.tzinfo is None:
+                raise InvalidTransaction(f"field 'timestamp' has no time zone: {text!r:.40}")
+            millis = int(parsed.timestamp() * 1000)
+    else:
+        raise InvalidTransaction(f"field 'timestamp' must be ISO-8601 text or epoch ms, got {value!r:.40}")
+    if not MIN_TIMESTAMP_MS <= millis < MAX_TIMESTAMP_MS:
+        raise InvalidTransaction(f"field 'timestamp' is out of range (2000-2099): {value!r:.40}")
+    return millis
+
+
+def _coordinate(raw: Mapping[str, Any], field: str, limit: float) -> float | None:
+    if _is_missing(raw.get(field)):
+        return None
+    number = _number(raw, field)
+    if not -limit <= number <= limit:
+        raise InvalidTransaction(f"field '{field}' must be within +-{limit:g}, got {number:g}")
+    return number
+
+
+def parse_transaction(raw: Mapping[str, Any]) -> Transaction:
+    """Validate one raw event (a decoded JSON object or a file row) into a Transaction.
+
+    Raises InvalidTransaction with a reason naming the offending field.
+    """
+    if not isinstance(raw, Mapping):
+        raise InvalidTransaction(f"event must be a JSON object, got {type(raw).__name__}")
+    amount = _number(raw, "amount") if not _is_missing(raw.get("amount")) else None
+    if amount is None:
+        raise InvalidTransaction("missing field 'amount'")
+    if amount <= 0:
+        raise InvalidTransaction(f"field 'amount' must be > 0, got {amount:g}")
+    if amount > MAX_AMOUNT:
+        raise InvalidTransaction(f"field 'amount' exceeds {MAX_AMOUNT:g}, got {amount:g}")
+    currency = raw.get("currency")
+    if _is_missing(currency):
+        raise InvalidTransaction("missing field 'currency'")
+    if not isinstance(currency, str) or currency.strip().upper() not in CURRENCIES:
+        raise InvalidTransaction(f"field 'currency' is not a known ISO 4217 code: {currency!r:.20}")
+    if _is_missing(raw.get("timestamp")):
+        raise InvalidTransaction("missing field 'timestamp'")
+    lat = _coordinate(raw, "lat", 90.0)
+    lon = _coordinate(raw, "lon", 180.0)
+    if (lat is None) != (lon is None):
+        raise InvalidTransaction("fields 'lat' and 'lon' must be given together")
+    channel = raw.get("channel")
+    if _is_missing(channel):
+        channel = None
+    elif not isinstance(channel, str) or channel.strip().lower() not in CHANNELS:
+        raise InvalidTransaction(f"field 'channel' must be one of {sorted(CHANNELS)}, got {channel!r:.20}")
+    else:
+        channel = channel.strip().lower()
+    mcc = raw.get("mcc")
+    if _is_missing(mcc):
+        mcc = None
+    else:
+        mcc = str(mcc).strip().zfill(4) if isinstance(mcc, int | str) and not isinstance(mcc, bool) else mcc
+        if not isinstance(mcc, str) or not _MCC.match(mcc):
+            raise InvalidTransaction(f"field 'mcc' must be a 4-digit merchant category code, got {mcc!r:.20}")
+    return Transaction(
+        transaction_id=_identifier(raw, "transaction_id"),
+        card_id=_identifier(raw, "card_id"),
+        merchant_id=_identifier(raw, "merchant_id"),
+        amount=amount,
+        currency=currency.strip().upper(),
+        timestamp_ms=parse_timestamp_ms(raw.get("timestamp")),
+        lat=lat,
+        lon=lon,
+        channel=channel,
+        mcc=mcc,
+    )
