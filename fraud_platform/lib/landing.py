@@ -71,7 +71,9 @@ def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
         try:
             columns.append(column.cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-            raise LandingError(f"{name}: column {field.name!r} cannot be read as {field.type}: {error}") from None
+            raise LandingError(
+                f"{name}: column {field.name!r} cannot be read as {field.type}: {error}"
+            ) from None
         if not field.nullable and columns[-1].null_count:
             raise LandingError(f"{name}: column {field.name!r} has {columns[-1].null_count} empty value(s)")
     return pa.Table.from_arrays(columns, schema=schema)
@@ -99,11 +101,15 @@ class LandingZone:
             raise LandingError(f"batch id {batch_id!r} must be 1-128 letters, digits, '.', '_' or '-'")
         final = self.batches_dir / batch_id
         if final.exists():
-            raise LandingError(f"batch {batch_id!r} is already in the landing zone at {final}; nothing written")
+            raise LandingError(
+                f"batch {batch_id!r} is already in the landing zone at {final}; nothing written"
+            )
         context = context or {}
         unknown = sorted(set(context) - set(CONTEXT_TABLES))
         if unknown:
-            raise LandingError(f"unknown context table(s) {', '.join(unknown)}; known: {sorted(CONTEXT_TABLES)}")
+            raise LandingError(
+                f"unknown context table(s) {', '.join(unknown)}; known: {sorted(CONTEXT_TABLES)}"
+            )
         transactions = conform(transactions, TRANSACTIONS, "transactions")
         conformed = {name: conform(table, CONTEXT_TABLES[name], name) for name, table in context.items()}
 
@@ -127,7 +133,9 @@ class LandingZone:
             self.batches_dir.mkdir(parents=True, exist_ok=True)
             os.rename(staging, final)
         except OSError as error:
-            raise LandingError(f"batch {batch_id!r} could not be written: {error}; nothing published") from error
+            raise LandingError(
+                f"batch {batch_id!r} could not be written: {error}; nothing published"
+            ) from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return manifest

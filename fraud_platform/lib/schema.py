@@ -19,8 +19,43 @@ CHANNELS = frozenset({"pos", "ecom", "atm"})
 
 # ISO 4217 codes the platform accepts; anything else is an "unknown currency".
 CURRENCIES = frozenset(
-    "AED AUD BRL CAD CHF CLP CNY COP CZK DKK EUR GBP HKD HUF IDR ILS INR JPY KRW MXN MYR NOK NZD PEN "
-    "PHP PLN RON SAR SEK SGD THB TRY TWD USD ZAR".split()
+    [
+        "AED",
+        "AUD",
+        "BRL",
+        "CAD",
+        "CHF",
+        "CLP",
+        "CNY",
+        "COP",
+        "CZK",
+        "DKK",
+        "EUR",
+        "GBP",
+        "HKD",
+        "HUF",
+        "IDR",
+        "ILS",
+        "INR",
+        "JPY",
+        "KRW",
+        "MXN",
+        "MYR",
+        "NOK",
+        "NZD",
+        "PEN",
+        "PHP",
+        "PLN",
+        "RON",
+        "SAR",
+        "SEK",
+        "SGD",
+        "THB",
+        "TRY",
+        "TWD",
+        "USD",
+        "ZAR",
+    ]
 )
 
 # Amounts above this are treated as corrupt input, not as a purchase.
@@ -181,7 +216,9 @@ def parse_timestamp_ms(value: Any) -> int:
             try:
                 parsed = datetime.fromisoformat(text)
             except ValueError:
-                raise InvalidTransaction(f"field 'timestamp' is not ISO-8601 or epoch ms: {text!r:.40}") from None
+                raise InvalidTransaction(
+                    f"field 'timestamp' is not ISO-8601 or epoch ms: {text!r:.40}"
+                ) from None
             if parsed.tzinfo is None:
                 raise InvalidTransaction(f"field 'timestamp' has no time zone: {text!r:.40}")
             millis = int(parsed.timestamp() * 1000)

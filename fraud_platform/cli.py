@@ -1,0 +1,235 @@
+"""The `fraud-platform` command line: set-up, the local Redis server, data in (simulate, import) and loading.
+
+Heavy libraries (Dagster, pandas) are imported inside the commands that need them so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fraud_platform.config import ConfigError, Settings
+from fraud_platform.lib.landing import LandingError, LandingZone
+from fraud_platform.lib.redis_server import LocalRedisServer, RedisServerError
+
+
+class PlatformGroup(click.Group):
+    """A click group that turns the platform's known errors into a one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; known errors become `Error: ...` instead of a traceback."""
+        from fraud_platform.lib.importer import ImportFileError
+        from fraud_platform.pipeline import EmptyLandingError
+
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, RedisServerError, LandingError, ImportFileError, EmptyLandingError) as error:
+            raise click.ClickException(str(error)) from error
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+@contextmanager
+def progress_bar(total: int | None, unit: str, description: str) -> Iterator[Callable[[int], None]]:
+    """A tqdm bar on stderr with counts and rate; yields the function that advances it."""
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total, unit=unit, unit_scale=True, desc=description, file=sys.stderr, mininterval=0.5
+    ) as bar:
+        yield bar.update
+
+
+@click.group(cls=PlatformGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Real-time card-fraud detection platform.
+
+    Configuration comes from environment variables (see README): FRAUD_PLATFORM_HOME, REDIS_URL,
+    FRAUD_PLATFORM_REDIS_PORT, MLFLOW_TRACKING_URI, DAGSTER_HOME, FRAUD_PLATFORM_WAREHOUSE,
+    FRAUD_PLATFORM_LANDING, FRAUD_PLATFORM_LABEL_MATURITY_DAYS.
+    """
+
+
+@main.command()
+def init() -> None:
+    """Create the project home, the landing zone and DAGSTER_HOME with its dagster.yaml."""
+    from fraud_platform.pipeline import prepare_home
+
+    settings = _settings()
+    prepare_home(settings)
+    click.echo(f"home ready: {settings.home} (DAGSTER_HOME={settings.dagster_home})")
+
+
+@main.command()
+def env() -> None:
+    """Print the configuration as shell exports, e.g. `eval "$(fraud-platform env)"` before `dagster dev`."""
+    import shlex
+
+    for name, value in _settings().environment().items():
+        click.echo(f"export {name}={shlex.quote(value)}")
+
+
+@main.group()
+def redis() -> None:
+    """Manage the project's local Redis-compatible server (not used when REDIS_URL is set)."""
+
+
+def _local_server() -> LocalRedisServer:
+    settings = _settings()
+    if settings.redis_url:
+        raise RedisServerError("REDIS_URL is set: the platform uses that server and starts none of its own")
+    return LocalRedisServer.from_settings(settings)
+
+
+@redis.command("start")
+def redis_start() -> None:
+    """Start the local server on loopback with a password and append-only persistence (idempotent)."""
+    server = _local_server()
+    status = server.start()
+    click.echo(f"redis running: pid {status.pid}, 127.0.0.1:{status.port}, data in {status.data_dir}")
+
+
+@redis.command("stop")
+def redis_stop() -> None:
+    """Stop exactly the local server named in its pid file."""
+    stopped = _local_server().stop()
+    click.echo("redis stopped" if stopped else "redis was not running")
+
+
+@redis.command("status")
+def redis_status() -> None:
+    """Say whether the local server runs, with its pid, memory and key count; exit 1 if it does not."""
+    status = _local_server().status()
+    if not status.running:
+        click.echo(f"redis not running (port {status.port}, data in {status.data_dir})")
+        sys.exit(1)
+    memory = "unknown" if status.used_memory_bytes is None else f"{status.used_memory_bytes / 2**20:.1f} MiB"
+    click.echo(f"redis running: pid {status.pid}, port {status.port}, {status.keys} keys, {memory} used")
+
+
+@main.command()
+@click.option("--cards", default=5_000, show_default=True, help="Number of cards (customers).")
+@click.option("--days", default=60, show_default=True, help="Number of days of history.")
+@click.option(
+    "--start", default="2026-01-01", show_default=True, help="First day (YYYY-MM-DD, UTC).",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+)  # fmt: skip
+@click.option("--seed", default=42, show_default=True, help="Random seed: same seed, same data.")
+def simulate(cards: int, days: int, start: Any, seed: int) -> None:
+    """Simulate card transactions with fraud scenarios into the landing zone (one batch per call)."""
+    from fraud_platform.lib.simulator import SimulationConfig
+    from fraud_platform.lib.simulator import simulate as run_simulation
+
+    settings = _settings()
+    zone = LandingZone(settings.landing_dir)
+    first_day: date = start.date()
+    batch_id = f"sim-{first_day.isoformat()}-{days}d-{cards}c-seed{seed}"
+    if (zone.batches_dir / batch_id).exists():
+        click.echo(f"batch {batch_id} is already in the landing zone (same parameters): nothing to do")
+        return
+    try:
+        config = SimulationConfig(cards=cards, days=days, start=first_day, seed=seed)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+    began = time.perf_counter()
+    with progress_bar(None, "tx", "simulate") as advance:
+        data = run_simulation(config, progress=advance)
+    manifest = zone.write_batch(
+        batch_id,
+        data.transactions,
+        data.context(),
+        source="simulator",
+        parameters={"cards": cards, "days": days, "start": first_day.isoformat(), "seed": seed},
+    )
+    seconds = time.perf_counter() - began
+    frauds = sum(data.fraud_truth.column("is_fraud").to_pylist())
+    click.echo(
+        f"simulated {manifest.transactions:,} transactions ({frauds:,} fraud) over {len(manifest.days)} days, "
+        f"{manifest.tables['chargebacks']:,} chargebacks, in {seconds:.1f} s "
+        f"({manifest.transactions / seconds:,.0f} tx/s) -> batch {batch_id}"
+    )
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--map", "mappings", multiple=True, metavar="SRC=DST", help="Map a file column to a schema column."
+)
+@click.option("--label-column", help="Column with a 0/1 fraud label; 1 becomes a chargeback.")
+@click.option("--chargeback-date-column", help="Column with the date a claim was reported.")
+@click.option(
+    "--cards", "cards_file", type=click.Path(path_type=Path), help="Cards context table (CSV/parquet)."
+)
+@click.option(
+    "--merchants",
+    "merchants_file",
+    type=click.Path(path_type=Path),
+    help="Merchants context table (CSV/parquet).",
+)
+@click.option("--currency", "default_currency", help="Currency for a file without a currency column.")
+@click.option("--batch-id", help="Landing batch id (default: from the file name and its content hash).")
+def import_command(
+    file: Path,
+    mappings: tuple[str, ...],
+    label_column: str | None,
+    chargeback_date_column: str | None,
+    cards_file: Path | None,
+    merchants_file: Path | None,
+    default_currency: str | None,
+    batch_id: str | None,
+) -> None:
+    """Import a user's transaction file (CSV or parquet) into the landing zone, all good rows or none.
+
+    Rows that break the schema go to a reject file with the reason per row.
+    """
+    from fraud_platform.lib.importer import import_file, parse_column_map
+
+    settings = _settings()
+    with progress_bar(None, "rows", "import") as advance:
+        result = import_file(
+            file,
+            LandingZone(settings.landing_dir),
+            column_map=parse_column_map(mappings),
+            label_column=label_column,
+            chargeback_date_column=chargeback_date_column,
+            cards_file=cards_file,
+            merchants_file=merchants_file,
+            reject_dir=settings.landing_dir / "rejects",
+            batch_id=batch_id,
+            default_currency=default_currency,
+            progress=advance,
+        )
+    rejects = f", rejects in {result.reject_file}" if result.reject_file else ""
+    click.echo(
+        f"imported {file.name}: {result.loaded:,} rows loaded over {len(result.days)} days, "
+        f"{result.rejected:,} rejected{rejects} -> batch {result.batch_id}"
+    )
+
+
+@main.command()
+def load() -> None:
+    """Load every landed day and context table into the DuckDB warehouse (raw assets, one Dagster run)."""
+    from fraud_platform.pipeline import instance_for, load_landing
+
+    settings = _settings()
+    began = time.perf_counter()
+    result = load_landing(settings, instance_for(settings))
+    rows = {
+        event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata[
+            "rows"
+        ].value
+        for event in result.get_asset_materialization_events()
+    }
+    click.echo(
+        f"loaded into {settings.warehouse_path} in {time.perf_counter() - began:.1f} s (run {result.run_id}): "
+        + ", ".join(f"{key} {value:,}" for key, value in sorted(rows.items()))
+    )

@@ -1,0 +1,139 @@
+"""Raw assets: the landing zone loaded into the DuckDB warehouse, unchanged but for lineage columns.
+
+`raw.transactions` is partitioned by landing day (a dynamic partition per day that has data); each run
+replaces the days it covers, so loading is idempotent. The context tables are small and reloaded whole,
+keeping the newest batch's row for each key.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster_duckdb import DuckDBResource
+
+from fraud_platform.defs.resources import LandingResource
+from fraud_platform.lib.schema import CONTEXT_TABLES, TRANSACTIONS
+
+GROUP = "raw"
+LANDING_DAYS = dg.DynamicPartitionsDefinition(name="landing_day")
+
+# Context table -> the key that identifies a row across batches.
+CONTEXT_KEYS = {
+    "cards": "card_id",
+    "merchants": "merchant_id",
+    "chargebacks": "chargeback_id",
+    "investigations": "investigation_id",
+    "fraud_truth": "transaction_id",
+}
+_CONTEXT_DESCRIPTIONS = {
+    "cards": "Cards with home location and account open date.",
+    "merchants": "Merchants with merchant category code, channel and location.",
+    "chargebacks": "Chargebacks and fraud claims with the date they were reported.",
+    "investigations": "Fraud investigations with their outcome.",
+    "fraud_truth": "Ground truth of simulated data (never available for real data; used for evaluation only).",
+}
+
+
+def _create_transactions_table(connection: duckdb.DuckDBPyConnection) -> None:
+    empty = TRANSACTIONS.empty_table()  # noqa: F841 - read by DuckDB's replacement scan
+    connection.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS raw.transactions AS "
+        "SELECT *, NULL::DATE AS day, NULL::VARCHAR AS batch_id FROM empty LIMIT 0"
+    )
+
+
+@dg.asset(
+    key=["raw", "transactions"],
+    group_name=GROUP,
+    kinds={"duckdb", "parquet"},
+    partitions_def=LANDING_DAYS,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    description="Card transactions from the landing zone, one partition per UTC day.",
+)
+def raw_transactions(
+    context: dg.AssetExecutionContext, warehouse: DuckDBResource, landing: LandingResource
+) -> dg.MaterializeResult:
+    """Replace the covered days in raw.transactions with every landed batch's rows for those days."""
+    zone = landing.zone()
+    days = list(context.partition_keys)
+    with warehouse.get_connection() as connection:
+        _create_transactions_table(connection)
+        connection.execute("BEGIN TRANSACTION")
+        for day in days:
+            connection.execute("DELETE FROM raw.transactions WHERE day = ?::DATE", [day])
+            files = [str(path) for path in zone.transaction_files(day)]
+            if files:
+                connection.execute(
+                    "INSERT INTO raw.transactions BY NAME "
+                    "SELECT * EXCLUDE (filename), ?::DATE AS day, "
+                    "regexp_extract(filename, 'batches/([^/]+)/transactions/', 1) AS batch_id "
+                    "FROM read_parquet(?, filename = true)",
+                    [day, files],
+                )
+        connection.execute("COMMIT")
+        rows, first, last = connection.execute(
+            "SELECT count(*), min(timestamp), max(timestamp) FROM raw.transactions "
+            "WHERE day BETWEEN ?::DATE AND ?::DATE",
+            [min(days), max(days)],
+        ).fetchone()
+    context.log.info("loaded %d transactions for %d day(s)", rows, len(days))
+    return dg.MaterializeResult(
+        metadata={
+            "rows": dg.MetadataValue.int(int(rows)),
+            "days": dg.MetadataValue.int(len(days)),
+            "first_timestamp": dg.MetadataValue.text(str(first)),
+            "last_timestamp": dg.MetadataValue.text(str(last)),
+        }
+    )
+
+
+def _stack_batches(files: list[Path], table: str) -> pa.Table:
+    """One context table over batches (oldest first), each row tagged with its batch's sequence number."""
+    schema = CONTEXT_TABLES[table]
+    parts = [schema.empty_table()]
+    for path in files:
+        parts.append(pq.read_table(path, schema=schema))
+    sequence = np.repeat(np.arange(len(parts), dtype=np.int32), [part.num_rows for part in parts])
+    return pa.concat_tables(parts).append_column("batch_seq", pa.array(sequence))
+
+
+def _context_asset(table: str) -> dg.AssetsDefinition:
+    """The raw asset for one context table: every batch's rows, the newest batch winning per key."""
+    key_column = CONTEXT_KEYS[table]
+
+    @dg.asset(
+        name=table,
+        key_prefix="raw",
+        group_name=GROUP,
+        kinds={"duckdb", "parquet"},
+        description=_CONTEXT_DESCRIPTIONS[table],
+    )
+    def _load(warehouse: DuckDBResource, landing: LandingResource) -> dg.MaterializeResult:
+        files = landing.zone().context_files(table)
+        stacked = _stack_batches(files, table)  # noqa: F841 - read by DuckDB's replacement scan
+        with warehouse.get_connection() as connection:
+            connection.execute("CREATE SCHEMA IF NOT EXISTS raw")
+            connection.execute(
+                f"CREATE OR REPLACE TABLE raw.{table} AS "
+                "SELECT * EXCLUDE (batch_seq, newest) FROM ("
+                f"  SELECT *, row_number() OVER (PARTITION BY {key_column} ORDER BY batch_seq DESC) AS newest"
+                "   FROM stacked"
+                ") WHERE newest = 1"
+            )
+            (rows,) = connection.execute(f"SELECT count(*) FROM raw.{table}").fetchone()
+        return dg.MaterializeResult(
+            metadata={
+                "rows": dg.MetadataValue.int(int(rows)),
+                "batches": dg.MetadataValue.int(len(files)),
+            }
+        )
+
+    return _load
+
+
+CONTEXT_ASSETS = [_context_asset(table) for table in CONTEXT_KEYS]
+RAW_ASSETS = [raw_transactions, *CONTEXT_ASSETS]

