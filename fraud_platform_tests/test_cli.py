@@ -1,0 +1,92 @@
+"""The `fraud-platform` command line, in process (CliRunner) and end to end (real processes)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from fraud_platform.cli import main
+from fraud_platform.config import Settings
+
+
+def test_every_command_explains_itself() -> None:
+    runner = CliRunner()
+    for command in ([], ["simulate"], ["import"], ["load"], ["redis"], ["redis", "start"], ["env"], ["init"]):
+        result = runner.invoke(main, [*command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Usage:" in result.output
+
+
+def test_bad_configuration_fails_at_start_naming_the_variable(platform_env: Settings) -> None:
+    result = CliRunner().invoke(main, ["init"], env={"FRAUD_PLATFORM_REDIS_PORT": "not-a-port"})
+    assert result.exit_code == 1
+    assert "FRAUD_PLATFORM_REDIS_PORT='not-a-port': not a whole number" in result.output
+
+
+def test_redis_lifecycle_through_the_cli(platform_env: Settings) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["redis", "status"]).exit_code == 1
+    started = runner.invoke(main, ["redis", "start"])
+    try:
+        assert started.exit_code == 0, started.output
+        status = runner.invoke(main, ["redis", "status"])
+        assert status.exit_code == 0 and f"port {platform_env.redis_port}" in status.output
+    finally:
+        stopped = runner.invoke(main, ["redis", "stop"])
+    assert stopped.output.strip() == "redis stopped"
+    assert runner.invoke(main, ["redis", "status"]).exit_code == 1
+
+
+def test_redis_commands_refuse_when_redis_url_points_elsewhere(platform_env: Settings) -> None:
+    result = CliRunner().invoke(main, ["redis", "start"], env={"REDIS_URL": "redis://cache.internal:6379/0"})
+    assert result.exit_code == 1
+    assert "REDIS_URL is set" in result.output
+
+
+def _run(arguments: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    completed = subprocess.run(arguments, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, f"{arguments} failed:\n{completed.stdout}\n{completed.stderr}"
+    return completed
+
+
+@pytest.mark.slow
+def test_simulate_load_and_dagster_cli_end_to_end(platform_env: Settings) -> None:
+    """The main job's steps as real processes, then the dagster CLI materialises from the same code location."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DO_NOT_TRACK": "1"}
+    bin_dir = Path(sys.executable).parent
+    cli = str(bin_dir / "fraud-platform")
+    simulated = _run([cli, "simulate", "--cards", "200", "--days", "10", "--seed", "7"], env, root)
+    assert "simulated" in simulated.stdout and "fraud" in simulated.stdout
+    again = _run([cli, "simulate", "--cards", "200", "--days", "10", "--seed", "7"], env, root)
+    assert "nothing to do" in again.stdout
+    loaded = _run([cli, "load"], env, root)
+    assert "raw/transactions" in loaded.stdout
+
+    env["DAGSTER_HOME"] = str(platform_env.dagster_home)
+    _run(
+        [
+            str(bin_dir / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "fraud_platform.definitions",
+            "--select",
+            "raw/cards",
+        ],
+        env,
+        root,
+    )
+    with duckdb.connect(str(platform_env.warehouse_path), read_only=True) as connection:
+        (transactions,) = connection.execute("SELECT count(*) FROM raw.transactions").fetchone()
+        (cards,) = connection.execute("SELECT count(*) FROM raw.cards").fetchone()
+        (orphans,) = connection.execute(
+            "SELECT count(*) FROM raw.transactions t ANTI JOIN raw.cards c USING (card_id)"
+        ).fetchone()
+    assert transactions > 200 * 10 * 0.5
+    assert cards == 200
+    assert orphans == 0

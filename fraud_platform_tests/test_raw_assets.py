@@ -1,0 +1,87 @@
+"""Raw assets materialised for real: landing batches into a DuckDB warehouse through dg.materialize."""
+
+from datetime import UTC, date, datetime
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pytest
+
+from fraud_platform.config import Settings
+from fraud_platform.definitions import defs
+from fraud_platform.lib.landing import LandingZone
+from fraud_platform.pipeline import EmptyLandingError, instance_for, load_landing, register_landing_days
+
+
+def _transactions(ids: list[str], times: list[datetime], card: str = "c1") -> pa.Table:
+    return pa.table(
+        {
+            "transaction_id": ids,
+            "card_id": [card] * len(ids),
+            "merchant_id": ["m1"] * len(ids),
+            "amount": [10.0 + index for index in range(len(ids))],
+            "currency": ["USD"] * len(ids),
+            "timestamp": pa.array(times, pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def _cards(open_day: date) -> pa.Table:
+    return pa.table(
+        {"card_id": ["c1"], "home_lat": [40.7], "home_lon": [-74.0], "account_open_date": [open_day]}
+    )
+
+
+def _day(day: int, hour: int = 12) -> datetime:
+    return datetime(2026, 3, day, hour, tzinfo=UTC)
+
+
+def _warehouse_rows(settings: Settings, sql: str) -> list[tuple]:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def test_definitions_load_the_whole_code_location(platform_env: Settings) -> None:
+    definitions = defs()
+    keys = {key.to_user_string() for key in definitions.resolve_asset_graph().get_all_asset_keys()}
+    assert {"raw/transactions", "raw/cards", "raw/merchants", "raw/chargebacks", "raw/investigations"} <= keys
+    assert definitions.resolve_implicit_global_asset_job_def() is not None
+
+
+def test_load_is_idempotent_and_the_newest_batch_wins(platform_env: Settings) -> None:
+    settings = platform_env
+    zone = LandingZone(settings.landing_dir)
+    zone.write_batch(
+        "first",
+        _transactions(["t1", "t2", "t3"], [_day(1, 23), _day(2, 0), _day(2, 1)]),
+        {"cards": _cards(date(2020, 1, 1))},
+        source="test",
+    )
+    instance = instance_for(settings)
+    assert load_landing(settings, instance).success
+    assert load_landing(settings, instance).success  # a second load replaces, never duplicates
+
+    by_day = _warehouse_rows(settings, "SELECT day, count(*) FROM raw.transactions GROUP BY day ORDER BY day")
+    assert by_day == [(date(2026, 3, 1), 1), (date(2026, 3, 2), 2)]
+    assert _warehouse_rows(settings, "SELECT DISTINCT batch_id FROM raw.transactions") == [("first",)]
+
+    zone.write_batch(
+        "second",
+        _transactions(["t4"], [_day(3)]),
+        {"cards": _cards(date(2021, 6, 1))},
+        source="test",
+    )
+    assert register_landing_days(instance, zone) == ["2026-03-03"]
+    assert load_landing(settings, instance).success
+    assert _warehouse_rows(settings, "SELECT count(*) FROM raw.transactions") == [(4,)]
+    assert _warehouse_rows(settings, "SELECT account_open_date FROM raw.cards") == [(date(2021, 6, 1),)]
+    # Context tables absent from every batch still exist, empty, so downstream SQL can rely on them.
+    assert _warehouse_rows(settings, "SELECT count(*) FROM raw.chargebacks") == [(0,)]
+
+    materialized = instance.get_materialized_partitions(dg.AssetKey(["raw", "transactions"]))
+    assert materialized == {"2026-03-01", "2026-03-02", "2026-03-03"}
+
+
+def test_loading_an_empty_landing_zone_says_what_to_do(platform_env: Settings) -> None:
+    with pytest.raises(EmptyLandingError, match="fraud-platform simulate"):
+        load_landing(platform_env, instance_for(platform_env))
