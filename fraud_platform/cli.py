@@ -133,7 +133,7 @@ def simulate(cards: int, days: int, start: Any, seed: int) -> None:
     zone = LandingZone(settings.landing_dir)
     first_day: date = start.date()
     batch_id = f"sim-{first_day.isoformat()}-{days}d-{cards}c-seed{seed}"
-    if (zone.batches_dir / batch_id).exists():
+    if zone.has_batch(batch_id):
         click.echo(f"batch {batch_id} is already in the landing zone (same parameters): nothing to do")
         return
     try:

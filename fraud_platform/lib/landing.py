@@ -100,7 +100,7 @@ class LandingZone:
         if not _BATCH_ID.match(batch_id):
             raise LandingError(f"batch id {batch_id!r} must be 1-128 letters, digits, '.', '_' or '-'")
         final = self.batches_dir / batch_id
-        if final.exists():
+        if self.has_batch(batch_id):
             raise LandingError(
                 f"batch {batch_id!r} is already in the landing zone at {final}; nothing written"
             )
@@ -139,6 +139,10 @@ class LandingZone:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return manifest
+
+    def has_batch(self, batch_id: str) -> bool:
+        """True when a batch with this id has been published."""
+        return (self.batches_dir / batch_id).is_dir()
 
     def batches(self) -> list[BatchManifest]:
         """Every published batch, oldest first."""

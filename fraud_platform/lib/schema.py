@@ -210,7 +210,7 @@ def parse_timestamp_ms(value: Any) -> int:
         millis = int(value)
     elif isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
+        if text.isascii() and text.removeprefix("-").isdigit():
             millis = int(text)
         else:
             try:

@@ -1,0 +1,63 @@
+"""The one validation function shared by the import and the stream."""
+
+import math
+
+import pytest
+
+from fraud_platform.lib.schema import InvalidTransaction, parse_transaction
+
+GOOD = {
+    "transaction_id": "t1",
+    "card_id": "c1",
+    "merchant_id": "m1",
+    "amount": 12.5,
+    "currency": "usd",
+    "timestamp": "2026-01-01T10:00:00+01:00",
+}
+
+
+def test_a_good_event_is_normalised() -> None:
+    transaction = parse_transaction({**GOOD, "mcc": 5411, "channel": "ECOM", "lat": "40.7", "lon": -74})
+    assert transaction.currency == "USD"
+    assert transaction.timestamp_ms == 1_767_258_000_000
+    assert transaction.mcc == "5411" and transaction.channel == "ecom"
+    assert (transaction.lat, transaction.lon) == (40.7, -74.0)
+    assert parse_transaction({**GOOD, "timestamp": 1_767_258_000_000}).timestamp_ms == 1_767_258_000_000
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"transaction_id": None}, "missing field 'transaction_id'"),
+        ({"card_id": ["c1"]}, "field 'card_id' must be a string"),
+        ({"merchant_id": "m" * 65}, "field 'merchant_id' must be 1 to 64 characters"),
+        ({"amount": "ten"}, "field 'amount' must be a number"),
+        ({"amount": -3}, "field 'amount' must be > 0"),
+        ({"amount": 0}, "field 'amount' must be > 0"),
+        ({"amount": math.nan}, "missing field 'amount'"),
+        ({"amount": "inf"}, "field 'amount' must be finite"),
+        ({"amount": 5e9}, "field 'amount' exceeds"),
+        ({"amount": True}, "field 'amount' must be a number, got bool"),
+        ({"currency": "XXX"}, "field 'currency' is not a known ISO 4217 code"),
+        ({"currency": 840}, "field 'currency' is not a known ISO 4217 code"),
+        ({"timestamp": "2026-01-01T10:00:00"}, "field 'timestamp' has no time zone"),
+        ({"timestamp": "yesterday"}, "field 'timestamp' is not ISO-8601 or epoch ms"),
+        ({"timestamp": "--5"}, "field 'timestamp' is not ISO-8601 or epoch ms"),
+        ({"timestamp": "²"}, "field 'timestamp' is not ISO-8601 or epoch ms"),
+        ({"timestamp": 5}, "field 'timestamp' is out of range"),
+        ({"timestamp": "2999-01-01T00:00:00Z"}, "field 'timestamp' is out of range"),
+        ({"lat": 91, "lon": 0}, "field 'lat' must be within"),
+        ({"lat": 10}, "fields 'lat' and 'lon' must be given together"),
+        ({"channel": "fax"}, "field 'channel' must be one of"),
+        ({"mcc": "54a1"}, "field 'mcc' must be a 4-digit merchant category code"),
+    ],
+)
+def test_every_bad_field_is_named(change: dict, reason: str) -> None:
+    with pytest.raises(InvalidTransaction) as raised:
+        parse_transaction({**GOOD, **change})
+    assert reason in str(raised.value)
+
+
+def test_a_non_object_is_refused() -> None:
+    with pytest.raises(InvalidTransaction, match="event must be a JSON object, got list"):
+        parse_transaction([GOOD])  # type: ignore[arg-type]
