@@ -1,0 +1,93 @@
+"""Benchmark: simulate about a million transactions and land them, timing each step separately.
+
+    python bench/bench_simulator.py [--cards 20000 --days 30 --seed 42]
+
+Runs in the project's environment (editable install; otherwise prefix `PYTHONPATH=.`). Prints the numbers
+and writes them with the machine's description to bench/results/simulator.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.simulator import SimulationConfig, simulate
+
+RESULTS = Path(__file__).resolve().parent / "results" / "simulator.json"
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    return {
+        "processor": platform.processor(),
+        "uname": platform.uname()._asdict(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def run(config: SimulationConfig) -> dict[str, object]:
+    """Time `simulate` and the landing write of its output; return the measurements."""
+    started = time.perf_counter()
+    data = simulate(config)
+    simulate_seconds = time.perf_counter() - started
+    transactions = data.transactions.num_rows
+    with tempfile.TemporaryDirectory() as directory:
+        started = time.perf_counter()
+        LandingZone(Path(directory)).write_batch(
+            "bench", data.transactions, data.context(), source="simulator", parameters={"seed": config.seed}
+        )
+        landing_seconds = time.perf_counter() - started
+    fraud = data.fraud_truth.filter(data.fraud_truth.column("is_fraud"))
+    scenarios = pc.value_counts(fraud.column("scenario")).to_pylist()
+    return {
+        "config": {"cards": config.cards, "days": config.days, "seed": config.seed},
+        "transactions": transactions,
+        "fraud_rate": fraud.num_rows / transactions,
+        "fraud_by_scenario": {item["values"]: item["counts"] for item in scenarios},
+        "chargebacks": data.chargebacks.num_rows,
+        "investigations": data.investigations.num_rows,
+        "simulate_seconds": round(simulate_seconds, 3),
+        "simulate_tx_per_second": round(transactions / simulate_seconds),
+        "landing_seconds": round(landing_seconds, 3),
+        "landing_tx_per_second": round(transactions / landing_seconds),
+        "total_seconds": round(simulate_seconds + landing_seconds, 3),
+    }
+
+
+def main() -> None:
+    """Parse the arguments, run the benchmark, print and save the result."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cards", type=int, default=20_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=42)
+    arguments = parser.parse_args()
+    result = run(SimulationConfig(cards=arguments.cards, days=arguments.days, seed=arguments.seed))
+    result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    result["machine"] = machine()
+    print(f"transactions        {result['transactions']:>12,}   fraud rate {result['fraud_rate']:.2%}")
+    print(
+        f"simulate            {result['simulate_seconds']:>10.2f} s   {result['simulate_tx_per_second']:>12,} tx/s"
+    )
+    print(
+        f"landing write       {result['landing_seconds']:>10.2f} s   {result['landing_tx_per_second']:>12,} tx/s"
+    )
+    print(f"total               {result['total_seconds']:>10.2f} s")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
