@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -26,11 +27,12 @@ class PlatformGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; known errors become `Error: ...` instead of a traceback."""
         from fraud_platform.lib.importer import ImportFileError
-        from fraud_platform.pipeline import EmptyLandingError
 
+        # Single-run backfills (raw/transactions) are a beta Dagster parameter: known, deliberate.
+        warnings.filterwarnings("ignore", message="Parameter `backfill_policy`")
         try:
             return super().invoke(ctx)
-        except (ConfigError, RedisServerError, LandingError, ImportFileError, EmptyLandingError) as error:
+        except (ConfigError, RedisServerError, LandingError, ImportFileError) as error:
             raise click.ClickException(str(error)) from error
 
 

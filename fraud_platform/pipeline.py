@@ -7,11 +7,7 @@ import dagster as dg
 from fraud_platform.config import DAGSTER_HOME_VAR, Settings
 from fraud_platform.defs.raw import LANDING_DAYS, RAW_ASSETS
 from fraud_platform.defs.resources import build_resources
-from fraud_platform.lib.landing import LandingZone
-
-
-class EmptyLandingError(RuntimeError):
-    """There is nothing in the landing zone to load."""
+from fraud_platform.lib.landing import LandingError, LandingZone
 
 
 DAGSTER_YAML = """\
@@ -23,6 +19,10 @@ concurrency:
     # DuckDB allows one writing process per warehouse file.
     max_concurrent_runs: 1
 """
+
+
+# Runs started from the command line log warnings only; the full event log is in the Dagster UI.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def prepare_home(settings: Settings) -> None:
@@ -57,7 +57,7 @@ def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.Execute
     register_landing_days(instance, LandingZone(settings.landing_dir))
     days = instance.get_dynamic_partitions(LANDING_DAYS.name)
     if not days:
-        raise EmptyLandingError(
+        raise LandingError(
             f"the landing zone {settings.landing_dir} is empty: run 'fraud-platform simulate' or "
             "'fraud-platform import FILE' first"
         )
@@ -65,6 +65,7 @@ def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.Execute
         RAW_ASSETS,
         instance=instance,
         resources=build_resources(settings),
+        run_config=QUIET_CONSOLE,
         tags={
             "dagster/asset_partition_range_start": days[0],
             "dagster/asset_partition_range_end": days[-1],

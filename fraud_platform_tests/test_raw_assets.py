@@ -9,8 +9,8 @@ import pytest
 
 from fraud_platform.config import Settings
 from fraud_platform.definitions import defs
-from fraud_platform.lib.landing import LandingZone
-from fraud_platform.pipeline import EmptyLandingError, instance_for, load_landing, register_landing_days
+from fraud_platform.lib.landing import LandingError, LandingZone
+from fraud_platform.pipeline import instance_for, load_landing, register_landing_days
 
 
 def _transactions(ids: list[str], times: list[datetime], card: str = "c1") -> pa.Table:
@@ -83,5 +83,5 @@ def test_load_is_idempotent_and_the_newest_batch_wins(platform_env: Settings) ->
 
 
 def test_loading_an_empty_landing_zone_says_what_to_do(platform_env: Settings) -> None:
-    with pytest.raises(EmptyLandingError, match="fraud-platform simulate"):
+    with pytest.raises(LandingError, match="fraud-platform simulate"):
         load_landing(platform_env, instance_for(platform_env))
