@@ -9,7 +9,6 @@ from fraud_platform.defs.raw import LANDING_DAYS, RAW_ASSETS
 from fraud_platform.defs.resources import build_resources
 from fraud_platform.lib.landing import LandingError, LandingZone
 
-
 DAGSTER_YAML = """\
 # Written by `fraud-platform init`. Local instance: sqlite storage in this directory.
 telemetry:
