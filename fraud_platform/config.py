@@ -20,9 +20,15 @@ DAGSTER_HOME_VAR = "DAGSTER_HOME"
 WAREHOUSE_VAR = "FRAUD_PLATFORM_WAREHOUSE"
 LANDING_VAR = "FRAUD_PLATFORM_LANDING"
 LABEL_MATURITY_VAR = "FRAUD_PLATFORM_LABEL_MATURITY_DAYS"
+STREAM_SHARDS_VAR = "FRAUD_PLATFORM_STREAM_SHARDS"
+ALLOWED_LATENESS_VAR = "FRAUD_PLATFORM_ALLOWED_LATENESS_SECONDS"
+FEATURE_TTL_VAR = "FRAUD_PLATFORM_FEATURE_TTL_SECONDS"
 
 DEFAULT_REDIS_PORT = 6390
 DEFAULT_LABEL_MATURITY_DAYS = 180
+DEFAULT_STREAM_SHARDS = 4
+DEFAULT_ALLOWED_LATENESS_SECONDS = 300
+DEFAULT_FEATURE_TTL_SECONDS = 3 * 86_400
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _MLFLOW_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 
@@ -49,6 +55,9 @@ class Settings:
     warehouse_path: Path
     landing_dir: Path
     label_maturity_days: int
+    stream_shards: int
+    allowed_lateness_seconds: int
+    feature_ttl_seconds: int
 
     @property
     def redis_dir(self) -> Path:
@@ -79,6 +88,11 @@ class Settings:
             warehouse_path=_path(env, WAREHOUSE_VAR, home / "warehouse.duckdb", directory=False),
             landing_dir=_path(env, LANDING_VAR, home / "landing", directory=True),
             label_maturity_days=_integer(env, LABEL_MATURITY_VAR, DEFAULT_LABEL_MATURITY_DAYS, 1, 3650),
+            stream_shards=_integer(env, STREAM_SHARDS_VAR, DEFAULT_STREAM_SHARDS, 1, 1024),
+            allowed_lateness_seconds=_integer(
+                env, ALLOWED_LATENESS_VAR, DEFAULT_ALLOWED_LATENESS_SECONDS, 0, 86_400
+            ),
+            feature_ttl_seconds=_integer(env, FEATURE_TTL_VAR, DEFAULT_FEATURE_TTL_SECONDS, 60, 365 * 86_400),
         )
 
     def environment(self) -> dict[str, str]:
@@ -91,6 +105,9 @@ class Settings:
             LANDING_VAR: str(self.landing_dir),
             REDIS_PORT_VAR: str(self.redis_port),
             LABEL_MATURITY_VAR: str(self.label_maturity_days),
+            STREAM_SHARDS_VAR: str(self.stream_shards),
+            ALLOWED_LATENESS_VAR: str(self.allowed_lateness_seconds),
+            FEATURE_TTL_VAR: str(self.feature_ttl_seconds),
         }
         if self.redis_url:
             variables[REDIS_URL_VAR] = self.redis_url
