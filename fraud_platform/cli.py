@@ -218,6 +218,32 @@ def import_command(
 
 
 @main.command()
+def refresh() -> None:
+    """Rebuild batch features and labels with dbt (tests included) and load the latest snapshots into Redis."""
+    from fraud_platform.pipeline import instance_for, refresh_batch_side
+
+    settings = _settings()
+    began = time.perf_counter()
+    result = refresh_batch_side(instance_for(settings))
+    if not result.success:
+        raise click.ClickException(
+            f"batch refresh failed (run {result.run_id}); see the run in the Dagster UI"
+        )
+    online = next(
+        event.step_materialization_data.materialization.metadata
+        for event in result.get_asset_materialization_events()
+        if event.asset_key.to_user_string() == "online/batch_features"
+    )
+    failed = [check.check_name for check in result.get_asset_check_evaluations() if not check.passed]
+    click.echo(
+        f"batch side refreshed in {time.perf_counter() - began:.1f} s (run {result.run_id}): "
+        f"{online['cards'].value:,} cards and {online['merchants'].value:,} merchants online "
+        f"({online['rows_per_second'].value:,.0f} rows/s), snapshot {online['snapshot_date'].value}; "
+        + (f"failed checks: {', '.join(failed)}" if failed else "all checks passed")
+    )
+
+
+@main.command()
 def load() -> None:
     """Load every landed day and context table into the DuckDB warehouse (raw assets, one Dagster run)."""
     from fraud_platform.pipeline import instance_for, load_landing

@@ -1,9 +1,12 @@
-"""The Dagster code location: every asset group, resource, schedule and sensor of the platform."""
+"""The Dagster code location: every asset group, check, resource, schedule and sensor of the platform."""
 
 import dagster as dg
 
 from fraud_platform.config import Settings
-from fraud_platform.defs.raw import RAW_ASSETS
+from fraud_platform.defs.automation import batch_refresh_job, daily_batch_refresh, landing_sensor
+from fraud_platform.defs.batch import build_dbt_assets
+from fraud_platform.defs.online import online_batch_features
+from fraud_platform.defs.raw import RAW_ASSETS, RAW_CHECKS
 from fraud_platform.defs.resources import build_resources
 
 
@@ -11,7 +14,11 @@ from fraud_platform.defs.resources import build_resources
 def defs() -> dg.Definitions:
     """Build the definitions from the current configuration (loaded lazily by Dagster tools)."""
     return dg.Definitions(
-        assets=RAW_ASSETS,
+        assets=[*RAW_ASSETS, build_dbt_assets(), online_batch_features],
+        asset_checks=RAW_CHECKS,
+        jobs=[batch_refresh_job],
+        schedules=[daily_batch_refresh],
+        sensors=[landing_sensor],
         resources=build_resources(Settings.from_env()),
         # DuckDB allows one writing process per file: run the steps of a run in one process.
         executor=dg.in_process_executor,

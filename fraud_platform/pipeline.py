@@ -5,7 +5,7 @@ import os
 import dagster as dg
 
 from fraud_platform.config import DAGSTER_HOME_VAR, Settings
-from fraud_platform.defs.raw import LANDING_DAYS, RAW_ASSETS
+from fraud_platform.defs.raw import LANDING_DAYS, RAW_ASSETS, RAW_CHECKS
 from fraud_platform.defs.resources import build_resources
 from fraud_platform.lib.landing import LandingError, LandingZone
 
@@ -51,6 +51,14 @@ def register_landing_days(instance: dg.DagsterInstance, zone: LandingZone) -> li
     return new_days
 
 
+def refresh_batch_side(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """Run the batch_refresh job: dbt features and labels (with their tests), then the online load."""
+    from fraud_platform.definitions import defs
+
+    job = defs().resolve_job_def("batch_refresh")
+    return job.execute_in_process(instance=instance, run_config=QUIET_CONSOLE, raise_on_error=False)
+
+
 def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     """Materialise every raw asset over every landed day in one run."""
     register_landing_days(instance, LandingZone(settings.landing_dir))
@@ -61,7 +69,7 @@ def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.Execute
             "'fraud-platform import FILE' first"
         )
     return dg.materialize(
-        RAW_ASSETS,
+        [*RAW_ASSETS, *RAW_CHECKS],
         instance=instance,
         resources=build_resources(settings),
         run_config=QUIET_CONSOLE,

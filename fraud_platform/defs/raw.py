@@ -137,3 +137,70 @@ def _context_asset(table: str) -> dg.AssetsDefinition:
 
 CONTEXT_ASSETS = [_context_asset(table) for table in CONTEXT_KEYS]
 RAW_ASSETS = [raw_transactions, *CONTEXT_ASSETS]
+
+
+def _bad_rows_check(table: str, name: str, description: str, bad_rows_sql: str) -> dg.AssetChecksDefinition:
+    """An asset check that passes when `bad_rows_sql` (a SELECT of offending keys) returns no row."""
+
+    @dg.asset_check(asset=dg.AssetKey(["raw", table]), name=name, description=description, blocking=True)
+    def _check(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as connection:
+            (bad,) = connection.execute(f"SELECT count(*) FROM ({bad_rows_sql})").fetchone()
+            examples = connection.execute(f"{bad_rows_sql} LIMIT 5").fetchall()
+        return dg.AssetCheckResult(
+            passed=bad == 0,
+            metadata={
+                "bad_rows": dg.MetadataValue.int(int(bad)),
+                "examples": dg.MetadataValue.text(", ".join(str(row[0]) for row in examples) or "-"),
+            },
+        )
+
+    return _check
+
+
+def _unique_key_check(table: str, key: str) -> dg.AssetChecksDefinition:
+    return _bad_rows_check(
+        table,
+        f"{key}_unique",
+        f"Every {key} appears once.",
+        f"SELECT {key} FROM raw.{table} GROUP BY {key} HAVING count(*) > 1",
+    )
+
+
+RAW_CHECKS = [
+    *(_unique_key_check(table, key) for table, key in CONTEXT_KEYS.items() if table != "fraud_truth"),
+    _unique_key_check("transactions", "transaction_id"),
+    _bad_rows_check(
+        "transactions",
+        "amount_positive",
+        "Every amount is > 0.",
+        "SELECT transaction_id FROM raw.transactions WHERE NOT amount > 0",
+    ),
+    _bad_rows_check(
+        "transactions",
+        "timestamp_in_range",
+        "Every timestamp lies in 2000-2099 and on the UTC day of its partition.",
+        "SELECT transaction_id FROM raw.transactions WHERE timestamp < TIMESTAMPTZ '2000-01-01 00:00:00+00' "
+        "OR timestamp >= TIMESTAMPTZ '2100-01-01 00:00:00+00' "
+        "OR CAST(timezone('UTC', timestamp) AS DATE) <> day",
+    ),
+    _bad_rows_check(
+        "transactions",
+        "card_known",
+        "Every transaction's card is in raw.cards.",
+        "SELECT transaction_id FROM raw.transactions ANTI JOIN raw.cards USING (card_id)",
+    ),
+    _bad_rows_check(
+        "transactions",
+        "merchant_known",
+        "Every transaction's merchant is in raw.merchants.",
+        "SELECT transaction_id FROM raw.transactions ANTI JOIN raw.merchants USING (merchant_id)",
+    ),
+    _bad_rows_check(
+        "chargebacks",
+        "transaction_known",
+        "Every chargeback refers to a landed transaction and was reported after it.",
+        "SELECT chargeback_id FROM raw.chargebacks c LEFT JOIN raw.transactions t USING (transaction_id) "
+        "WHERE t.transaction_id IS NULL OR c.reported_at < t.timestamp",
+    ),
+]

@@ -1,10 +1,16 @@
-"""Resources shared by the asset groups: the DuckDB warehouse and the landing zone."""
+"""Resources shared by the asset groups: the DuckDB warehouse, the landing zone, dbt and Redis."""
+
+import sys
+from pathlib import Path
 
 import dagster as dg
+import redis
+from dagster_dbt import DbtCliResource
 from dagster_duckdb import DuckDBResource
 
 from fraud_platform.config import Settings
 from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.redis_server import redis_url
 
 
 class LandingResource(dg.ConfigurableResource):
@@ -17,9 +23,31 @@ class LandingResource(dg.ConfigurableResource):
         return LandingZone(self.root)
 
 
+class RedisResource(dg.ConfigurableResource):
+    """The online store. With no `url`, the configured one (REDIS_URL or the local server) at use time."""
+
+    url: str | None = None
+    feature_ttl_seconds: int
+
+    def client(self) -> redis.Redis:
+        """A client for the online store."""
+        url = self.url or redis_url(Settings.from_env())
+        return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+
+
+def _dbt_executable() -> str:
+    """dbt from this interpreter's environment (works without an activated venv), else from PATH."""
+    beside = Path(sys.executable).parent / "dbt"
+    return str(beside) if beside.is_file() else "dbt"
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """Resources bound from the platform's configuration (environment variables with defaults)."""
+    from fraud_platform.defs.batch import dbt_project
+
     return {
         "warehouse": DuckDBResource(database=str(settings.warehouse_path)),
         "landing": LandingResource(root=str(settings.landing_dir)),
+        "dbt": DbtCliResource(project_dir=dbt_project(), dbt_executable=_dbt_executable()),
+        "redis": RedisResource(url=settings.redis_url, feature_ttl_seconds=settings.feature_ttl_seconds),
     }

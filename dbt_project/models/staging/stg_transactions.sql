@@ -1,4 +1,4 @@
--- Transactions with typed, derived columns every downstream model uses.
+-- Transactions with the derived columns every downstream model uses.
 select
     transaction_id,
     card_id,
@@ -6,7 +6,9 @@ select
     amount,
     currency,
     "timestamp" as event_time,
-    cast(timezone('UTC', "timestamp") as date) as event_date,
+    {{ utc_date('"timestamp"') }} as event_date,
+    {{ utc_hour('"timestamp"') }} < 6 as is_night,
+    channel = 'ecom' as is_ecom,
     lat,
     lon,
     channel,

@@ -1,0 +1,69 @@
+-- Merchant features as of the end of each day: volume and fraud rate over 30 and 90 days, counting only
+-- chargebacks reported by that day (a claim reported tomorrow is not known today).
+with daily as (
+    select merchant_id, event_date, count(*) as txn_count, sum(amount) as amount_sum
+    from {{ ref('stg_transactions') }}
+    group by merchant_id, event_date
+),
+
+calendar as (
+    select cast(unnest(generate_series(min(event_date), max(event_date), interval 1 day)) as date) as as_of_date
+    from {{ ref('stg_transactions') }}
+),
+
+spine as (
+    select first_days.merchant_id, calendar.as_of_date
+    from (select merchant_id, min(event_date) as first_day from daily group by merchant_id) as first_days
+    join calendar on calendar.as_of_date >= first_days.first_day
+),
+
+volume as (
+    select
+        spine.merchant_id,
+        spine.as_of_date,
+        {% for days in [30, 90] %}
+        sum(coalesce(daily.txn_count, 0)) over last_{{ days }} as txn_count_{{ days }}d,
+        sum(coalesce(daily.amount_sum, 0)) over last_{{ days }} as amount_sum_{{ days }}d{{ "," if not loop.last }}
+        {% endfor %}
+    from spine
+    left join daily on daily.merchant_id = spine.merchant_id and daily.event_date = spine.as_of_date
+    window
+        {% for days in [30, 90] %}
+        last_{{ days }} as (partition by spine.merchant_id order by spine.as_of_date rows between {{ days - 1 }} preceding and current row){{ "," if not loop.last }}
+        {% endfor %}
+),
+
+reported_frauds as (
+    select txn.merchant_id, txn.event_date, cb.reported_date
+    from {{ ref('stg_chargebacks') }} as cb
+    join {{ ref('stg_transactions') }} as txn using (transaction_id)
+),
+
+known_frauds as (
+    select
+        spine.merchant_id,
+        spine.as_of_date,
+        count(*) filter (where fraud.event_date > spine.as_of_date - 30) as fraud_count_30d,
+        count(*) as fraud_count_90d
+    from spine
+    join reported_frauds as fraud
+        on fraud.merchant_id = spine.merchant_id
+        and fraud.reported_date <= spine.as_of_date
+        and fraud.event_date > spine.as_of_date - 90
+    group by spine.merchant_id, spine.as_of_date
+)
+
+select
+    volume.merchant_id,
+    volume.as_of_date,
+    volume.txn_count_30d,
+    volume.amount_sum_30d,
+    volume.txn_count_90d,
+    volume.amount_sum_90d,
+    coalesce(known_frauds.fraud_count_30d, 0) as fraud_count_30d,
+    coalesce(known_frauds.fraud_count_90d, 0) as fraud_count_90d,
+    coalesce(known_frauds.fraud_count_30d, 0) / nullif(volume.txn_count_30d, 0) as fraud_rate_30d,
+    coalesce(known_frauds.fraud_count_90d, 0) / nullif(volume.txn_count_90d, 0) as fraud_rate_90d
+from volume
+left join known_frauds
+    on known_frauds.merchant_id = volume.merchant_id and known_frauds.as_of_date = volume.as_of_date

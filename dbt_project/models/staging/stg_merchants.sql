@@ -1,0 +1,2 @@
+select merchant_id, mcc, channel, lat, lon
+from {{ source('raw', 'merchants') }}

@@ -1,0 +1,207 @@
+"""The online store of batch features in Redis: atomic loads by generation, and fast reads for the stream.
+
+Each load writes every card's and merchant's latest snapshot as one packed value per entity (float64,
+little-endian, in the order of CARD_BATCH_FEATURES / MERCHANT_BATCH_FEATURES) under a new *generation*, then
+switches the generation pointer with one SET. Readers fetch the pointer in the same pipeline as the values
+and retry when it moved, so a reader sees one whole load: never half of one, never old and new mixed. The
+previous generation is deleted after a grace period; every key also carries a TTL as a safety net.
+
+A card or merchant with no snapshot reads as NaN in every feature (an explicit default, never an exception):
+XGBoost treats NaN as missing, exactly as the training join does for a card without a snapshot.
+"""
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from fraud_platform.lib.keys import BATCH_GENERATION_KEY, card_batch_key, merchant_batch_key
+
+# Order matters: it is the packed layout in Redis and the column order of the model's batch features.
+CARD_BATCH_FEATURES: tuple[str, ...] = (
+    *(
+        f"{stat}_{days}d"
+        for days in (7, 30, 90)
+        for stat in ("txn_count", "amount_sum", "amount_mean", "amount_std", "amount_max")
+    ),
+    "distinct_merchants_30d",
+    "ecom_share_30d",
+    "night_share_30d",
+    "days_since_open",
+    "investigations_365d",
+    "last_investigation_fraud",
+    "chargebacks_known",
+)
+MERCHANT_BATCH_FEATURES: tuple[str, ...] = (
+    "txn_count_30d",
+    "amount_sum_30d",
+    "txn_count_90d",
+    "amount_sum_90d",
+    "fraud_count_30d",
+    "fraud_count_90d",
+    "fraud_rate_30d",
+    "fraud_rate_90d",
+)
+_DTYPE = np.dtype("<f8")
+
+
+def pack_rows(matrix: np.ndarray) -> list[bytes]:
+    """One packed value per row of a float matrix."""
+    packed = np.ascontiguousarray(matrix, dtype=_DTYPE)
+    width = packed.shape[1] * _DTYPE.itemsize
+    buffer = packed.tobytes()
+    return [buffer[start : start + width] for start in range(0, len(buffer), width)]
+
+
+def unpack_rows(values: Sequence[bytes | None], width: int) -> np.ndarray:
+    """A float matrix from packed values; a missing or malformed value becomes a row of NaN."""
+    matrix = np.full((len(values), width), np.nan, dtype=_DTYPE)
+    expected = width * _DTYPE.itemsize
+    for row, value in enumerate(values):
+        if value is not None and len(value) == expected:
+            matrix[row] = np.frombuffer(value, dtype=_DTYPE)
+    return matrix
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What one load of batch features wrote."""
+
+    generation: str
+    previous_generation: str | None
+    cards: int
+    merchants: int
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        """Entities written per second."""
+        return (self.cards + self.merchants) / self.seconds if self.seconds else float("inf")
+
+
+def _write(
+    pipeline: redis.client.Pipeline,
+    keys: Iterable[str],
+    values: Sequence[bytes],
+    ttl_seconds: int,
+    chunk: int,
+) -> None:
+    for written, (key, value) in enumerate(zip(keys, values, strict=True), start=1):
+        pipeline.set(key, value, ex=ttl_seconds)
+        if written % chunk == 0:
+            pipeline.execute()
+    pipeline.execute()
+
+
+def load_batch_features(
+    client: redis.Redis,
+    card_ids: Sequence[str],
+    card_matrix: np.ndarray,
+    merchant_ids: Sequence[str],
+    merchant_matrix: np.ndarray,
+    *,
+    ttl_seconds: int,
+    grace_seconds: float = 2.0,
+    chunk: int = 5_000,
+) -> LoadReport:
+    """Write a new generation of card and merchant batch features, switch to it, retire the previous one."""
+    if card_matrix.shape != (len(card_ids), len(CARD_BATCH_FEATURES)):
+        raise ValueError(
+            f"card matrix shape {card_matrix.shape} != ({len(card_ids)}, {len(CARD_BATCH_FEATURES)})"
+        )
+    if merchant_matrix.shape != (len(merchant_ids), len(MERCHANT_BATCH_FEATURES)):
+        raise ValueError(
+            f"merchant matrix shape {merchant_matrix.shape} != ({len(merchant_ids)}, {len(MERCHANT_BATCH_FEATURES)})"
+        )
+    began = time.perf_counter()
+    generation = f"{time.time_ns():x}"
+    pipeline = client.pipeline(transaction=False)
+    _write(
+        pipeline,
+        (card_batch_key(generation, card) for card in card_ids),
+        pack_rows(card_matrix),
+        ttl_seconds,
+        chunk,
+    )
+    _write(
+        pipeline,
+        (merchant_batch_key(generation, merchant) for merchant in merchant_ids),
+        pack_rows(merchant_matrix),
+        ttl_seconds,
+        chunk,
+    )
+    previous = client.set(BATCH_GENERATION_KEY, generation, get=True)
+    seconds = time.perf_counter() - began
+    previous_generation = previous.decode() if previous else None
+    if previous_generation:
+        time.sleep(grace_seconds)  # readers that fetched the old pointer finish their pipeline first
+        retire_generation(client, previous_generation, chunk)
+    return LoadReport(generation, previous_generation, len(card_ids), len(merchant_ids), seconds)
+
+
+def retire_generation(client: redis.Redis, generation: str, chunk: int = 5_000) -> int:
+    """Delete every key of one generation; return how many were deleted."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"batch:{generation}:*", count=chunk):
+        batch.append(key)
+        if len(batch) >= chunk:
+            deleted += client.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += client.unlink(*batch)
+    return deleted
+
+
+class OnlineStore:
+    """Reads batch features for the stream and for users: whole batches in one round trip."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._generation: str | None = None
+
+    def batch_features(
+        self, card_ids: Sequence[str], merchant_ids: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Card and merchant feature matrices (rows in the given order; NaN rows where nothing is stored)."""
+        for _attempt in range(3):
+            generation = self._generation or self._current_generation()
+            if generation is None:
+                break
+            card_keys = [card_batch_key(generation, card) for card in card_ids]
+            merchant_keys = [merchant_batch_key(generation, merchant) for merchant in merchant_ids]
+            pipeline = self.client.pipeline(transaction=False)
+            pipeline.get(BATCH_GENERATION_KEY)
+            for keys in (card_keys, merchant_keys):
+                if keys:
+                    pipeline.mget(keys)
+            current, *values = pipeline.execute()
+            if current is not None and current.decode() == generation:
+                self._generation = generation
+                cards = values.pop(0) if card_keys else []
+                merchants = values.pop(0) if merchant_keys else []
+                return (
+                    unpack_rows(cards, len(CARD_BATCH_FEATURES)),
+                    unpack_rows(merchants, len(MERCHANT_BATCH_FEATURES)),
+                )
+            self._generation = current.decode() if current else None
+        return (
+            np.full((len(card_ids), len(CARD_BATCH_FEATURES)), np.nan),
+            np.full((len(merchant_ids), len(MERCHANT_BATCH_FEATURES)), np.nan),
+        )
+
+    def card_features(self, card_id: str) -> dict[str, float]:
+        """One card's batch features by name (NaN when the card has no snapshot)."""
+        cards, _ = self.batch_features([card_id], [])
+        return dict(zip(CARD_BATCH_FEATURES, cards[0].tolist(), strict=True))
+
+    def merchant_features(self, merchant_id: str) -> dict[str, float]:
+        """One merchant's batch features by name (NaN when the merchant has no snapshot)."""
+        _, merchants = self.batch_features([], [merchant_id])
+        return dict(zip(MERCHANT_BATCH_FEATURES, merchants[0].tolist(), strict=True))
+
+    def _current_generation(self) -> str | None:
+        current = self.client.get(BATCH_GENERATION_KEY)
+        return current.decode() if current else None
