@@ -217,30 +217,20 @@ def import_command(
     )
 
 
-@main.command()
-def refresh() -> None:
-    """Rebuild batch features and labels with dbt (tests included) and load the latest snapshots into Redis."""
-    from fraud_platform.pipeline import instance_for, refresh_batch_side
-
-    settings = _settings()
-    began = time.perf_counter()
-    result = refresh_batch_side(instance_for(settings))
+def _materialised(result: Any) -> tuple[dict[str, Any], str]:
+    """Metadata per materialised asset, and a sentence on the run's asset checks; fail on a failed run."""
     if not result.success:
-        raise click.ClickException(
-            f"batch refresh failed (run {result.run_id}); see the run in the Dagster UI"
-        )
-    online = next(
-        event.step_materialization_data.materialization.metadata
+        raise click.ClickException(f"run {result.run_id} failed: see it in the Dagster UI (dagster dev)")
+    metadata = {
+        event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
         for event in result.get_asset_materialization_events()
-        if event.asset_key.to_user_string() == "online/batch_features"
-    )
-    failed = [check.check_name for check in result.get_asset_check_evaluations() if not check.passed]
-    click.echo(
-        f"batch side refreshed in {time.perf_counter() - began:.1f} s (run {result.run_id}): "
-        f"{online['cards'].value:,} cards and {online['merchants'].value:,} merchants online "
-        f"({online['rows_per_second'].value:,.0f} rows/s), snapshot {online['snapshot_date'].value}; "
-        + (f"failed checks: {', '.join(failed)}" if failed else "all checks passed")
-    )
+    }
+    evaluations = result.get_asset_check_evaluations()
+    failed = [
+        f"{check.asset_key.to_user_string()}:{check.check_name}" for check in evaluations if not check.passed
+    ]
+    checks = f"{len(evaluations)} checks passed" if not failed else f"FAILED checks: {', '.join(failed)}"
+    return metadata, checks
 
 
 @main.command()
@@ -251,13 +241,28 @@ def load() -> None:
     settings = _settings()
     began = time.perf_counter()
     result = load_landing(settings, instance_for(settings))
-    rows = {
-        event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata[
-            "rows"
-        ].value
-        for event in result.get_asset_materialization_events()
-    }
+    metadata, checks = _materialised(result)
+    rows = ", ".join(f"{key} {values['rows'].value:,}" for key, values in sorted(metadata.items()))
     click.echo(
-        f"loaded into {settings.warehouse_path} in {time.perf_counter() - began:.1f} s (run {result.run_id}): "
-        + ", ".join(f"{key} {value:,}" for key, value in sorted(rows.items()))
+        f"loaded into {settings.warehouse_path} in {time.perf_counter() - began:.1f} s "
+        f"(run {result.run_id}): {rows}; {checks}"
+    )
+
+
+@main.command()
+def refresh() -> None:
+    """Rebuild batch features and labels with dbt (tests included) and load the latest snapshots into Redis."""
+    from fraud_platform.pipeline import instance_for, refresh_batch_side
+
+    settings = _settings()
+    began = time.perf_counter()
+    result = refresh_batch_side(instance_for(settings))
+    metadata, checks = _materialised(result)
+    online, labels = metadata["online/batch_features"], metadata["transaction_labels"]
+    click.echo(
+        f"batch side refreshed in {time.perf_counter() - began:.1f} s (run {result.run_id}): "
+        f"labels {labels['labels_fraud'].value:,} fraud / {labels['labels_genuine'].value:,} genuine / "
+        f"{labels['labels_unknown'].value:,} not yet known; snapshot {online['snapshot_date'].value} of "
+        f"{online['cards'].value:,} cards and {online['merchants'].value:,} merchants online "
+        f"({online['rows_per_second'].value:,.0f} rows/s); {checks}"
     )

@@ -73,6 +73,7 @@ def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.Execute
         instance=instance,
         resources=build_resources(settings),
         run_config=QUIET_CONSOLE,
+        raise_on_error=False,
         tags={
             "dagster/asset_partition_range_start": days[0],
             "dagster/asset_partition_range_end": days[-1],

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The main job, end to end: set-up, the local Redis server, simulated history into the landing zone, and
-# every raw asset materialised into the DuckDB warehouse (recorded in the Dagster instance `dagster dev` shows).
+# The main job, end to end: set-up, the local Redis server, simulated history into the landing zone, every raw
+# asset into the DuckDB warehouse, dbt features and labels, and the latest snapshots into Redis (all recorded
+# in the Dagster instance that `dagster dev` shows).
 set -euo pipefail
+# Simulated history is months, not years: let labels mature after 30 days unless told otherwise.
+export FRAUD_PLATFORM_LABEL_MATURITY_DAYS="${FRAUD_PLATFORM_LABEL_MATURITY_DAYS:-30}"
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 CARDS=${CARDS:-5000}
 DAYS=${DAYS:-60}
@@ -13,10 +16,11 @@ if [ -z "${REDIS_URL:-}" ]; then
 fi
 fraud-platform simulate --cards "$CARDS" --days "$DAYS" --start "$START" --seed "$SEED"
 fraud-platform load
+fraud-platform refresh
 cat <<MSG
 
 Done. Look around:
-  Dagster UI:  source scripts/setup.sh && dagster dev      (http://127.0.0.1:3000, assets in group 'raw')
+  Dagster UI:  source scripts/setup.sh && dagster dev      (http://127.0.0.1:3000, asset groups raw, batch_features, labels, online)
   Warehouse:   $FRAUD_PLATFORM_WAREHOUSE (DuckDB)
   Landing:     $FRAUD_PLATFORM_LANDING
   Redis:       fraud-platform redis status   (stop it with: fraud-platform redis stop)

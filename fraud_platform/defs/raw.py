@@ -139,16 +139,35 @@ CONTEXT_ASSETS = [_context_asset(table) for table in CONTEXT_KEYS]
 RAW_ASSETS = [raw_transactions, *CONTEXT_ASSETS]
 
 
-def _bad_rows_check(table: str, name: str, description: str, bad_rows_sql: str) -> dg.AssetChecksDefinition:
-    """An asset check that passes when `bad_rows_sql` (a SELECT of offending keys) returns no row."""
+def _bad_rows_check(
+    table: str,
+    name: str,
+    description: str,
+    bad_rows_sql: str,
+    *,
+    reads: tuple[str, ...] = (),
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+) -> dg.AssetChecksDefinition:
+    """An asset check that passes when `bad_rows_sql` (a SELECT of offending keys) returns no row.
 
-    @dg.asset_check(asset=dg.AssetKey(["raw", table]), name=name, description=description, blocking=True)
+    `reads` names other raw tables the SQL joins, so the check runs after they are loaded. ERROR checks
+    block downstream assets; WARN checks report.
+    """
+
+    @dg.asset_check(
+        asset=dg.AssetKey(["raw", table]),
+        name=name,
+        description=description,
+        blocking=severity == dg.AssetCheckSeverity.ERROR,
+        additional_deps=[dg.AssetKey(["raw", other]) for other in reads],
+    )
     def _check(warehouse: DuckDBResource) -> dg.AssetCheckResult:
         with warehouse.get_connection() as connection:
             (bad,) = connection.execute(f"SELECT count(*) FROM ({bad_rows_sql})").fetchone()
             examples = connection.execute(f"{bad_rows_sql} LIMIT 5").fetchall()
         return dg.AssetCheckResult(
             passed=bad == 0,
+            severity=severity,
             metadata={
                 "bad_rows": dg.MetadataValue.int(int(bad)),
                 "examples": dg.MetadataValue.text(", ".join(str(row[0]) for row in examples) or "-"),
@@ -184,17 +203,22 @@ RAW_CHECKS = [
         "OR timestamp >= TIMESTAMPTZ '2100-01-01 00:00:00+00' "
         "OR CAST(timezone('UTC', timestamp) AS DATE) <> day",
     ),
+    # A card or merchant can legitimately be seen before its context arrives: warn, do not block.
     _bad_rows_check(
         "transactions",
         "card_known",
         "Every transaction's card is in raw.cards.",
         "SELECT transaction_id FROM raw.transactions ANTI JOIN raw.cards USING (card_id)",
+        reads=("cards",),
+        severity=dg.AssetCheckSeverity.WARN,
     ),
     _bad_rows_check(
         "transactions",
         "merchant_known",
         "Every transaction's merchant is in raw.merchants.",
         "SELECT transaction_id FROM raw.transactions ANTI JOIN raw.merchants USING (merchant_id)",
+        reads=("merchants",),
+        severity=dg.AssetCheckSeverity.WARN,
     ),
     _bad_rows_check(
         "chargebacks",
@@ -202,5 +226,6 @@ RAW_CHECKS = [
         "Every chargeback refers to a landed transaction and was reported after it.",
         "SELECT chargeback_id FROM raw.chargebacks c LEFT JOIN raw.transactions t USING (transaction_id) "
         "WHERE t.transaction_id IS NULL OR c.reported_at < t.timestamp",
+        reads=("transactions",),
     ),
 ]
