@@ -9,30 +9,15 @@ and writes them with the machine's description to bench/results/simulator.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.compute as pc
 
+from bench.common import write_result
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.simulator import SimulationConfig, simulate
-
-RESULTS = Path(__file__).resolve().parent / "results" / "simulator.json"
-
-
-def machine() -> dict[str, object]:
-    """What the numbers were measured on."""
-    return {
-        "processor": platform.processor(),
-        "uname": platform.uname()._asdict(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
 
 
 def run(config: SimulationConfig) -> dict[str, object]:
@@ -74,8 +59,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     arguments = parser.parse_args()
     result = run(SimulationConfig(cards=arguments.cards, days=arguments.days, seed=arguments.seed))
-    result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    result["machine"] = machine()
     print(f"transactions        {result['transactions']:>12,}   fraud rate {result['fraud_rate']:.2%}")
     print(
         f"simulate            {result['simulate_seconds']:>10.2f} s   {result['simulate_tx_per_second']:>12,} tx/s"
@@ -84,9 +67,7 @@ def main() -> None:
         f"landing write       {result['landing_seconds']:>10.2f} s   {result['landing_tx_per_second']:>12,} tx/s"
     )
     print(f"total               {result['total_seconds']:>10.2f} s")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {RESULTS}")
+    write_result("simulator", result)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The online store against a real server: packing, defaults, and atomic loads under a concurrent reader."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from fraud_platform.lib.keys import BATCH_GENERATION_KEY
 from fraud_platform.lib.online_store import (
@@ -14,7 +16,7 @@ from fraud_platform.lib.online_store import (
     pack_rows,
     unpack_rows,
 )
-from fraud_platform.lib.redis_server import LocalRedisServer
+from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 
 CARDS = [f"card-{index}" for index in range(20_000)]
 MERCHANTS = [f"merchant-{index}" for index in range(2_000)]
@@ -89,3 +91,20 @@ def test_a_reader_never_sees_half_a_load_or_two_loads_mixed(redis_server: LocalR
     assert seen >= {2.0, 3.0} and seen <= {1.0, 2.0, 3.0, 4.0}  # never NaN: no key of a half load was read
     # Old generations are retired: only the current one's keys remain.
     assert len(list(client.scan_iter(match="batch:*:card:*", count=10_000))) == len(CARDS)
+
+
+def test_servers_without_msetex_get_the_same_load(tmp_path: Path) -> None:
+    older = LocalRedisServer(
+        tmp_path / "older", free_port(), extra_arguments=("--rename-command", "MSETEX", "")
+    )
+    older.start()
+    try:
+        client = older.client()
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            client.execute_command("MSETEX", 1, "k", "v", "EX", 10)
+        _load(client, 5.0, chunk=700)
+        cards, merchants = OnlineStore(client).batch_features(CARDS[:3], MERCHANTS[-2:])
+        assert (cards == 5.0).all() and (merchants == 5.0).all()
+        assert 0 < client.ttl(next(client.scan_iter(match="batch:*:card:*"))) <= 600
+    finally:
+        older.stop()

@@ -81,11 +81,15 @@ def free_port() -> int:
 
 
 class LocalRedisServer:
-    """One server process owned by the project, identified by its data directory and port."""
+    """One server process owned by the project, identified by its data directory and port.
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    `extra_arguments` are passed to the server as they are (e.g. ("--maxmemory", "2gb")).
+    """
+
+    def __init__(self, data_dir: Path, port: int, extra_arguments: tuple[str, ...] = ()) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
+        self.extra_arguments = extra_arguments
         self.pid_file = self.data_dir / "server.pid"
         self.log_file = self.data_dir / "server.log"
         self.password_file = self.data_dir / "password"
@@ -155,6 +159,7 @@ class LocalRedisServer:
             "--daemonize", "yes",
             "--pidfile", str(self.pid_file),
             "--logfile", str(self.log_file),
+            *self.extra_arguments,
         ]  # fmt: skip
         completed = subprocess.run(arguments, capture_output=True, text=True, check=False)
         if completed.returncode != 0:

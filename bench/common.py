@@ -1,0 +1,30 @@
+"""What every benchmark shares: the machine's description and where results are written."""
+
+import json
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    return {
+        "processor": platform.processor(),
+        "uname": platform.uname()._asdict(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    """Stamp a result with the time and machine and write it to bench/results/<name>.json."""
+    stamped = {**result, "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(stamped, indent=2) + "\n")
+    print(f"written to {path}")
+    return path
