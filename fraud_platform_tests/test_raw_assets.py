@@ -43,9 +43,25 @@ def _warehouse_rows(settings: Settings, sql: str) -> list[tuple]:
 
 def test_definitions_load_the_whole_code_location(platform_env: Settings) -> None:
     definitions = defs()
-    keys = {key.to_user_string() for key in definitions.resolve_asset_graph().get_all_asset_keys()}
-    assert {"raw/transactions", "raw/cards", "raw/merchants", "raw/chargebacks", "raw/investigations"} <= keys
-    assert definitions.resolve_implicit_global_asset_job_def() is not None
+    graph = definitions.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert {key for key, group in groups.items() if group == "raw"} >= {
+        "raw/transactions",
+        "raw/cards",
+        "raw/merchants",
+        "raw/chargebacks",
+        "raw/investigations",
+    }
+    assert groups["card_daily_features"] == groups["merchant_daily_features"] == "batch_features"
+    assert groups["transaction_labels"] == "labels"
+    assert groups["online/batch_features"] == "online"
+    assert all(graph.get(key).description for key in graph.get_all_asset_keys())
+    check_names = {key.name for key in graph.asset_check_keys}
+    assert {"transaction_id_unique", "amount_positive", "card_known", "transaction_known"} <= check_names
+    assert any(name.startswith("unique_combination_card_daily_features") for name in check_names)  # dbt tests
+    assert definitions.resolve_sensor_def("landing_sensor") is not None
+    assert definitions.resolve_schedule_def("daily_batch_refresh").cron_schedule == "0 2 * * *"
+    assert definitions.resolve_job_def("batch_refresh") is not None
 
 
 def test_load_is_idempotent_and_the_newest_batch_wins(platform_env: Settings) -> None:

@@ -20,7 +20,8 @@ fraud-platform refresh
 cat <<MSG
 
 Done. Look around:
-  Dagster UI:  source scripts/setup.sh && dagster dev      (http://127.0.0.1:3000, asset groups raw, batch_features, labels, online)
+  Dagster UI:  export FRAUD_PLATFORM_LABEL_MATURITY_DAYS=$FRAUD_PLATFORM_LABEL_MATURITY_DAYS; source scripts/setup.sh && dagster dev
+               (http://127.0.0.1:3000: asset groups raw, batch_features, labels, online)
   Warehouse:   $FRAUD_PLATFORM_WAREHOUSE (DuckDB)
   Landing:     $FRAUD_PLATFORM_LANDING
   Redis:       fraud-platform redis status   (stop it with: fraud-platform redis stop)
