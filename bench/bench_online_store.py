@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import write_result
+from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
 from fraud_platform.lib.online_store import (
-    CARD_BATCH_FEATURES,
-    MERCHANT_BATCH_FEATURES,
     OnlineStore,
     load_batch_features,
 )

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import redis
 
+from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
 from fraud_platform.lib.keys import BATCH_GENERATION_KEY
 from fraud_platform.lib.online_store import (
-    CARD_BATCH_FEATURES,
-    MERCHANT_BATCH_FEATURES,
     OnlineStore,
     load_batch_features,
     pack_rows,

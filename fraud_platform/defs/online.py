@@ -6,24 +6,19 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from fraud_platform.defs.resources import RedisResource
-from fraud_platform.lib.online_store import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES, load_batch_features
-
-# Column expressions per online feature; last_investigation_fraud encodes the last outcome as 1/0/NaN.
-_CARD_COLUMNS = {
-    name: "CASE WHEN last_investigation_outcome IS NULL THEN NULL "
-    "WHEN last_investigation_outcome = 'confirmed_fraud' THEN 1 ELSE 0 END"
-    if name == "last_investigation_fraud"
-    else name
-    for name in CARD_BATCH_FEATURES
-}
+from fraud_platform.features.batch import (
+    CARD_BATCH_FEATURES,
+    MERCHANT_BATCH_FEATURES,
+    card_feature_sql,
+    merchant_feature_sql,
+)
+from fraud_platform.lib.online_store import load_batch_features
 
 
-def latest_snapshot_sql(table: str, key: str, columns: dict[str, str] | tuple[str, ...]) -> str:
-    """SQL for the rows of a daily snapshot table on its latest day, one float column per feature."""
-    expressions = columns.items() if isinstance(columns, dict) else ((name, name) for name in columns)
-    selected = ", ".join(f"CAST({expression} AS DOUBLE) AS {name}" for name, expression in expressions)
+def latest_snapshot_sql(table: str, key: str, features_sql: str) -> str:
+    """SQL for the rows of a daily snapshot table on its latest day, with the given feature columns."""
     return (
-        f"SELECT {key}, max(as_of_date) OVER () AS snapshot_date, {selected} FROM {table} "
+        f"SELECT {key}, max(as_of_date) OVER () AS snapshot_date, {features_sql} FROM {table} AS snapshot "
         f"QUALIFY as_of_date = max(as_of_date) OVER () ORDER BY {key}"
     )
 
@@ -48,10 +43,10 @@ def online_batch_features(warehouse: DuckDBResource, redis: RedisResource) -> dg
     """Load the latest daily snapshots into the online store in one generation."""
     with warehouse.get_connection() as connection:
         cards = connection.sql(
-            latest_snapshot_sql("card_daily_features", "card_id", _CARD_COLUMNS)
+            latest_snapshot_sql("card_daily_features", "card_id", card_feature_sql("snapshot"))
         ).to_arrow_table()
         merchants = connection.sql(
-            latest_snapshot_sql("merchant_daily_features", "merchant_id", MERCHANT_BATCH_FEATURES)
+            latest_snapshot_sql("merchant_daily_features", "merchant_id", merchant_feature_sql("snapshot"))
         ).to_arrow_table()
     report = load_batch_features(
         redis.client(),

@@ -17,33 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
+from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
 from fraud_platform.lib.keys import BATCH_GENERATION_KEY, card_batch_key, merchant_batch_key
 
-# Order matters: it is the packed layout in Redis and the column order of the model's batch features.
-CARD_BATCH_FEATURES: tuple[str, ...] = (
-    *(
-        f"{stat}_{days}d"
-        for days in (7, 30, 90)
-        for stat in ("txn_count", "amount_sum", "amount_mean", "amount_std", "amount_max")
-    ),
-    "distinct_merchants_30d",
-    "ecom_share_30d",
-    "night_share_30d",
-    "days_since_open",
-    "investigations_365d",
-    "last_investigation_fraud",
-    "chargebacks_known",
-)
-MERCHANT_BATCH_FEATURES: tuple[str, ...] = (
-    "txn_count_30d",
-    "amount_sum_30d",
-    "txn_count_90d",
-    "amount_sum_90d",
-    "fraud_count_30d",
-    "fraud_count_90d",
-    "fraud_rate_30d",
-    "fraud_rate_90d",
-)
 _DTYPE = np.dtype("<f8")
 
 
