@@ -266,3 +266,107 @@ def refresh() -> None:
         f"{online['cards'].value:,} cards and {online['merchants'].value:,} merchants online "
         f"({online['rows_per_second'].value:,.0f} rows/s); {checks}"
     )
+
+
+def _empty_landing(zone: LandingZone) -> LandingError:
+    return LandingError(
+        f"the landing zone {zone.root} is empty: run 'fraud-platform simulate' or 'fraud-platform import FILE' first"
+    )
+
+
+def _replay_days(zone: LandingZone, day: date | None, first: date | None, last: date | None) -> list[str]:
+    """The landed days selected by --day or --from/--to (all landed days when none is given)."""
+    if day and (first or last):
+        raise click.UsageError("give either --day or --from/--to, not both")
+    landed = zone.days()
+    if not landed:
+        raise _empty_landing(zone)
+    low = (day or first or date.min).isoformat()
+    high = (day or last or date.max).isoformat()
+    selected = [landed_day for landed_day in landed if low <= landed_day <= high]
+    if not selected:
+        raise LandingError(
+            f"no landed transactions from {low} to {high}; landed days: {landed[0]} to {landed[-1]}"
+        )
+    return selected
+
+
+_DAY = click.DateTime(formats=["%Y-%m-%d"])
+
+
+@main.command()
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Transactions per second [default: as fast as possible].",
+)
+@click.option("--day", type=_DAY, help="Replay one day (YYYY-MM-DD).")
+@click.option("--from", "first", type=_DAY, help="First day to replay (YYYY-MM-DD).")
+@click.option("--to", "last", type=_DAY, help="Last day to replay, inclusive (YYYY-MM-DD).")
+def replay(rate: float | None, day: Any, first: Any, last: Any) -> None:
+    """Publish landed transactions to the transactions stream, sharded by card, in event-time order."""
+    import redis as redis_client
+
+    from fraud_platform.lib.bus import landing_days
+    from fraud_platform.lib.bus import replay as publish_tables
+    from fraud_platform.lib.keys import TRANSACTIONS_STREAM_PREFIX
+    from fraud_platform.lib.redis_server import redis_url
+
+    settings = _settings()
+    zone = LandingZone(settings.landing_dir)
+    days = _replay_days(zone, day and day.date(), first and first.date(), last and last.date())
+    total = sum(manifest.days.get(landed_day, 0) for manifest in zone.batches() for landed_day in days)
+    client = redis_client.Redis.from_url(redis_url(settings))
+    try:
+        with progress_bar(total, "tx", "replay") as advance:
+            result = publish_tables(
+                client, landing_days(zone, days), settings.stream_shards, rate=rate, progress=advance
+            )
+    except redis_client.RedisError as error:
+        raise click.ClickException(f"Redis: {error}") from error
+    span = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+    click.echo(
+        f"replayed {result.published:,} transactions of {span} to {settings.stream_shards} shards of "
+        f"{TRANSACTIONS_STREAM_PREFIX} in {result.seconds:.1f} s ({result.rate:,.0f} tx/s)"
+    )
+
+
+@main.group()
+def features() -> None:
+    """Real-time card features computed offline by the stream's own code."""
+
+
+@features.command("backfill")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Parquet file to write."
+)
+@click.option(
+    "--processes", type=click.IntRange(min=1), help="Worker processes [default: the available cores]."
+)
+def features_backfill(out: Path, processes: int | None) -> None:
+    """Backfill every landed transaction's real-time features into a parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fraud_platform.features.backfill import backfill, with_version
+    from fraud_platform.features.realtime import FEATURE_DEFINITION_VERSION, FEATURE_NAMES
+    from fraud_platform.lib.schema import TRANSACTIONS
+
+    zone = LandingZone(_settings().landing_dir)
+    files = zone.transaction_files()
+    if not files:
+        raise _empty_landing(zone)
+    transactions = pa.concat_tables([pq.read_table(path, schema=TRANSACTIONS) for path in files])
+    began = time.perf_counter()
+    with progress_bar(transactions.num_rows, "tx", "backfill") as advance:
+        result = backfill(transactions, processes=processes, progress=advance)
+    seconds = time.perf_counter() - began
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    pq.write_table(with_version(result), partial)
+    partial.replace(out)
+    skipped = transactions.num_rows - result.num_rows
+    click.echo(
+        f"backfilled {result.num_rows:,} transactions ({skipped:,} duplicate ids skipped) in {seconds:.1f} s "
+        f"({result.num_rows / seconds:,.0f} tx/s): {len(FEATURE_NAMES)} features {FEATURE_DEFINITION_VERSION} -> {out}"
+    )

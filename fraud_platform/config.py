@@ -23,12 +23,14 @@ LABEL_MATURITY_VAR = "FRAUD_PLATFORM_LABEL_MATURITY_DAYS"
 STREAM_SHARDS_VAR = "FRAUD_PLATFORM_STREAM_SHARDS"
 ALLOWED_LATENESS_VAR = "FRAUD_PLATFORM_ALLOWED_LATENESS_SECONDS"
 FEATURE_TTL_VAR = "FRAUD_PLATFORM_FEATURE_TTL_SECONDS"
+RETRAIN_LABELS_VAR = "FRAUD_PLATFORM_RETRAIN_MIN_NEW_LABELS"
 
 DEFAULT_REDIS_PORT = 6390
 DEFAULT_LABEL_MATURITY_DAYS = 180
 DEFAULT_STREAM_SHARDS = 4
 DEFAULT_ALLOWED_LATENESS_SECONDS = 300
 DEFAULT_FEATURE_TTL_SECONDS = 3 * 86_400
+DEFAULT_RETRAIN_MIN_NEW_LABELS = 1_000
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _MLFLOW_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 
@@ -58,6 +60,7 @@ class Settings:
     stream_shards: int
     allowed_lateness_seconds: int
     feature_ttl_seconds: int
+    retrain_min_new_labels: int
 
     @property
     def redis_dir(self) -> Path:
@@ -93,6 +96,7 @@ class Settings:
                 env, ALLOWED_LATENESS_VAR, DEFAULT_ALLOWED_LATENESS_SECONDS, 0, 86_400
             ),
             feature_ttl_seconds=_integer(env, FEATURE_TTL_VAR, DEFAULT_FEATURE_TTL_SECONDS, 60, 365 * 86_400),
+            retrain_min_new_labels=_integer(env, RETRAIN_LABELS_VAR, DEFAULT_RETRAIN_MIN_NEW_LABELS, 1, 10**9),
         )
 
     def environment(self) -> dict[str, str]:
@@ -108,6 +112,7 @@ class Settings:
             STREAM_SHARDS_VAR: str(self.stream_shards),
             ALLOWED_LATENESS_VAR: str(self.allowed_lateness_seconds),
             FEATURE_TTL_VAR: str(self.feature_ttl_seconds),
+            RETRAIN_LABELS_VAR: str(self.retrain_min_new_labels),
         }
         if self.redis_url:
             variables[REDIS_URL_VAR] = self.redis_url

@@ -7,19 +7,36 @@ from fraud_platform.defs.automation import batch_refresh_job, daily_batch_refres
 from fraud_platform.defs.batch import build_dbt_assets
 from fraud_platform.defs.online import online_batch_features
 from fraud_platform.defs.raw import RAW_ASSETS, RAW_CHECKS
+from fraud_platform.defs.realtime import REALTIME_ASSETS
 from fraud_platform.defs.resources import build_resources
+from fraud_platform.defs.training import (
+    build_training_resources,
+    fraud_model,
+    retrain_sensor,
+    training_dataset,
+    training_job,
+    weekly_retrain,
+)
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     """Build the definitions from the current configuration (loaded lazily by Dagster tools)."""
+    settings = Settings.from_env()
     return dg.Definitions(
-        assets=[*RAW_ASSETS, build_dbt_assets(), online_batch_features],
+        assets=[
+            *RAW_ASSETS,
+            build_dbt_assets(),
+            *REALTIME_ASSETS,
+            online_batch_features,
+            training_dataset,
+            fraud_model,
+        ],
         asset_checks=RAW_CHECKS,
-        jobs=[batch_refresh_job],
-        schedules=[daily_batch_refresh],
-        sensors=[landing_sensor],
-        resources=build_resources(Settings.from_env()),
+        jobs=[batch_refresh_job, training_job],
+        schedules=[daily_batch_refresh, weekly_retrain],
+        sensors=[landing_sensor, retrain_sensor],
+        resources={**build_resources(settings), **build_training_resources(settings)},
         # DuckDB allows one writing process per file: run the steps of a run in one process.
         executor=dg.in_process_executor,
     )

@@ -51,12 +51,22 @@ def register_landing_days(instance: dg.DagsterInstance, zone: LandingZone) -> li
     return new_days
 
 
-def refresh_batch_side(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """Run the batch_refresh job: dbt features and labels (with their tests), then the online load."""
+def run_job(instance: dg.DagsterInstance, name: str) -> dg.ExecuteInProcessResult:
+    """Run one job of the code location in this process, recorded in `instance`."""
     from fraud_platform.definitions import defs
 
-    job = defs().resolve_job_def("batch_refresh")
+    job = defs().resolve_job_def(name)
     return job.execute_in_process(instance=instance, run_config=QUIET_CONSOLE, raise_on_error=False)
+
+
+def refresh_batch_side(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """dbt features and labels (with their tests), the real-time feature backfill, then the online load."""
+    return run_job(instance, "batch_refresh")
+
+
+def train_model(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """The training dataset, a new model version in MLflow and the champion/challenger decision."""
+    return run_job(instance, "train_model")
 
 
 def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:

@@ -7,12 +7,12 @@ import dagster as dg
 from fraud_platform.defs.raw import CONTEXT_ASSETS, LANDING_DAYS, raw_transactions
 from fraud_platform.defs.resources import LandingResource
 
-BATCH_SIDE = dg.AssetSelection.groups("batch_features", "labels", "online")
+BATCH_SIDE = dg.AssetSelection.groups("batch_features", "labels", "realtime_features", "online")
 
 batch_refresh_job = dg.define_asset_job(
     "batch_refresh",
     selection=BATCH_SIDE,
-    description="Rebuild the dbt features and labels and load the latest snapshots into Redis.",
+    description="Rebuild the dbt features and labels, backfill real-time features, load the latest snapshots into Redis.",
 )
 
 daily_batch_refresh = dg.ScheduleDefinition(

@@ -1,0 +1,115 @@
+"""Benchmark and quality report: the training dataset and the XGBoost fit on about a million transactions.
+
+    python -m bench.bench_training [--cards 5000 --days 150 --maturity 30]
+
+Simulates history into a temporary platform home, runs the batch side (load, dbt, real-time backfill) and then
+times `build_training_data` (the point-in-time join, on-demand features, split) and `fit` separately. Reports
+the test-window metrics of the model and of the rules baseline (`fraud_platform.training.baseline`).
+"""
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from bench.common import write_result
+from fraud_platform.config import Settings
+from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.redis_server import LocalRedisServer, free_port
+from fraud_platform.lib.simulator import SimulationConfig, simulate
+from fraud_platform.pipeline import instance_for, load_landing, run_job
+from fraud_platform.training.baseline import rules_score
+from fraud_platform.training.dataset import build_training_data
+from fraud_platform.training.model import evaluate, fit, score
+
+
+def run(cards: int, days: int, maturity: int) -> dict[str, object]:
+    """Prepare the warehouse, then time the dataset build and the fit; evaluate model and baseline."""
+    with tempfile.TemporaryDirectory() as home:
+        server = LocalRedisServer(Path(home) / "redis", free_port())
+        server.start()
+        os.environ.update(
+            {
+                "FRAUD_PLATFORM_HOME": home,
+                "FRAUD_PLATFORM_LABEL_MATURITY_DAYS": str(maturity),
+                "REDIS_URL": server.url,
+            }
+        )
+        settings = Settings.from_env()
+        data = simulate(SimulationConfig(cards=cards, days=days, seed=42))
+        LandingZone(settings.landing_dir).write_batch(
+            "bench", data.transactions, data.context(), source="bench"
+        )
+        instance = instance_for(settings)
+        assert load_landing(settings, instance).success
+        assert run_job(instance, "batch_refresh").success  # dbt, labels, real-time backfill, online load
+        server.stop()
+        with duckdb.connect(str(settings.warehouse_path)) as connection:
+            began = time.perf_counter()
+            dataset = build_training_data(connection, maturity)
+            dataset_seconds = time.perf_counter() - began
+        began = time.perf_counter()
+        trained = fit(dataset)
+        fit_seconds = time.perf_counter() - began
+    test = dataset.part("test")
+    baseline = evaluate(rules_score(test.features), test, trained.thresholds)
+    # Simulation only: the ground truth, which includes frauds not (yet) reported as chargebacks.
+    truth = dict(
+        zip(
+            data.fraud_truth.column("transaction_id").to_pylist(),
+            data.fraud_truth.column("is_fraud").to_pylist(),
+            strict=True,
+        )
+    )
+    true_labels = np.array([truth[transaction] for transaction in test.transaction_ids], dtype=np.int8)
+    against_truth = {
+        name: {
+            "roc_auc": float(roc_auc_score(true_labels, scores)),
+            "average_precision": float(average_precision_score(true_labels, scores)),
+        }
+        for name, scores in (
+            ("model", score(trained.booster, test.features)),
+            ("baseline", rules_score(test.features)),
+        )
+    }
+    return {
+        "simulated_transactions": data.transactions.num_rows,
+        "dataset_rows": len(dataset.labels),
+        "dataset_seconds": round(dataset_seconds, 2),
+        "dataset_rows_per_second": round(len(dataset.labels) / dataset_seconds),
+        "fit_seconds": round(fit_seconds, 2),
+        "best_iteration": trained.best_iteration,
+        "train_rows": int((dataset.split == "train").sum()),
+        "test_window": dataset.window("test"),
+        "thresholds": {"decline": trained.thresholds.decline, "review": trained.thresholds.review},
+        "model_test": trained.test_metrics,
+        "baseline_test": baseline,
+        "test_true_frauds": int(true_labels.sum()),
+        "test_frauds_labelled_genuine": int(((true_labels == 1) & (test.labels == 0)).sum()),
+        "test_claims_on_genuine": int(((true_labels == 0) & (test.labels == 1)).sum()),
+        "against_truth": against_truth,
+    }
+
+
+def main() -> None:
+    """Parse the arguments, run, print and save the result."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cards", type=int, default=5_000)
+    parser.add_argument("--days", type=int, default=150)
+    parser.add_argument("--maturity", type=int, default=30)
+    arguments = parser.parse_args()
+    result = run(arguments.cards, arguments.days, arguments.maturity)
+    for key, value in result.items():
+        print(f"{key:<26}{value}")
+    write_result("training", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The real-time feature flow: transaction events in, per-card window features out to Redis.
+
+    python -m bytewax.run "bytewax_flows.realtime_features:build_flow()"                  # follow the streams
+    python -m bytewax.run "bytewax_flows.realtime_features:build_flow(exit_when_drained=True)" -w 2
+
+Reads every shard of the transactions stream, validates each event with `schema.parse_transaction` (bad
+ones go to the dead-letter stream with the reason), keys by card, runs `features.realtime.update` on the
+card's state and writes each card's newest feature vector to Redis. Configuration comes from the
+environment (`Settings.from_env()`): shards, allowed lateness, feature TTL and the Redis server. Building the
+flow tunes the process's garbage collector for a heap of long-lived card states (GC_THRESHOLDS).
+
+Tests build the same flow with a TestingSource and TestingSinks; the per-transaction rows (served rows and
+corrections) go to `sink` when one is given.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+from typing import TypeGuard
+
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+
+from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource
+from fraud_platform.config import Settings
+from fraud_platform.features.realtime import CardState, DuplicateTransaction, FeatureRow, update
+from fraud_platform.lib.bus import DUPLICATE_REASON, DeadLetter, decode_event, transaction_event
+from fraud_platform.lib.keys import transactions_stream
+from fraud_platform.lib.redis_server import redis_url
+from fraud_platform.lib.schema import Transaction
+
+FLOW_ID = "realtime_features"
+# Card states live long and most per-event objects die young: collecting the youngest generation every
+# 20,000 allocations instead of 700 (and the older ones more rarely) gave the flow about 10 % more events/s.
+GC_THRESHOLDS = (20_000, 50, 100)
+
+
+def build_flow(
+    source: Source[bytes | None] | None = None,
+    sink: Sink[FeatureRow] | None = None,
+    dead_letter_sink: Sink[DeadLetter] | None = None,
+    card_sink: Sink[FeatureRow] | None = None,
+    *,
+    settings: Settings | None = None,
+    exit_when_drained: bool = False,
+) -> Dataflow:
+    """The dataflow. Each of `source`, `dead_letter_sink` and `card_sink` defaults to Redis (from settings).
+
+    `source` yields raw event payloads (bytes; None for a stream entry without an event); `sink`, when
+    given, receives every FeatureRow; `exit_when_drained` stops the Redis source at the streams' end.
+    """
+    settings = settings or Settings.from_env()
+    gc.set_threshold(*GC_THRESHOLDS)  # process-wide: under bytewax.run the flow owns its process
+    if source is None or dead_letter_sink is None or card_sink is None:
+        url = redis_url(settings)
+        shards = [transactions_stream(shard) for shard in range(settings.stream_shards)]
+        source = source or RedisStreamSource(url, shards, exit_when_drained=exit_when_drained)
+        dead_letter_sink = dead_letter_sink or DeadLetterSink(url)
+        card_sink = card_sink or CardFeatureSink(url, settings.feature_ttl_seconds)
+    lateness_ms = settings.allowed_lateness_seconds * 1000
+
+    flow = Dataflow(FLOW_ID)
+    payloads = op.input("transactions", flow, source)
+    # bytes | None: the JSON of one event
+    decoded = op.flat_map_batch("decode", payloads, _decode_all)
+    # Transaction | DeadLetter
+    checked = op.branch("split_invalid", decoded, _is_transaction)
+    # checked.trues: Transaction; checked.falses: DeadLetter
+    by_card = op.key_on("key_by_card", checked.trues, _card_id)
+    # (card_id, Transaction)
+    updated = op.stateful_batch("update_card_state", by_card, lambda state: CardFeatures(state, lateness_ms))
+    # (card_id, FeatureRow | DeadLetter): served rows, then corrections; a DeadLetter for a duplicate
+    results = op.branch("split_duplicates", op.key_rm("unkey", updated), _is_row)
+    # results.trues: FeatureRow; results.falses: DeadLetter
+    op.output("card_features", results.trues, card_sink)
+    if sink is not None:
+        op.output("feature_rows", results.trues, sink)
+    op.output("dead_letters", op.merge("all_dead_letters", checked.falses, results.falses), dead_letter_sink)
+    return flow
+
+
+class CardFeatures(StatefulBatchLogic[Transaction, FeatureRow | DeadLetter, CardState | None]):
+    """One card's step: `update` for each of its transactions in a batch; a duplicate becomes a dead letter.
+
+    (`stateful_map` would wrap the same call in two more Python layers per event; this is the measured
+    cheaper equivalent.) The snapshot is a deep copy, cheap by design of CardState.
+    """
+
+    def __init__(self, state: CardState | None, allowed_lateness_ms: int) -> None:
+        self.state = state
+        self.allowed_lateness_ms = allowed_lateness_ms
+
+    def on_batch(self, values: list[Transaction]) -> tuple[list[FeatureRow | DeadLetter], bool]:
+        """Rows for the card's transactions of this batch, in order; the state is kept."""
+        emitted: list[FeatureRow | DeadLetter] = []
+        state = self.state
+        for txn in values:
+            try:
+                state, rows = update(state, txn, allowed_lateness_ms=self.allowed_lateness_ms)
+            except DuplicateTransaction:
+                emitted.append(DeadLetter(DUPLICATE_REASON, transaction_event(txn)))
+                continue
+            emitted.extend(rows)
+        self.state = state
+        return emitted, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> CardState | None:
+        """An independent copy of the card's state for recovery."""
+        return copy.deepcopy(self.state)
+
+
+def _decode_all(payloads: list[bytes | None]) -> list[Transaction | DeadLetter]:
+    return [decode_event(payload) for payload in payloads]
+
+
+def _is_transaction(item: Transaction | DeadLetter) -> TypeGuard[Transaction]:
+    return isinstance(item, Transaction)
+
+
+def _is_row(item: FeatureRow | DeadLetter) -> TypeGuard[FeatureRow]:
+    return isinstance(item, FeatureRow)
+
+
+def _card_id(txn: Transaction) -> str:
+    return txn.card_id

@@ -1,0 +1,160 @@
+"""Bytewax connectors for Redis: the sharded transaction streams in, card features and dead letters out.
+
+* `RedisStreamSource`: one partition per stream shard, read with XREAD COUNT/BLOCK after the last id read.
+  An idle shard holds its worker at most `block_ms` (1 ms, as Bytewax's Kafka source waits). The
+  partition's snapshot is that id, so a recovered flow resumes right after what it had processed.
+  With `exit_when_drained` a partition stops once it has read everything that was in its stream when it
+  started (tests, benchmarks, replays of history).
+* `CardFeatureSink`: each card's newest feature vector, packed, under `card_realtime_key` with a TTL; one
+  MSETEX per batch (pipelined SET ... EX on servers without it), only the last row of a card in the batch.
+* `DeadLetterSink`: events the flow could not use, to the dead-letter stream with their reason.
+
+Writes are idempotent per card (SET) and the source is exactly-once on resume; dead letters may repeat
+after a recovery (at-least-once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from fraud_platform.features.packing import REALTIME_LAYOUT
+from fraud_platform.features.realtime import FeatureRow
+from fraud_platform.lib.bus import DeadLetter, read_entries, stream_id, stream_last_id, write_dead_letters
+from fraud_platform.lib.keys import card_realtime_key
+from fraud_platform.lib.online_store import _write as write_with_ttl
+
+START_ID = "0-0"
+
+
+class _StreamPartition(StatefulSourcePartition[bytes | None, str]):
+    """One shard: yields event payloads (None for an entry without an event field)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        stream: str,
+        last_id: str,
+        batch_size: int,
+        block_ms: int,
+        exit_when_drained: bool,
+    ) -> None:
+        self._client = client
+        self._stream = stream
+        self._last_id = last_id
+        self._batch_size = batch_size
+        self._block_ms = block_ms
+        self._end = stream_id(stream_last_id(client, stream)) if exit_when_drained else None
+
+    def next_batch(self) -> list[bytes | None]:
+        """The next entries after the last id read; StopIteration once drained (with exit_when_drained)."""
+        if self._end is not None and stream_id(self._last_id) >= self._end:
+            raise StopIteration
+        entries = read_entries(
+            self._client,
+            self._stream,
+            self._last_id,
+            self._batch_size,
+            None if self._end is not None else self._block_ms,
+        )
+        if entries:
+            self._last_id = entries[-1][0]
+        return [payload for _, payload in entries]
+
+    def snapshot(self) -> str:
+        """The id of the last entry read: a resumed partition reads after it."""
+        return self._last_id
+
+    def close(self) -> None:
+        """Release the connection."""
+        self._client.close()
+
+
+class RedisStreamSource(FixedPartitionedSource[bytes | None, str]):
+    """Event payloads from Redis streams, one partition per stream (shard), from the start of each stream."""
+
+    def __init__(
+        self,
+        url: str,
+        streams: Sequence[str],
+        *,
+        batch_size: int = 1_000,
+        block_ms: int = 1,
+        exit_when_drained: bool = False,
+    ) -> None:
+        self._url = url
+        self._streams = list(streams)
+        self._batch_size = batch_size
+        self._block_ms = block_ms
+        self._exit_when_drained = exit_when_drained
+
+    def list_parts(self) -> list[str]:
+        """Every stream: any worker can read any shard; Bytewax assigns each to one worker."""
+        return self._streams
+
+    def build_part(self, step_id: str, for_part: str, resume_state: str | None) -> _StreamPartition:
+        """A reader of one stream, after `resume_state` (the last id read) or from the start."""
+        return _StreamPartition(
+            redis.Redis.from_url(self._url),
+            for_part,
+            resume_state or START_ID,
+            self._batch_size,
+            self._block_ms,
+            self._exit_when_drained,
+        )
+
+
+class _CardFeaturePartition(StatelessSinkPartition[FeatureRow]):
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self._client = client
+        self._ttl = ttl_seconds
+
+    def write_batch(self, items: list[FeatureRow]) -> None:
+        """Write each card's newest vector of the batch with the TTL, in one round trip."""
+        newest = {row.card_id: row.values for row in items if row.latest}
+        if newest:
+            pack = REALTIME_LAYOUT.pack
+            keys = [card_realtime_key(card_id) for card_id in newest]
+            values = [pack(vector) for vector in newest.values()]
+            write_with_ttl(self._client, keys, values, self._ttl, len(keys))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class CardFeatureSink(DynamicSink[FeatureRow]):
+    """Each card's newest real-time feature vector, packed, under card_realtime_key(card_id) with a TTL."""
+
+    def __init__(self, url: str, ttl_seconds: int) -> None:
+        self._url = url
+        self._ttl = ttl_seconds
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CardFeaturePartition:
+        """A writer for one worker (rows of a card always reach the same worker)."""
+        return _CardFeaturePartition(redis.Redis.from_url(self._url), self._ttl)
+
+
+class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def write_batch(self, items: list[DeadLetter]) -> None:
+        """XADD the batch's dead letters in one pipeline."""
+        write_dead_letters(self._client, items)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class DeadLetterSink(DynamicSink[DeadLetter]):
+    """Events the flow could not use, to the dead-letter stream with the reason and the raw payload."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
+        """A writer for one worker."""
+        return _DeadLetterPartition(redis.Redis.from_url(self._url))

@@ -1,0 +1,1 @@
+"""Features shared by training and serving: real-time card windows, on-demand transaction features, packing."""

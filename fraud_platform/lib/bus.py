@@ -1,0 +1,215 @@
+"""The transaction bus on Redis Streams: events sharded by card, published in pipelines, read in batches.
+
+Layout (names from `fraud_platform.lib.keys`): a card's events go to shard `shard_of(card_id, shards)`,
+the stream `stream:transactions:<shard>`; each entry has one field, `event`, the event as JSON (the input of
+`schema.parse_transaction`: timestamp as epoch ms or ISO-8601 with a zone). An event that cannot be used goes
+to `stream:dead-letter` with fields `reason` and `payload` (the raw bytes, cut to DEAD_LETTER_PAYLOAD_BYTES).
+
+Streams are not trimmed: a consumer resumes from its own position (the Bytewax source snapshots it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import redis
+
+from fraud_platform.lib.keys import DEAD_LETTER_STREAM, shard_of, transactions_stream
+from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.schema import (
+    EVENT_FIELDS,
+    TRANSACTIONS,
+    InvalidTransaction,
+    Transaction,
+    parse_transaction,
+)
+
+EVENT_FIELD = "event"
+# A card transaction is a few hundred bytes; anything this large is not one.
+MAX_EVENT_BYTES = 16 * 1024
+DEAD_LETTER_PAYLOAD_BYTES = 4 * 1024
+DUPLICATE_REASON = "duplicate transaction_id"
+PIPELINE_SIZE = 1_000
+_EVENT_KEY = EVENT_FIELD.encode()
+
+
+class DeadLetter(NamedTuple):
+    """An event the stream could not use: why, and its raw payload (cut to DEAD_LETTER_PAYLOAD_BYTES)."""
+
+    reason: str
+    payload: bytes
+
+
+def _dead_letter(reason: str, payload: bytes) -> DeadLetter:
+    """A DeadLetter with the payload cut to DEAD_LETTER_PAYLOAD_BYTES."""
+    return DeadLetter(reason, payload[:DEAD_LETTER_PAYLOAD_BYTES])
+
+
+def decode_event(payload: bytes | None) -> Transaction | DeadLetter:
+    """Parse and validate one stream payload; every problem becomes a DeadLetter with the reason."""
+    if payload is None:
+        return DeadLetter(f"stream entry has no '{EVENT_FIELD}' field", b"")
+    if len(payload) > MAX_EVENT_BYTES:
+        return _dead_letter(
+            f"event of {len(payload):,} bytes exceeds the limit of {MAX_EVENT_BYTES:,}", payload
+        )
+    try:
+        return parse_transaction(orjson.loads(payload))
+    except orjson.JSONDecodeError as error:
+        return _dead_letter(f"invalid JSON: {error}", payload)
+    except InvalidTransaction as error:
+        return _dead_letter(str(error), payload)
+
+
+def transaction_event(txn: Transaction) -> bytes:
+    """A validated transaction back as an event payload (timestamp in epoch ms, absent fields left out)."""
+    event = {field: getattr(txn, field) for field in EVENT_FIELDS if field != "timestamp"}
+    event["timestamp"] = txn.timestamp_ms
+    return orjson.dumps({key: value for key, value in event.items() if value is not None})
+
+
+def events_from_table(table: pa.Table) -> Iterator[dict[str, Any]]:
+    """Landing rows (schema.TRANSACTIONS) as events: timestamp in epoch ms, empty optional fields left out."""
+    millis = pc.divide(
+        pc.cast(pc.cast(table.column("timestamp"), TRANSACTIONS.field("timestamp").type), pa.int64()), 1000
+    )
+    table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", millis)
+    for batch in table.select(list(EVENT_FIELDS)).to_batches(max_chunksize=PIPELINE_SIZE * 10):
+        for row in batch.to_pylist():
+            yield {key: value for key, value in row.items() if value is not None}
+
+
+def publish(client: redis.Redis, events: Iterable[Mapping[str, Any]], shards: int) -> int:
+    """XADD each event to its card's shard, PIPELINE_SIZE per round trip; return the number published.
+
+    Events are published as given (a bad one is the stream's to dead-letter); one without a card_id goes to
+    the shard of the empty card id.
+    """
+    published = 0
+    pipeline = client.pipeline(transaction=False)
+    for event in events:
+        stream = transactions_stream(shard_of(str(event.get("card_id", "")), shards))
+        pipeline.execute_command("XADD", stream, "*", EVENT_FIELD, orjson.dumps(event))
+        published += 1
+        if len(pipeline) >= PIPELINE_SIZE:
+            pipeline.execute()
+    pipeline.execute()
+    return published
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What a replay published and how fast."""
+
+    published: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Transactions per second achieved."""
+        return self.published / self.seconds if self.seconds > 0 else 0.0
+
+
+def replay(
+    client: redis.Redis,
+    tables: Iterable[pa.Table],
+    shards: int,
+    *,
+    rate: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """Publish the transactions of `tables` in order, at `rate` per second (None: as fast as possible).
+
+    Pacing publishes small chunks and sleeps until each chunk's scheduled time, so the average rate holds
+    over any stretch longer than a chunk (at most a fiftieth of a second's worth of events).
+    """
+    if rate is not None and rate <= 0:
+        raise ValueError(f"rate must be positive, got {rate}")
+    chunk = PIPELINE_SIZE if rate is None else max(1, min(PIPELINE_SIZE, int(rate / 50)))
+    report = progress or (lambda _count: None)
+    started = time.perf_counter()
+    published = 0
+    pending: list[dict[str, Any]] = []
+    for table in tables:
+        for event in events_from_table(table):
+            pending.append(event)
+            if len(pending) >= chunk:
+                published += _publish_paced(client, pending, shards, rate, started, published)
+                report(len(pending))
+                pending.clear()
+    if pending:
+        published += _publish_paced(client, pending, shards, rate, started, published)
+        report(len(pending))
+    return ReplayResult(published, time.perf_counter() - started)
+
+
+def _publish_paced(
+    client: redis.Redis,
+    events: list[dict[str, Any]],
+    shards: int,
+    rate: float | None,
+    started: float,
+    sent: int,
+) -> int:
+    if rate is not None:
+        delay = started + sent / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    return publish(client, events, shards)
+
+
+def landing_days(zone: LandingZone, days: Iterable[str]) -> Iterator[pa.Table]:
+    """Each day's landed transactions over every batch, sorted by (timestamp, transaction_id)."""
+    for day in days:
+        files = zone.transaction_files(day)
+        if files:
+            table = pa.concat_tables([pq.read_table(path, schema=TRANSACTIONS) for path in files])
+            yield table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
+
+
+def stream_last_id(client: redis.Redis, stream: str) -> str:
+    """Id of the newest entry of `stream` ("0-0" when it is empty or does not exist)."""
+    newest = client.xrevrange(stream, count=1)
+    return newest[0][0].decode() if newest else "0-0"
+
+
+def stream_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("<ms>-<seq>") as a comparable pair."""
+    millis, _, sequence = entry_id.partition("-")
+    return int(millis), int(sequence or 0)
+
+
+def read_entries(
+    client: redis.Redis, stream: str, after: str, count: int, block_ms: int | None
+) -> list[tuple[str, bytes | None]]:
+    """Up to `count` entries after id `after` as (id, event payload or None); waits up to block_ms if none."""
+    reply = client.xread({stream: after}, count=count, block=block_ms)
+    if not reply:
+        return []
+    return [(entry_id.decode(), fields.get(_EVENT_KEY)) for entry_id, fields in reply[0][1]]
+
+
+def write_dead_letters(client: redis.Redis, letters: Iterable[DeadLetter]) -> int:
+    """XADD dead letters to the dead-letter stream in one pipeline; return how many."""
+    pipeline = client.pipeline(transaction=False)
+    for letter in letters:
+        pipeline.execute_command(
+            "XADD", DEAD_LETTER_STREAM, "*", "reason", letter.reason, "payload", letter.payload
+        )
+    written = len(pipeline)
+    if written:
+        pipeline.execute()
+    return written
+
+
+def read_dead_letters(client: redis.Redis, count: int | None = None) -> list[DeadLetter]:
+    """The dead-letter stream's entries, oldest first (at most `count`)."""
+    entries = client.xrange(DEAD_LETTER_STREAM, count=count)
+    return [DeadLetter(fields[b"reason"].decode(), fields[b"payload"]) for _, fields in entries]

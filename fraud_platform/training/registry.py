@@ -1,0 +1,231 @@
+"""The model registry in MLflow: register a version with its contract, promote a champion, load one natively.
+
+A version carries its contract (feature names and order, feature-definition version, thresholds, validation
+metrics, the labels it was trained with) as `contract.json` and as version tags. The booster is stored in
+XGBoost's native JSON format and loaded with `mlflow.xgboost.load_model`: never a pickle.
+"""
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import xgboost as xgb
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from sklearn.metrics import average_precision_score, precision_recall_curve
+
+from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
+from fraud_platform.training.dataset import TrainingData
+from fraud_platform.training.model import Thresholds, TrainedModel, score
+
+MODEL_NAME = "fraud-xgboost"
+CHAMPION = "champion"
+EXPERIMENT = "fraud-platform"
+CONTRACT_FILE = "contract.json"
+XGBOOST_REQUIREMENT = f"xgboost-cpu=={xgb.__version__}"
+
+
+class ContractError(ValueError):
+    """A model's contract asks for features this code cannot produce."""
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """What a registered model needs and promises."""
+
+    features: tuple[str, ...]
+    feature_definition_version: str
+    decline_threshold: float
+    review_threshold: float
+    validation_metrics: dict[str, float] = field(default_factory=dict)
+    labels_known: int = 0
+    trained_until: str = ""
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The decision thresholds."""
+        return Thresholds(decline=self.decline_threshold, review=self.review_threshold)
+
+    def check_servable(self) -> None:
+        """Raise ContractError unless this code produces exactly the features the model expects."""
+        if self.feature_definition_version != FEATURE_DEFINITION_VERSION:
+            raise ContractError(
+                f"model needs feature definitions {self.feature_definition_version!r}, "
+                f"this code serves {FEATURE_DEFINITION_VERSION!r}"
+            )
+        if tuple(self.features) != MODEL_FEATURES:
+            missing = sorted(set(self.features) - set(MODEL_FEATURES))
+            raise ContractError(
+                f"model features differ from the served ones (missing here: {missing or 'none'}; "
+                "or a different order)"
+            )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registered booster with its contract."""
+
+    version: str
+    booster: xgb.Booster
+    contract: ModelContract
+
+
+def configure(tracking_uri: str, artifact_root: Path) -> MlflowClient:
+    """Point MLflow at the store and make sure the experiment exists with artefacts under `artifact_root`."""
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root.resolve().as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return MlflowClient(tracking_uri)
+
+
+def _pr_curve_figure(scores: np.ndarray, labels: np.ndarray) -> Figure:
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    figure = Figure(figsize=(5, 4))
+    axes = figure.add_subplot()
+    axes.plot(recall, precision)
+    axes.set(xlabel="recall", ylabel="precision", title="Precision-recall (test window)")
+    return figure
+
+
+def _importance_figure(booster: xgb.Booster) -> Figure:
+    gains = booster.get_score(importance_type="gain")
+    top = sorted(gains.items(), key=lambda item: item[1])[-20:]
+    figure = Figure(figsize=(6, 6))
+    axes = figure.add_subplot()
+    axes.barh([name for name, _ in top], [value for _, value in top])
+    axes.set(xlabel="gain", title="Feature importance (top 20)")
+    figure.tight_layout()
+    return figure
+
+
+def register(
+    trained: TrainedModel,
+    contract: ModelContract,
+    test_scores: np.ndarray,
+    test_labels: np.ndarray,
+    tags: dict[str, str],
+) -> ModelVersion:
+    """Log parameters, metrics, contract and plots to a new MLflow run and register the booster."""
+    with mlflow.start_run(tags=tags) as run:
+        mlflow.log_params(trained.params)
+        mlflow.log_metrics({f"validation_{key}": value for key, value in trained.validation_metrics.items()})
+        mlflow.log_metrics({f"test_{key}": value for key, value in trained.test_metrics.items()})
+        mlflow.log_dict(asdict(contract), CONTRACT_FILE)
+        mlflow.log_text("\n".join(contract.features), "features.txt")
+        for name, figure in (
+            ("pr_curve.png", _pr_curve_figure(test_scores, test_labels)),
+            ("feature_importance.png", _importance_figure(trained.booster)),
+        ):
+            mlflow.log_figure(figure, name)
+        info = mlflow.xgboost.log_model(
+            trained.booster,
+            name="model",
+            model_format="json",
+            pip_requirements=[XGBOOST_REQUIREMENT],
+            registered_model_name=MODEL_NAME,
+            await_registration_for=0,
+        )
+    client = MlflowClient()
+    version = client.get_model_version(MODEL_NAME, str(info.registered_model_version))
+    for key, value in _contract_tags(contract).items():
+        client.set_model_version_tag(MODEL_NAME, version.version, key, value)
+    client.set_model_version_tag(MODEL_NAME, version.version, "run_id", run.info.run_id)
+    return version
+
+
+def _contract_tags(contract: ModelContract) -> dict[str, str]:
+    return {
+        "feature_definition_version": contract.feature_definition_version,
+        "feature_count": str(len(contract.features)),
+        "decline_threshold": f"{contract.decline_threshold:.6f}",
+        "review_threshold": f"{contract.review_threshold:.6f}",
+        "labels_known": str(contract.labels_known),
+        "trained_until": contract.trained_until,
+    }
+
+
+def champion_version(client: MlflowClient) -> ModelVersion | None:
+    """The version holding the champion alias, or None when there is none (or no registered model yet)."""
+    try:
+        return client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def load(client: MlflowClient, version: str) -> LoadedModel:
+    """Load a registered version natively with its contract (no pickle)."""
+    model_version = client.get_model_version(MODEL_NAME, version)
+    booster = mlflow.xgboost.load_model(f"models:/{MODEL_NAME}/{version}")
+    with tempfile.TemporaryDirectory() as directory:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=model_version.run_id, artifact_path=CONTRACT_FILE, dst_path=directory
+        )
+        raw: dict[str, Any] = json.loads(Path(path).read_text())
+    raw["features"] = tuple(raw["features"])
+    return LoadedModel(version=str(version), booster=booster, contract=ModelContract(**raw))
+
+
+def set_champion(client: MlflowClient, version: str) -> None:
+    """Move the champion alias to `version`."""
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """The champion/challenger comparison on one test window."""
+
+    promoted: bool
+    reason: str
+    challenger_version: str
+    challenger_average_precision: float
+    champion_version: str | None = None
+    champion_average_precision: float | None = None
+
+
+def challenge_champion(
+    client: MlflowClient, version: str, challenger_average_precision: float, test: TrainingData
+) -> Challenge:
+    """Give `version` the champion alias if it beats the champion's average precision on the same test
+    window (or if there is no champion, or the champion can no longer be served); record the comparison."""
+    current = champion_version(client)
+    if current is None:
+        result = Challenge(True, "first model", version, challenger_average_precision)
+    else:
+        champion = load(client, current.version)
+        try:
+            champion.contract.check_servable()
+        except ContractError as error:
+            result = Challenge(
+                True,
+                f"champion {current.version} cannot be served: {error}",
+                version,
+                challenger_average_precision,
+                str(current.version),
+            )
+        else:
+            champion_ap = float(average_precision_score(test.labels, score(champion.booster, test.features)))
+            better = challenger_average_precision > champion_ap
+            result = Challenge(
+                better,
+                "beats the champion" if better else "does not beat the champion",
+                version,
+                challenger_average_precision,
+                str(current.version),
+                champion_ap,
+            )
+    if result.promoted:
+        set_champion(client, version)
+    client.set_model_version_tag(MODEL_NAME, version, "challenge", json.dumps(asdict(result)))
+    run_id = client.get_model_version(MODEL_NAME, version).run_id
+    if result.champion_average_precision is not None:
+        client.log_metric(run_id, "champion_test_average_precision", result.champion_average_precision)
+    client.set_tag(run_id, "promoted", str(result.promoted).lower())
+    return result
