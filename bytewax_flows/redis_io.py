@@ -23,11 +23,21 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from fraud_platform.features.packing import REALTIME_LAYOUT
 from fraud_platform.features.realtime import FeatureRow
-from fraud_platform.lib.bus import DeadLetter, read_entries, stream_id, stream_last_id, write_dead_letters
+from fraud_platform.lib.bus import (
+    STREAM_START,
+    DeadLetter,
+    read_entries,
+    stream_id,
+    stream_last_id,
+    write_dead_letters,
+)
 from fraud_platform.lib.keys import card_realtime_key
 from fraud_platform.lib.online_store import _write as write_with_ttl
 
-START_ID = "0-0"
+
+def _client(url: str) -> redis.Redis:
+    """A connection that fails within seconds, rather than hanging, when the server is unreachable."""
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
 
 
 class _StreamPartition(StatefulSourcePartition[bytes | None, str]):
@@ -98,9 +108,9 @@ class RedisStreamSource(FixedPartitionedSource[bytes | None, str]):
     def build_part(self, step_id: str, for_part: str, resume_state: str | None) -> _StreamPartition:
         """A reader of one stream, after `resume_state` (the last id read) or from the start."""
         return _StreamPartition(
-            redis.Redis.from_url(self._url),
+            _client(self._url),
             for_part,
-            resume_state or START_ID,
+            resume_state or STREAM_START,
             self._batch_size,
             self._block_ms,
             self._exit_when_drained,
@@ -134,7 +144,7 @@ class CardFeatureSink(DynamicSink[FeatureRow]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _CardFeaturePartition:
         """A writer for one worker (rows of a card always reach the same worker)."""
-        return _CardFeaturePartition(redis.Redis.from_url(self._url), self._ttl)
+        return _CardFeaturePartition(_client(self._url), self._ttl)
 
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
@@ -157,4 +167,4 @@ class DeadLetterSink(DynamicSink[DeadLetter]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
         """A writer for one worker."""
-        return _DeadLetterPartition(redis.Redis.from_url(self._url))
+        return _DeadLetterPartition(_client(self._url))

@@ -303,13 +303,16 @@ _DAY = click.DateTime(formats=["%Y-%m-%d"])
 @click.option("--day", type=_DAY, help="Replay one day (YYYY-MM-DD).")
 @click.option("--from", "first", type=_DAY, help="First day to replay (YYYY-MM-DD).")
 @click.option("--to", "last", type=_DAY, help="Last day to replay, inclusive (YYYY-MM-DD).")
-def replay(rate: float | None, day: Any, first: Any, last: Any) -> None:
+@click.option(
+    "--reset", is_flag=True, help="Delete the transactions streams first: they hold only this replay."
+)
+def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> None:
     """Publish landed transactions to the transactions stream, sharded by card, in event-time order."""
     import redis as redis_client
 
     from fraud_platform.lib.bus import landing_days
     from fraud_platform.lib.bus import replay as publish_tables
-    from fraud_platform.lib.keys import TRANSACTIONS_STREAM_PREFIX
+    from fraud_platform.lib.keys import TRANSACTIONS_STREAM_PREFIX, transactions_stream
     from fraud_platform.lib.redis_server import redis_url
 
     settings = _settings()
@@ -318,6 +321,8 @@ def replay(rate: float | None, day: Any, first: Any, last: Any) -> None:
     total = sum(manifest.days.get(landed_day, 0) for manifest in zone.batches() for landed_day in days)
     client = redis_client.Redis.from_url(redis_url(settings))
     try:
+        if reset:
+            client.delete(*(transactions_stream(shard) for shard in range(settings.stream_shards)))
         with progress_bar(total, "tx", "replay") as advance:
             result = publish_tables(
                 client, landing_days(zone, days), settings.stream_shards, rate=rate, progress=advance

@@ -96,7 +96,9 @@ class Settings:
                 env, ALLOWED_LATENESS_VAR, DEFAULT_ALLOWED_LATENESS_SECONDS, 0, 86_400
             ),
             feature_ttl_seconds=_integer(env, FEATURE_TTL_VAR, DEFAULT_FEATURE_TTL_SECONDS, 60, 365 * 86_400),
-            retrain_min_new_labels=_integer(env, RETRAIN_LABELS_VAR, DEFAULT_RETRAIN_MIN_NEW_LABELS, 1, 10**9),
+            retrain_min_new_labels=_integer(
+                env, RETRAIN_LABELS_VAR, DEFAULT_RETRAIN_MIN_NEW_LABELS, 1, 10**9
+            ),
         )
 
     def environment(self) -> dict[str, str]:

@@ -225,6 +225,10 @@ def test_the_replay_and_backfill_commands(
     assert f"replayed {on_day:,} transactions of 2026-01-02 to 4 shards" in result.output
     assert sum(client.xlen(transactions_stream(shard)) for shard in range(4)) == on_day
 
+    again = runner.invoke(main, ["replay", "--day", "2026-01-02", "--reset", "--rate", "1000000"])
+    assert again.exit_code == 0, again.output
+    assert sum(client.xlen(transactions_stream(shard)) for shard in range(4)) == on_day  # not twice
+
     refused = runner.invoke(main, ["replay", "--day", "2026-01-02", "--from", "2026-01-01"])
     assert refused.exit_code != 0 and "either --day or --from/--to" in refused.output
     empty = runner.invoke(main, ["replay", "--from", "2027-01-01"])

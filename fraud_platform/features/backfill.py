@@ -3,7 +3,7 @@
 Every card's transactions are fed to `fraud_platform.features.realtime.update` sorted by
 `(timestamp, transaction_id)`, exactly as the flow would see them with no reordering, so a training row gets
 the values the stream serves. Cards are independent: large tables are split by card over worker processes
-(pure Python runs about 180,000 transactions/s on one core; see docs/benchmarks.md).
+(about 220,000 transactions/s on one core, 300,000 on two; see docs/benchmarks.md).
 """
 
 from __future__ import annotations

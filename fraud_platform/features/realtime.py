@@ -6,10 +6,9 @@ Dagster, no Bytewax.
 
 Semantics (also in docs/architecture.md, "Real-time features"):
 
-* Events of a card are totally ordered by `(timestamp_ms, transaction_id)`. A transaction's window of `w`
-  seconds holds the card's events `e` with `t - w < e.t` that are not after it in that order, so it
-  includes the transaction itself, and of two events with the same timestamp the one with the smaller id
-  comes first.
+* Events of a card are totally ordered by `(timestamp_ms, transaction_id)` (same timestamp: smaller id
+  first). A transaction's window of `w` seconds holds the card's events up to and including it in that
+  order whose timestamp is after `t - w`: the window is `(t - w, t]` and includes the transaction itself.
 * "Previous transaction" is the event just before it in that order (same timestamp and smaller id: 0 s
   ago). Seconds, km and speed from it are NaN when there is none, km and speed also when either side has no
   coordinates. Speed divides by at least `MIN_SPEED_SECONDS` so bursts do not divide by zero.
@@ -139,8 +138,9 @@ class FeatureRow(NamedTuple):
 class CardState:
     """A card's recent events as parallel lists sorted by (timestamp_ms, transaction_id).
 
-    Coordinates are NaN when the event had none. Lists of immutable values copy cheaply, which matters:
-    Bytewax deep-copies the state of every touched card at each snapshot.
+    Coordinates are NaN when the event had none; merchant ids are interned (shared between cards). Lists
+    of immutable values copy cheaply, which matters: Bytewax deep-copies every touched card's state at each
+    snapshot.
     """
 
     card_id: str

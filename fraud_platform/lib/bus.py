@@ -37,6 +37,7 @@ MAX_EVENT_BYTES = 16 * 1024
 DEAD_LETTER_PAYLOAD_BYTES = 4 * 1024
 DUPLICATE_REASON = "duplicate transaction_id"
 PIPELINE_SIZE = 1_000
+STREAM_START = "0-0"  # the id before every entry
 _EVENT_KEY = EVENT_FIELD.encode()
 
 
@@ -175,9 +176,9 @@ def landing_days(zone: LandingZone, days: Iterable[str]) -> Iterator[pa.Table]:
 
 
 def stream_last_id(client: redis.Redis, stream: str) -> str:
-    """Id of the newest entry of `stream` ("0-0" when it is empty or does not exist)."""
+    """Id of the newest entry of `stream` (STREAM_START when it is empty or does not exist)."""
     newest = client.xrevrange(stream, count=1)
-    return newest[0][0].decode() if newest else "0-0"
+    return newest[0][0].decode() if newest else STREAM_START
 
 
 def stream_id(entry_id: str) -> tuple[int, int]:
