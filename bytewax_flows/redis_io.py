@@ -32,7 +32,7 @@ from fraud_platform.lib.bus import (
     write_dead_letters,
 )
 from fraud_platform.lib.keys import card_realtime_key
-from fraud_platform.lib.online_store import _write as write_with_ttl
+from fraud_platform.lib.online_store import write_with_ttl
 
 
 def _client(url: str) -> redis.Redis:

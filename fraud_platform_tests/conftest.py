@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from fraud_platform.config import Settings
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
@@ -26,3 +27,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedi
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def clean_redis(redis_server: LocalRedisServer) -> redis.Redis:
+    """A client of the session's server, emptied for this test."""
+    connection = redis_server.client()
+    connection.flushdb()
+    return connection

@@ -53,14 +53,6 @@ GOOD = {
 }
 
 
-@pytest.fixture
-def client(redis_server: LocalRedisServer) -> redis.Redis:
-    """The session's server, emptied for this test."""
-    connection = redis_server.client()
-    connection.flushdb()
-    return connection
-
-
 def test_a_good_event_decodes_to_the_schemas_transaction() -> None:
     decoded = decode_event(orjson.dumps(GOOD))
     assert decoded == parse_transaction(GOOD)
@@ -145,50 +137,52 @@ def test_landing_rows_become_events_the_stream_accepts() -> None:
         assert ("lat" in event) == (row["lat"] is not None)  # absent rather than null
 
 
-def test_publish_shards_by_card_and_keeps_each_cards_order(client: redis.Redis) -> None:
+def test_publish_shards_by_card_and_keeps_each_cards_order(clean_redis: redis.Redis) -> None:
     events = [{**GOOD, "transaction_id": f"t{index}", "card_id": f"c{index % 7}"} for index in range(50)]
-    assert publish(client, events, shards=3) == 50
+    assert publish(clean_redis, events, shards=3) == 50
     seen: dict[str, list[str]] = {}
     for shard in range(3):
-        for _, payload in read_entries(client, transactions_stream(shard), "0-0", 100, None):
+        for _, payload in read_entries(clean_redis, transactions_stream(shard), "0-0", 100, None):
             event = orjson.loads(payload)
             assert shard_of(event["card_id"], 3) == shard
             seen.setdefault(event["card_id"], []).append(event["transaction_id"])
     assert seen == {f"c{card}": [f"t{i}" for i in range(card, 50, 7)] for card in range(7)}
 
 
-def test_stream_positions(client: redis.Redis) -> None:
+def test_stream_positions(clean_redis: redis.Redis) -> None:
     stream = transactions_stream(0)
-    assert stream_last_id(client, stream) == "0-0"
-    client.xadd(stream, {"other": "field"})
-    last = client.xadd(stream, {EVENT_FIELD: b"{}"}).decode()
-    assert stream_last_id(client, stream) == last
-    entries = read_entries(client, stream, "0-0", 10, None)
+    assert stream_last_id(clean_redis, stream) == "0-0"
+    clean_redis.xadd(stream, {"other": "field"})
+    last = clean_redis.xadd(stream, {EVENT_FIELD: b"{}"}).decode()
+    assert stream_last_id(clean_redis, stream) == last
+    entries = read_entries(clean_redis, stream, "0-0", 10, None)
     assert [payload for _, payload in entries] == [None, b"{}"]
-    assert read_entries(client, stream, last, 10, 1) == []  # waits 1 ms, nothing new
+    assert read_entries(clean_redis, stream, last, 10, 1) == []  # waits 1 ms, nothing new
     assert stream_id("5-1") > stream_id("4-9") and stream_id("12") == (12, 0)
 
 
-def test_dead_letters_round_trip(client: redis.Redis) -> None:
+def test_dead_letters_round_trip(clean_redis: redis.Redis) -> None:
     letters = [DeadLetter("duplicate transaction_id", b'{"a": 1}'), DeadLetter("invalid JSON: x", b"\xff")]
-    assert write_dead_letters(client, letters) == 2
-    assert write_dead_letters(client, []) == 0
-    assert read_dead_letters(client) == letters
+    assert write_dead_letters(clean_redis, letters) == 2
+    assert write_dead_letters(clean_redis, []) == 0
+    assert read_dead_letters(clean_redis) == letters
 
 
-def test_replay_paces_to_the_rate_and_reports_progress(client: redis.Redis) -> None:
+def test_replay_paces_to_the_rate_and_reports_progress(clean_redis: redis.Redis) -> None:
     table = simulate(SimulationConfig(cards=200, days=1, seed=2)).transactions.slice(0, 150)
     assert table.num_rows == 150
     progress: list[int] = []
     began = time.perf_counter()
-    result = replay(client, [table.slice(0, 100), table.slice(100)], 2, rate=500, progress=progress.append)
+    result = replay(
+        clean_redis, [table.slice(0, 100), table.slice(100)], 2, rate=500, progress=progress.append
+    )
     # Chunks of 10 (a fiftieth of a second) each wait for their slot: the last one starts at 140 / 500 s.
     assert time.perf_counter() - began >= 140 / 500
     assert progress == [10] * 15
     assert result.published == sum(progress) == 150
-    assert sum(client.xlen(transactions_stream(shard)) for shard in range(2)) == 150
+    assert sum(clean_redis.xlen(transactions_stream(shard)) for shard in range(2)) == 150
     with pytest.raises(ValueError, match="rate must be positive"):
-        replay(client, [table], 2, rate=0)
+        replay(clean_redis, [table], 2, rate=0)
 
 
 def _land(settings: Settings, batch: str, seed: int, start: datetime) -> pa.Table:
@@ -213,7 +207,7 @@ def test_landing_days_merge_batches_in_event_time_order(platform_env: Settings) 
 
 
 def test_the_replay_and_backfill_commands(
-    platform_env: Settings, redis_server: LocalRedisServer, client: redis.Redis, tmp_path: Path
+    platform_env: Settings, redis_server: LocalRedisServer, clean_redis: redis.Redis, tmp_path: Path
 ) -> None:
     runner = CliRunner(env={"REDIS_URL": redis_server.url})
     assert "landing zone" in runner.invoke(main, ["replay"]).output  # nothing landed yet
@@ -223,11 +217,11 @@ def test_the_replay_and_backfill_commands(
     assert result.exit_code == 0, result.output
     on_day = sum(1 for ts in transactions.column("timestamp").to_pylist() if ts.day == 2)
     assert f"replayed {on_day:,} transactions of 2026-01-02 to 4 shards" in result.output
-    assert sum(client.xlen(transactions_stream(shard)) for shard in range(4)) == on_day
+    assert sum(clean_redis.xlen(transactions_stream(shard)) for shard in range(4)) == on_day
 
     again = runner.invoke(main, ["replay", "--day", "2026-01-02", "--reset", "--rate", "1000000"])
     assert again.exit_code == 0, again.output
-    assert sum(client.xlen(transactions_stream(shard)) for shard in range(4)) == on_day  # not twice
+    assert sum(clean_redis.xlen(transactions_stream(shard)) for shard in range(4)) == on_day  # not twice
 
     refused = runner.invoke(main, ["replay", "--day", "2026-01-02", "--from", "2026-01-01"])
     assert refused.exit_code != 0 and "either --day or --from/--to" in refused.output

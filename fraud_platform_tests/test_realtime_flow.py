@@ -41,14 +41,6 @@ TTL = 3_600
 BAD_PAYLOADS = [b"{not json", b"[1, 2]", b'{"transaction_id": "x"}', b"x" * 20_000]
 
 
-@pytest.fixture
-def client(redis_server: LocalRedisServer) -> redis.Redis:
-    """The session's server, emptied for this test."""
-    connection = redis_server.client()
-    connection.flushdb()
-    return connection
-
-
 def reordered(table: pa.Table, lateness_ms: int, seed: int, duplicates: int = 10) -> list[dict]:
     """The table's events (plus exact repeats of some) in an arrival order at most `lateness_ms` late."""
     events = list(events_from_table(table))
@@ -84,13 +76,13 @@ def assert_rows_match(rows: list[FeatureRow], expected: dict[str, np.ndarray]) -
         np.testing.assert_allclose(last[transaction_id], values, rtol=0, atol=1e-9, err_msg=transaction_id)
 
 
-def stored_cards(client: redis.Redis) -> dict[str, bytes]:
+def stored_cards(clean_redis: redis.Redis) -> dict[str, bytes]:
     """Every real-time card key and its packed value."""
-    return {key.decode(): client.get(key) for key in client.scan_iter(match="rt:*", count=1_000)}
+    return {key.decode(): clean_redis.get(key) for key in clean_redis.scan_iter(match="rt:*", count=1_000)}
 
 
-def assert_store_matches(client: redis.Redis, table: pa.Table, expected: dict[str, np.ndarray]) -> None:
-    stored = stored_cards(client)
+def assert_store_matches(clean_redis: redis.Redis, table: pa.Table, expected: dict[str, np.ndarray]) -> None:
+    stored = stored_cards(clean_redis)
     newest = newest_per_card(table)
     assert stored.keys() == {card_realtime_key(card) for card in newest}
     for card, transaction_id in newest.items():
@@ -100,7 +92,7 @@ def assert_store_matches(client: redis.Redis, table: pa.Table, expected: dict[st
             rtol=0,
             atol=1e-9,
         )
-    assert 0 < client.ttl(card_realtime_key(next(iter(newest)))) <= TTL
+    assert 0 < clean_redis.ttl(card_realtime_key(next(iter(newest)))) <= TTL
 
 
 def run_in_process(
@@ -125,7 +117,7 @@ def history() -> pa.Table:
 
 
 def test_flow_equals_the_backfill_and_dead_letters_every_bad_event(
-    redis_server: LocalRedisServer, client: redis.Redis, history: pa.Table
+    redis_server: LocalRedisServer, clean_redis: redis.Redis, history: pa.Table
 ) -> None:
     events = reordered(history, lateness_ms=300_000, seed=1, duplicates=12)
     payloads = [orjson.dumps(event) for event in events]
@@ -136,8 +128,8 @@ def test_flow_equals_the_backfill_and_dead_letters_every_bad_event(
     assert_rows_match(rows, expected)
     served = [row for row in rows if not row.correction]
     assert len(served) == history.num_rows  # every transaction served once, duplicates not again
-    assert_store_matches(client, history, expected)
-    reasons = [letter.reason for letter in read_dead_letters(client)]
+    assert_store_matches(clean_redis, history, expected)
+    reasons = [letter.reason for letter in read_dead_letters(clean_redis)]
     assert reasons.count(DUPLICATE_REASON) == 12
     assert len(reasons) == 12 + len(BAD_PAYLOADS)
     assert any(reason.startswith("invalid JSON") for reason in reasons)
@@ -152,8 +144,8 @@ def test_flow_parity_on_generated_streams_with_ties_bursts_duplicates_and_latene
     redis_server: LocalRedisServer, stream: tuple[list[Transaction], int], batch_size: int
 ) -> None:
     events, lateness_ms = stream
-    client = redis_server.client()
-    client.flushdb()
+    clean_redis = redis_server.client()
+    clean_redis.flushdb()
     rows: list[FeatureRow] = []
     config = dataclasses.replace(Settings.from_env({}), allowed_lateness_seconds=lateness_ms // 1000)
     flow = build_flow(
@@ -168,8 +160,8 @@ def test_flow_parity_on_generated_streams_with_ties_bursts_duplicates_and_latene
     table = _table(list(unique.values()))
     expected = expected_features(table)
     assert_rows_match(rows, expected)
-    assert_store_matches(client, table, expected)
-    assert len(read_dead_letters(client)) == len(events) - len(unique)
+    assert_store_matches(clean_redis, table, expected)
+    assert len(read_dead_letters(clean_redis)) == len(events) - len(unique)
 
 
 def _table(events: list[Transaction]) -> pa.Table:
@@ -181,7 +173,7 @@ def _table(events: list[Transaction]) -> pa.Table:
 
 
 def test_redis_source_resumes_exactly_after_recovery(
-    redis_server: LocalRedisServer, client: redis.Redis, history: pa.Table, tmp_path: Path
+    redis_server: LocalRedisServer, clean_redis: redis.Redis, history: pa.Table, tmp_path: Path
 ) -> None:
     events = reordered(history, lateness_ms=300_000, seed=2, duplicates=0)
     shards = 3
@@ -202,17 +194,17 @@ def test_redis_source_resumes_exactly_after_recovery(
         run_main(flow, epoch_interval=None, recovery_config=RecoveryConfig(recovery))
 
     half = len(events) // 2
-    publish(client, events[:half], shards)
-    client.xadd(streams[0], {"not-an-event": "x"})
+    publish(clean_redis, events[:half], shards)
+    clean_redis.xadd(streams[0], {"not-an-event": "x"})
     run()
-    publish(client, events[half:], shards)
+    publish(clean_redis, events[half:], shards)
     run()  # resumes from the snapshot: reads only what the first run had not
     assert_rows_match(rows, expected_features(history))
     assert len([row for row in rows if not row.correction]) == history.num_rows  # nothing read twice
-    assert [letter.reason for letter in read_dead_letters(client)] == [
+    assert [letter.reason for letter in read_dead_letters(clean_redis)] == [
         f"stream entry has no '{EVENT_FIELD}' field"
     ]
-    assert_store_matches(client, history, expected_features(history))
+    assert_store_matches(clean_redis, history, expected_features(history))
 
 
 def _bytewax_run(arguments: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -240,7 +232,7 @@ def _wait(processes: list[subprocess.Popen]) -> None:
 
 @pytest.mark.slow
 def test_bytewax_run_with_two_workers_and_with_two_processes_gives_identical_output(
-    platform_env: Settings, redis_server: LocalRedisServer, client: redis.Redis, history: pa.Table
+    platform_env: Settings, redis_server: LocalRedisServer, clean_redis: redis.Redis, history: pa.Table
 ) -> None:
     env = {**os.environ, "REDIS_URL": redis_server.url, "FRAUD_PLATFORM_FEATURE_TTL_SECONDS": str(TTL)}
     events = reordered(history, lateness_ms=300_000, seed=3, duplicates=5)
@@ -255,11 +247,13 @@ def test_bytewax_run_with_two_workers_and_with_two_processes_gives_identical_out
 
     outputs = []
     for launch in (two_workers, two_processes):
-        client.flushdb()
-        publish(client, events, platform_env.stream_shards)
+        clean_redis.flushdb()
+        publish(clean_redis, events, platform_env.stream_shards)
         _wait(launch())
-        assert_store_matches(client, history, expected)  # the backfill's values: what one worker computes
-        letters = read_dead_letters(client)
+        assert_store_matches(
+            clean_redis, history, expected
+        )  # the backfill's values: what one worker computes
+        letters = read_dead_letters(clean_redis)
         assert sorted(letter.reason for letter in letters) == [DUPLICATE_REASON] * 5
-        outputs.append((stored_cards(client), sorted(letter.payload for letter in letters)))
+        outputs.append((stored_cards(clean_redis), sorted(letter.payload for letter in letters)))
     assert outputs[0] == outputs[1]

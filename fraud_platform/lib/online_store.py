@@ -57,13 +57,19 @@ class LoadReport:
         return (self.cards + self.merchants) / self.seconds if self.seconds else float("inf")
 
 
-def _write(
-    client: redis.Redis, keys: Sequence[str], values: Sequence[bytes], ttl_seconds: int, chunk: int
+def _msetex_unsupported(error: redis.ResponseError) -> bool:
+    message = str(error).lower()
+    return "unknown command" in message or "crossslot" in message
+
+
+def write_with_ttl(
+    client: redis.Redis, keys: Sequence[str], values: Sequence[bytes], ttl_seconds: int, chunk: int = 1_000
 ) -> None:
     """Write key/value pairs with a TTL: MSETEX per chunk (Valkey 9.1+, Redis 8.4+), one round trip per
-    chunk; on a server without MSETEX or on Redis Cluster (keys in many slots), pipelined SET ... EX."""
+    chunk; on a server without MSETEX or on Redis Cluster (keys in many slots), pipelined SET ... EX.
+    Whether the server takes MSETEX is remembered per client."""
+    use_msetex = not getattr(client, "_fraud_platform_no_msetex", False)
     pipeline = client.pipeline(transaction=False)
-    use_msetex = True
     for start in range(0, len(keys), chunk):
         pairs = [
             item
@@ -75,9 +81,10 @@ def _write(
                 client.execute_command("MSETEX", len(pairs) // 2, *pairs, "EX", ttl_seconds)
                 continue
             except redis.ResponseError as error:
-                if "unknown command" not in str(error).lower() and "crossslot" not in str(error).lower():
+                if not _msetex_unsupported(error):
                     raise
                 use_msetex = False
+                client._fraud_platform_no_msetex = True  # type: ignore[attr-defined]
         for key, value in zip(pairs[::2], pairs[1::2], strict=True):
             pipeline.set(key, value, ex=ttl_seconds)
         pipeline.execute()
@@ -109,7 +116,7 @@ def load_batch_features(
         ([card_batch_key(generation, card) for card in card_ids], card_matrix),
         ([merchant_batch_key(generation, merchant) for merchant in merchant_ids], merchant_matrix),
     ):
-        _write(client, keys, pack_rows(matrix), ttl_seconds, chunk)
+        write_with_ttl(client, keys, pack_rows(matrix), ttl_seconds, chunk)
     previous = client.set(BATCH_GENERATION_KEY, generation, get=True)
     seconds = time.perf_counter() - began
     previous_generation = previous.decode() if previous else None
