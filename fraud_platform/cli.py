@@ -138,6 +138,13 @@ def simulate(cards: int, days: int, start: Any, seed: int) -> None:
     if zone.has_batch(batch_id):
         click.echo(f"batch {batch_id} is already in the landing zone (same parameters): nothing to do")
         return
+    other_worlds = [manifest.batch_id for manifest in zone.batches() if manifest.source == "simulator"]
+    if other_worlds:
+        raise LandingError(
+            f"the landing zone already holds the simulation {other_worlds[0]}: a second simulated world would "
+            "reuse its card, merchant and transaction ids. Use a fresh FRAUD_PLATFORM_HOME, or start over with "
+            "'fraud-platform redis stop; rm -rf <home>'"
+        )
     try:
         config = SimulationConfig(cards=cards, days=days, start=first_day, seed=seed)
     except ValueError as error:
@@ -266,6 +273,26 @@ def refresh() -> None:
         f"{online['cards'].value:,} cards and {online['merchants'].value:,} merchants online "
         f"({online['rows_per_second'].value:,.0f} rows/s); {checks}"
     )
+
+
+@main.command()
+def train() -> None:
+    """Build the training dataset, fit and register an XGBoost model, and challenge the champion."""
+    from fraud_platform.pipeline import instance_for, train_model
+
+    settings = _settings()
+    began = time.perf_counter()
+    result = train_model(instance_for(settings))
+    metadata, _ = _materialised(result)
+    dataset, model = metadata["training/dataset"], metadata["training/model"]
+    click.echo(
+        f"trained in {time.perf_counter() - began:.1f} s (run {result.run_id}): {dataset['rows'].value:,} rows, "
+        f"test window {dataset['test_window'].value}; model version {model['model_version'].value}: "
+        f"ROC AUC {model['test_roc_auc'].value:.3f}, average precision {model['test_average_precision'].value:.3f}, "
+        f"recall at 1% FPR {model['test_recall_at_1pct_fpr'].value:.3f}; {model['challenge'].value}"
+        + (" -> champion" if model["promoted_to_champion"].value else " -> stays challenger")
+    )
+    click.echo(f"MLflow UI: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
 
 
 def _empty_landing(zone: LandingZone) -> LandingError:

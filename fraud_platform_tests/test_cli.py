@@ -64,6 +64,14 @@ def test_simulate_load_and_dagster_cli_end_to_end(platform_env: Settings) -> Non
     assert "simulated" in simulated.stdout and "fraud" in simulated.stdout
     again = _run([cli, "simulate", "--cards", "200", "--days", "10", "--seed", "7"], env, root)
     assert "nothing to do" in again.stdout
+    other = subprocess.run(
+        [cli, "simulate", "--cards", "200", "--days", "10", "--seed", "8"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode == 1 and "already holds the simulation" in other.stderr
     loaded = _run([cli, "load"], env, root)
     assert "raw/transactions" in loaded.stdout
 
