@@ -1,8 +1,12 @@
 """The one validation function shared by the import and the stream."""
 
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fraud_platform.lib.schema import InvalidTransaction, parse_transaction
 
@@ -61,3 +65,35 @@ def test_every_bad_field_is_named(change: dict, reason: str) -> None:
 def test_a_non_object_is_refused() -> None:
     with pytest.raises(InvalidTransaction, match="event must be a JSON object, got list"):
         parse_transaction([GOOD])  # type: ignore[arg-type]
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            "transaction_id": st.sampled_from(["t1", " t1", "t" * 64, "t" * 65, "", 7]),
+            "card_id": st.sampled_from(["c1", "c1 ", None]),
+            "merchant_id": st.just("m1"),
+            "amount": st.one_of(st.floats(allow_nan=True), st.integers(-5, 2_000_000), st.just("3.5")),
+            "currency": st.sampled_from(["USD", "usd", " EUR", "XXX", None]),
+            "timestamp": st.one_of(
+                st.integers(0, 5_000_000_000_000), st.just("2026-01-01T10:00:00+00:00"), st.floats()
+            ),
+            "channel": st.sampled_from([None, "pos", "ECOM", "fax", ""]),
+            "mcc": st.sampled_from([None, "5411", 5411, "541", "54a1", "\uff10\uff11\uff12\uff13"]),
+        },
+        optional={
+            "lat": st.one_of(st.none(), st.floats(-100, 100), st.integers(-91, 91)),
+            "lon": st.floats(-200, 200),
+        },
+    )
+)
+def test_the_fast_path_agrees_with_the_full_checks(event: dict) -> None:
+    """A plain dict may take the fast path; a read-only mapping always takes the full checks."""
+
+    def outcome(raw: Mapping) -> object:
+        try:
+            return parse_transaction(raw)
+        except InvalidTransaction as error:
+            return str(error)
+
+    assert outcome(event) == outcome(MappingProxyType(event))

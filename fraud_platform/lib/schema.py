@@ -65,7 +65,7 @@ MIN_TIMESTAMP_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_TIMESTAMP_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_ID_LENGTH = 64
 
-_MCC = re.compile(r"^\d{4}$")
+_MCC = re.compile(r"^[0-9]{4}$")
 
 REQUIRED_FIELDS = ("transaction_id", "card_id", "merchant_id", "amount", "currency", "timestamp")
 OPTIONAL_FIELDS = ("lat", "lon", "channel", "mcc")
@@ -140,12 +140,31 @@ FRAUD_TRUTH = pa.schema(
     ]
 )
 
+# Decisions of the scoring flow with the feature vector that was served (feature logging): `features` holds
+# the model's features in the order of `feature_names` (the served model's contract), NaN = missing.
+DECISIONS = pa.schema(
+    [
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("card_id", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("decision", pa.string(), nullable=False),
+        pa.field("reasons", pa.list_(pa.string()), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("event_time", TIMESTAMP, nullable=False),
+        pa.field("received_time", TIMESTAMP, nullable=False),
+        pa.field("decision_time", TIMESTAMP, nullable=False),
+        pa.field("feature_definition_version", pa.string(), nullable=False),
+        pa.field("features", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
 CONTEXT_TABLES: dict[str, pa.Schema] = {
     "cards": CARDS,
     "merchants": MERCHANTS,
     "chargebacks": CHARGEBACKS,
     "investigations": INVESTIGATIONS,
     "fraud_truth": FRAUD_TRUTH,
+    "decisions": DECISIONS,
 }
 
 
@@ -238,11 +257,66 @@ def _coordinate(raw: Mapping[str, Any], field: str, limit: float) -> float | Non
     return number
 
 
+def _plain_id(value: Any) -> bool:
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and not value[0].isspace()
+        and not value[-1].isspace()
+    )
+
+
+def _plain_number(value: Any, low: float, high: float) -> bool:
+    return (type(value) is float or type(value) is int) and low <= value <= high  # NaN fails both comparisons
+
+
+def _parse_plain(raw: dict[str, Any]) -> Transaction | None:
+    """The stream's common case: every field already of its canonical type and form (epoch-ms timestamp,
+    upper-case currency, lower-case channel, 4-digit mcc text). None sends the event to the full checks,
+    which give the same result or the reason it is invalid."""
+    get = raw.get
+    amount, timestamp, currency = get("amount"), get("timestamp"), get("currency")
+    lat, lon, channel, mcc = get("lat"), get("lon"), get("channel"), get("mcc")
+    if not (
+        _plain_id(get("transaction_id"))
+        and _plain_id(get("card_id"))
+        and _plain_id(get("merchant_id"))
+        and _plain_number(amount, 0.0, MAX_AMOUNT)
+        and amount > 0
+        and type(timestamp) is int
+        and MIN_TIMESTAMP_MS <= timestamp < MAX_TIMESTAMP_MS
+        and currency in CURRENCIES
+        and (channel is None or channel in CHANNELS)
+        and (mcc is None or (type(mcc) is str and len(mcc) == 4 and mcc.isascii() and mcc.isdigit()))
+        and (
+            (lat is None and lon is None)
+            or (_plain_number(lat, -90.0, 90.0) and _plain_number(lon, -180.0, 180.0))
+        )
+    ):
+        return None
+    return Transaction(
+        raw["transaction_id"],
+        raw["card_id"],
+        raw["merchant_id"],
+        float(amount),
+        currency,
+        timestamp,
+        None if lat is None else float(lat),
+        None if lon is None else float(lon),
+        channel,
+        mcc,
+    )
+
+
 def parse_transaction(raw: Mapping[str, Any]) -> Transaction:
     """Validate one raw event (a decoded JSON object or a file row) into a Transaction.
 
     Raises InvalidTransaction with a reason naming the offending field.
     """
+    if type(raw) is dict:
+        plain = _parse_plain(raw)
+        if plain is not None:
+            return plain
     if not isinstance(raw, Mapping):
         raise InvalidTransaction(f"event must be a JSON object, got {type(raw).__name__}")
     amount = _number(raw, "amount") if not _is_missing(raw.get("amount")) else None
