@@ -8,7 +8,7 @@ import redis
 from dagster_dbt import DbtCliResource
 from dagster_duckdb import DuckDBResource
 
-from fraud_platform.config import Settings
+from fraud_platform.config import REDIS_URL_VAR, Settings
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.redis_server import redis_url
 
@@ -49,5 +49,9 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "warehouse": DuckDBResource(database=str(settings.warehouse_path)),
         "landing": LandingResource(root=str(settings.landing_dir)),
         "dbt": DbtCliResource(project_dir=dbt_project(), dbt_executable=_dbt_executable()),
-        "redis": RedisResource(url=settings.redis_url, feature_ttl_seconds=settings.feature_ttl_seconds),
+        # An EnvVar, not the value: the URL may carry a password, and resource config is shown in the UI.
+        "redis": RedisResource(
+            url=dg.EnvVar(REDIS_URL_VAR) if settings.redis_url else None,
+            feature_ttl_seconds=settings.feature_ttl_seconds,
+        ),
     }
