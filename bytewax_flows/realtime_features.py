@@ -10,17 +10,19 @@ environment (`Settings.from_env()`): shards, allowed lateness, feature TTL and t
 flow tunes the process's garbage collector for a heap of long-lived card states (GC_THRESHOLDS).
 
 Tests build the same flow with a TestingSource and TestingSinks; the per-transaction rows (served rows and
-corrections) go to `sink` when one is given.
+corrections) go to `sink` when one is given. `feature_steps` is the feature part as a function, so the
+scoring flow (`bytewax_flows.scoring`) runs exactly these steps before it scores.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-from typing import TypeGuard
+import time
+from typing import NamedTuple, TypeGuard
 
 from bytewax import operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
@@ -64,6 +66,20 @@ def build_flow(
     lateness_ms = settings.allowed_lateness_seconds * 1000
 
     flow = Dataflow(FLOW_ID)
+    feature_steps(flow, source, dead_letter_sink, card_sink, lateness_ms, sink)
+    return flow
+
+
+def feature_steps(
+    flow: Dataflow,
+    source: Source[bytes | None],
+    dead_letter_sink: Sink[DeadLetter],
+    card_sink: Sink[FeatureRow],
+    allowed_lateness_ms: int,
+    row_sink: Sink[FeatureRow] | None = None,
+) -> Stream[Served | FeatureRow]:
+    """The feature part every flow shares: events in, card features and dead letters out. Returns every
+    transaction's served row with the transaction (`Served`) and the corrections (what scoring consumes)."""
     payloads = op.input("transactions", flow, source)
     # bytes | None: the JSON of one event
     decoded = op.flat_map_batch("decode", payloads, _decode_all)
@@ -72,19 +88,34 @@ def build_flow(
     # checked.trues: Transaction; checked.falses: DeadLetter
     by_card = op.key_on("key_by_card", checked.trues, _card_id)
     # (card_id, Transaction)
-    updated = op.stateful_batch("update_card_state", by_card, lambda state: CardFeatures(state, lateness_ms))
-    # (card_id, FeatureRow | DeadLetter): served rows, then corrections; a DeadLetter for a duplicate
-    results = op.branch("split_duplicates", op.key_rm("unkey", updated), _is_row)
-    # results.trues: FeatureRow; results.falses: DeadLetter
-    op.output("card_features", results.trues, card_sink)
-    if sink is not None:
-        op.output("feature_rows", results.trues, sink)
+    updated = op.stateful_batch(
+        "update_card_state", by_card, lambda state: CardFeatures(state, allowed_lateness_ms)
+    )
+    # (card_id, Served | FeatureRow | DeadLetter): served rows with their transaction, then corrections;
+    # a DeadLetter for a duplicate
+    results = op.branch("split_duplicates", op.key_rm("unkey", updated), _is_output)
+    # results.trues: Served | FeatureRow; results.falses: DeadLetter
+    rows = op.flat_map_batch("rows", results.trues, _rows)
+    # FeatureRow: served rows and corrections
+    op.output("card_features", rows, card_sink)
+    if row_sink is not None:
+        op.output("feature_rows", rows, row_sink)
     op.output("dead_letters", op.merge("all_dead_letters", checked.falses, results.falses), dead_letter_sink)
-    return flow
+    return results.trues
 
 
-class CardFeatures(StatefulBatchLogic[Transaction, FeatureRow | DeadLetter, CardState | None]):
+class Served(NamedTuple):
+    """A transaction's served feature row (what a decision at its arrival sees), with the transaction and the
+    wall-clock time (epoch ms) the flow took it in."""
+
+    txn: Transaction
+    row: FeatureRow
+    received_ms: int
+
+
+class CardFeatures(StatefulBatchLogic[Transaction, Served | FeatureRow | DeadLetter, CardState | None]):
     """One card's step: `update` for each of its transactions in a batch; a duplicate becomes a dead letter.
+    The served row of each transaction comes wrapped in `Served`, corrections as plain rows.
 
     (`stateful_map` would wrap the same call in two more Python layers per event; this is the measured
     cheaper equivalent.) The snapshot is a deep copy, cheap by design of CardState.
@@ -94,17 +125,19 @@ class CardFeatures(StatefulBatchLogic[Transaction, FeatureRow | DeadLetter, Card
         self.state = state
         self.allowed_lateness_ms = allowed_lateness_ms
 
-    def on_batch(self, values: list[Transaction]) -> tuple[list[FeatureRow | DeadLetter], bool]:
+    def on_batch(self, values: list[Transaction]) -> tuple[list[Served | FeatureRow | DeadLetter], bool]:
         """Rows for the card's transactions of this batch, in order; the state is kept."""
-        emitted: list[FeatureRow | DeadLetter] = []
+        emitted: list[Served | FeatureRow | DeadLetter] = []
         state = self.state
+        received_ms = time.time_ns() // 1_000_000
         for txn in values:
             try:
                 state, rows = update(state, txn, allowed_lateness_ms=self.allowed_lateness_ms)
             except DuplicateTransaction:
                 emitted.append(DeadLetter(DUPLICATE_REASON, transaction_event(txn)))
                 continue
-            emitted.extend(rows)
+            emitted.append(Served(txn, rows[0], received_ms))  # `update` returns the served row first
+            emitted.extend(rows[1:])
         self.state = state
         return emitted, StatefulBatchLogic.RETAIN
 
@@ -121,8 +154,12 @@ def _is_transaction(item: Transaction | DeadLetter) -> TypeGuard[Transaction]:
     return isinstance(item, Transaction)
 
 
-def _is_row(item: FeatureRow | DeadLetter) -> TypeGuard[FeatureRow]:
-    return isinstance(item, FeatureRow)
+def _is_output(item: Served | FeatureRow | DeadLetter) -> TypeGuard[Served | FeatureRow]:
+    return not isinstance(item, DeadLetter)
+
+
+def _rows(items: list[Served | FeatureRow]) -> list[FeatureRow]:
+    return [item.row if isinstance(item, Served) else item for item in items]
 
 
 def _card_id(txn: Transaction) -> str:

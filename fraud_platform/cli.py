@@ -402,3 +402,23 @@ def features_backfill(out: Path, processes: int | None) -> None:
         f"backfilled {result.num_rows:,} transactions ({skipped:,} duplicate ids skipped) in {seconds:.1f} s "
         f"({result.num_rows / seconds:,.0f} tx/s): {len(FEATURE_NAMES)} features {FEATURE_DEFINITION_VERSION} -> {out}"
     )
+
+
+@main.command("decisions")
+@click.option("--count", type=click.IntRange(min=1), default=10, show_default=True, help="How many.")
+def decisions_command(count: int) -> None:
+    """The newest decisions of the scoring flow (oldest first) and its metrics (`metrics:scoring`)."""
+    import orjson
+    import redis as redis_client
+
+    from fraud_platform.lib.redis_server import redis_url
+    from fraud_platform.scoring.decisions import read_decisions
+    from fraud_platform.scoring.metrics import METRICS_KEY
+
+    client = redis_client.Redis.from_url(redis_url(_settings()))
+    for decision in reversed(read_decisions(client, count, newest=True)):
+        click.echo(orjson.dumps(decision).decode())
+    metrics = {key.decode(): value.decode() for key, value in client.hgetall(METRICS_KEY).items()}
+    click.echo(
+        " ".join(f"{key}={value}" for key, value in sorted(metrics.items())) or "no scoring metrics yet"
+    )

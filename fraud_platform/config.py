@@ -24,6 +24,8 @@ STREAM_SHARDS_VAR = "FRAUD_PLATFORM_STREAM_SHARDS"
 ALLOWED_LATENESS_VAR = "FRAUD_PLATFORM_ALLOWED_LATENESS_SECONDS"
 FEATURE_TTL_VAR = "FRAUD_PLATFORM_FEATURE_TTL_SECONDS"
 RETRAIN_LABELS_VAR = "FRAUD_PLATFORM_RETRAIN_MIN_NEW_LABELS"
+MODEL_REFRESH_VAR = "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS"
+SCORING_MODE_VAR = "FRAUD_PLATFORM_SCORING_MODE"
 
 DEFAULT_REDIS_PORT = 6390
 DEFAULT_LABEL_MATURITY_DAYS = 180
@@ -31,6 +33,8 @@ DEFAULT_STREAM_SHARDS = 4
 DEFAULT_ALLOWED_LATENESS_SECONDS = 300
 DEFAULT_FEATURE_TTL_SECONDS = 3 * 86_400
 DEFAULT_RETRAIN_MIN_NEW_LABELS = 1_000
+DEFAULT_MODEL_REFRESH_SECONDS = 30
+SCORING_MODES = ("model", "rules")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _MLFLOW_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 
@@ -61,6 +65,8 @@ class Settings:
     allowed_lateness_seconds: int
     feature_ttl_seconds: int
     retrain_min_new_labels: int
+    model_refresh_seconds: int = DEFAULT_MODEL_REFRESH_SECONDS
+    scoring_mode: str = SCORING_MODES[0]
 
     @property
     def redis_dir(self) -> Path:
@@ -99,6 +105,8 @@ class Settings:
             retrain_min_new_labels=_integer(
                 env, RETRAIN_LABELS_VAR, DEFAULT_RETRAIN_MIN_NEW_LABELS, 1, 10**9
             ),
+            model_refresh_seconds=_integer(env, MODEL_REFRESH_VAR, DEFAULT_MODEL_REFRESH_SECONDS, 1, 86_400),
+            scoring_mode=_choice(env, SCORING_MODE_VAR, SCORING_MODES),
         )
 
     def environment(self) -> dict[str, str]:
@@ -115,6 +123,8 @@ class Settings:
             ALLOWED_LATENESS_VAR: str(self.allowed_lateness_seconds),
             FEATURE_TTL_VAR: str(self.feature_ttl_seconds),
             RETRAIN_LABELS_VAR: str(self.retrain_min_new_labels),
+            MODEL_REFRESH_VAR: str(self.model_refresh_seconds),
+            SCORING_MODE_VAR: self.scoring_mode,
         }
         if self.redis_url:
             variables[REDIS_URL_VAR] = self.redis_url
@@ -143,6 +153,16 @@ def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise ConfigError(f"{name}={value}: must be between {low} and {high}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """The variable's value, one of `choices` (the first is the default)."""
+    text = env.get(name)
+    if not text:
+        return choices[0]
+    if text not in choices:
+        raise ConfigError(f"{name}={text!r}: must be one of {', '.join(choices)}")
+    return text
 
 
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ def test_defaults_live_under_one_home(tmp_path: Path) -> None:
     assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     assert settings.redis_url is None
     assert settings.label_maturity_days == 180
+    assert (settings.model_refresh_seconds, settings.scoring_mode) == (30, "model")
 
 
 def test_environment_round_trips(tmp_path: Path) -> None:
@@ -30,8 +31,11 @@ def test_explicit_values_win(tmp_path: Path) -> None:
             "REDIS_URL": "rediss://:secret@cache.example:6380/2",
             "FRAUD_PLATFORM_LABEL_MATURITY_DAYS": "30",
             "DAGSTER_HOME": str(tmp_path / "elsewhere"),
+            "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS": "5",
+            "FRAUD_PLATFORM_SCORING_MODE": "rules",
         }
     )
+    assert (settings.model_refresh_seconds, settings.scoring_mode) == (5, "rules")
     assert settings.redis_url == "rediss://:secret@cache.example:6380/2"
     assert settings.label_maturity_days == 30
     assert settings.dagster_home == tmp_path / "elsewhere"
@@ -47,6 +51,16 @@ def test_explicit_values_win(tmp_path: Path) -> None:
         ("FRAUD_PLATFORM_REDIS_PORT", "abc", "FRAUD_PLATFORM_REDIS_PORT='abc': not a whole number"),
         ("FRAUD_PLATFORM_REDIS_PORT", "80", "FRAUD_PLATFORM_REDIS_PORT=80: must be between 1024 and 65535"),
         ("FRAUD_PLATFORM_LABEL_MATURITY_DAYS", "0", "FRAUD_PLATFORM_LABEL_MATURITY_DAYS=0: must be between"),
+        (
+            "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS",
+            "0",
+            "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS=0: must be between",
+        ),
+        (
+            "FRAUD_PLATFORM_SCORING_MODE",
+            "magic",
+            "FRAUD_PLATFORM_SCORING_MODE='magic': must be one of model, rules",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(tmp_path: Path, name: str, value: str, message: str) -> None:

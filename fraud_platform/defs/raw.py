@@ -27,6 +27,7 @@ CONTEXT_KEYS = {
     "chargebacks": "chargeback_id",
     "investigations": "investigation_id",
     "fraud_truth": "transaction_id",
+    "decisions": "transaction_id",
 }
 _CONTEXT_DESCRIPTIONS = {
     "cards": "Cards with home location and account open date.",
@@ -34,6 +35,7 @@ _CONTEXT_DESCRIPTIONS = {
     "chargebacks": "Chargebacks and fraud claims with the date they were reported.",
     "investigations": "Fraud investigations with their outcome.",
     "fraud_truth": "Ground truth of simulated data (never available for real data; used for evaluation only).",
+    "decisions": "Decisions of the scoring flow with the feature vector served to the model (feature logging).",
 }
 
 

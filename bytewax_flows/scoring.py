@@ -1,0 +1,157 @@
+"""The scoring flow: the real-time feature flow, then a decision for every transaction from the champion model.
+
+    python -m bytewax.run "bytewax_flows.scoring:build_flow()"                         # follow the streams
+    python -m bytewax.run "bytewax_flows.scoring:build_flow(exit_when_drained=True)"   # stop at their end
+
+Runs exactly the steps of `bytewax_flows.realtime_features` (`feature_steps`), then for each batch of served
+rows (corrections are not re-decided: a decision is made once, at arrival) reads the batch features from
+Redis in one round trip, assembles the training feature vector, scores the batch with one model call and
+writes decisions to the decisions stream (idempotent by transaction_id) and to the feature log in the
+landing zone. The model is the registry's champion, checked every FRAUD_PLATFORM_MODEL_REFRESH_SECONDS and
+swapped between batches; without a champion the flow refuses to start unless FRAUD_PLATFORM_SCORING_MODE=rules.
+Every 10 s a log line and the hash `metrics:scoring` show throughput, latency, dead letters and model version.
+
+Tests build the same flow with a TestingSource and TestingSinks (see `build_flow`'s arguments).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+
+import redis
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
+
+from bytewax_flows.realtime_features import GC_THRESHOLDS, Served, feature_steps
+from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource
+from fraud_platform.config import Settings
+from fraud_platform.features.realtime import FeatureRow
+from fraud_platform.lib.bus import DeadLetter
+from fraud_platform.lib.keys import transactions_stream
+from fraud_platform.lib.online_store import OnlineStore
+from fraud_platform.lib.redis_server import redis_url
+from fraud_platform.scoring.decisions import FeatureLog, write_decisions
+from fraud_platform.scoring.metrics import REPORT_SECONDS, ScoringMetrics
+from fraud_platform.scoring.models import ModelWatcher
+from fraud_platform.scoring.scorer import Decision, Scorer
+
+FLOW_ID = "scoring"
+
+
+def build_flow(
+    source: Source[bytes | None] | None = None,
+    decision_sink: Sink[Decision] | None = None,
+    dead_letter_sink: Sink[DeadLetter] | None = None,
+    card_sink: Sink[FeatureRow] | None = None,
+    feature_log_sink: Sink[Decision] | None = None,
+    *,
+    settings: Settings | None = None,
+    exit_when_drained: bool = False,
+    metrics_seconds: float = REPORT_SECONDS,
+) -> Dataflow:
+    """The dataflow; every connector not given defaults to Redis or the landing zone (from settings).
+
+    Loads the serving model first: raises `NoServableModel` (naming `fraud-platform train`) when the
+    registry has no servable champion and the scoring mode is not "rules".
+    """
+    settings = settings or Settings.from_env()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gc.set_threshold(*GC_THRESHOLDS)  # process-wide: under bytewax.run the flow owns its process
+    url = redis_url(settings)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+    models = ModelWatcher(settings)
+    models.start()
+    scorer = Scorer(OnlineStore(client), models)
+    metrics = ScoringMetrics(client, models, metrics_seconds)
+    shards = [transactions_stream(shard) for shard in range(settings.stream_shards)]
+    source = source or RedisStreamSource(url, shards, exit_when_drained=exit_when_drained)
+    decision_sink = decision_sink or DecisionSink(url, settings.feature_ttl_seconds, metrics)
+    dead_letter_sink = dead_letter_sink or DeadLetterSink(url)
+    card_sink = card_sink or CardFeatureSink(url, settings.feature_ttl_seconds)
+    feature_log_sink = feature_log_sink or FeatureLogSink(settings)
+
+    flow = Dataflow(FLOW_ID)
+    features = feature_steps(
+        flow, source, dead_letter_sink, card_sink, settings.allowed_lateness_seconds * 1000
+    )
+    # Served | FeatureRow: each transaction's served row with the transaction; corrections
+    decisions = op.flat_map_batch("score", features, lambda items: _score_served(scorer, items))
+    # Decision: one per served transaction, scored with the model of its batch
+    op.output("decisions", decisions, decision_sink)
+    op.output("feature_log", decisions, feature_log_sink)
+    gc.freeze()  # the model and libraries are long-lived: keep full collections from walking them
+    return flow
+
+
+def _score_served(scorer: Scorer, items: list[Served | FeatureRow]) -> list[Decision]:
+    served = [item for item in items if isinstance(item, Served)]
+    return scorer.score(
+        [item.txn for item in served],
+        [item.row.values for item in served],
+        [item.received_ms for item in served],
+    )
+
+
+class _DecisionPartition(StatelessSinkPartition[Decision]):
+    def __init__(self, client: redis.Redis, ttl_seconds: int, metrics: ScoringMetrics) -> None:
+        self._client = client
+        self._ttl = ttl_seconds
+        self._metrics = metrics
+
+    def write_batch(self, items: list[Decision]) -> None:
+        """Write the batch's new decisions (one script call per 1,000) and count them in the metrics."""
+        write_decisions(self._client, items, self._ttl)
+        self._metrics.record(items)
+
+    def close(self) -> None:
+        """Report the last interval's numbers and release the connection."""
+        self._metrics.report()
+        self._client.close()
+
+
+class DecisionSink(DynamicSink[Decision]):
+    """Decisions to the decisions stream, once per transaction_id (markers live `ttl_seconds`)."""
+
+    def __init__(self, url: str, ttl_seconds: int, metrics: ScoringMetrics) -> None:
+        self._url = url
+        self._ttl = ttl_seconds
+        self._metrics = metrics
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DecisionPartition:
+        """A writer for one worker."""
+        client = redis.Redis.from_url(self._url, socket_connect_timeout=5, socket_timeout=30)
+        return _DecisionPartition(client, self._ttl, self._metrics)
+
+
+class _FeatureLogPartition(StatelessSinkPartition[Decision]):
+    def __init__(self, log: FeatureLog) -> None:
+        self._log = log
+
+    def write_batch(self, items: list[Decision]) -> None:
+        """Buffer the batch; a landing batch is published when the buffer is full or old enough."""
+        self._log.add(items)
+
+    def close(self) -> None:
+        """Publish what is buffered."""
+        self._log.flush()
+
+
+class FeatureLogSink(DynamicSink[Decision]):
+    """Scored transactions with their served features, to the landing zone in batches (one log per worker)."""
+
+    def __init__(self, settings: Settings, flush_events: int = 50_000, flush_seconds: float = 60.0) -> None:
+        self._settings = settings
+        self._flush_events = flush_events
+        self._flush_seconds = flush_seconds
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _FeatureLogPartition:
+        """A buffer for one worker."""
+        name = f"{os.getpid()}w{worker_index}"
+        return _FeatureLogPartition(
+            FeatureLog(self._settings.landing_dir, name, self._flush_events, self._flush_seconds)
+        )

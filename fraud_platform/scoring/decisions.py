@@ -1,0 +1,178 @@
+"""Where decisions go: the decisions stream (idempotent by transaction_id) and the feature log (landing zone).
+
+* `write_decisions`: one Lua script call per chunk of 1,000 decisions. For each decision it sets a marker
+  `decided:<transaction_id>` (SET NX EX ttl) and appends the decision to `DECISIONS_STREAM` only when the
+  marker is new, so replaying events (a restart without recovery, a replay of a day) adds no duplicate.
+  The script runs atomically: there is no window in which a marker exists without its decision. It touches
+  keys of many slots, so on Redis Cluster it needs the stream and markers routed to one node (or a
+  per-slot split); the single server and Valkey/Redis with replicas are fine as they are.
+* `FeatureLog`: decisions with the transaction and the served feature vector, buffered and published to the
+  landing zone as one batch (transactions + context table `decisions`, source "stream") every
+  `flush_events` decisions or `flush_seconds`, checked at each batch and at shutdown. The landing sensor
+  loads the batches into the warehouse like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import redis
+
+from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
+from fraud_platform.lib.keys import DECISIONS_STREAM
+from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.schema import DECISIONS, TIMESTAMP, TRANSACTIONS
+from fraud_platform.scoring.scorer import Decision
+
+logger = logging.getLogger(__name__)
+
+DECISION_FIELD = "decision"
+MARKER_PREFIX = "decided:"
+CHUNK = 1_000
+# KEYS[1] the stream, KEYS[i > 1] markers; ARGV[1] the marker TTL, ARGV[i > 1] the decision of KEYS[i].
+_WRITE_SCRIPT = """
+local added = 0
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], '*', 'decision', ARGV[i])
+    added = added + 1
+  end
+end
+return added
+"""
+
+
+def marker_key(transaction_id: str) -> str:
+    """The key that records that a transaction was decided."""
+    return MARKER_PREFIX + transaction_id
+
+
+def decision_event(decision: Decision) -> bytes:
+    """The decision as the JSON of its stream entry (times in epoch ms)."""
+    return orjson.dumps(
+        {
+            "transaction_id": decision.transaction_id,
+            "card_id": decision.card_id,
+            "score": decision.score,
+            "decision": decision.decision,
+            "reasons": decision.reasons,
+            "model_version": decision.model_version,
+            "event_time": decision.event_ms,
+            "received_time": decision.received_ms,
+            "decision_time": decision.decision_ms,
+        }
+    )
+
+
+def write_decisions(client: redis.Redis, decisions: Sequence[Decision], marker_ttl_seconds: int) -> int:
+    """Append the decisions not written before to the decisions stream; return how many were new."""
+    script = client.register_script(_WRITE_SCRIPT)
+    added = 0
+    for start in range(0, len(decisions), CHUNK):
+        chunk = decisions[start : start + CHUNK]
+        added += int(
+            script(
+                keys=[DECISIONS_STREAM, *(marker_key(decision.transaction_id) for decision in chunk)],
+                args=[marker_ttl_seconds, *(decision_event(decision) for decision in chunk)],
+            )
+        )
+    return added
+
+
+def read_decisions(
+    client: redis.Redis, count: int | None = None, *, newest: bool = False
+) -> list[dict[str, Any]]:
+    """Decisions from the stream, oldest first (or the newest `count`, newest first)."""
+    entries = (
+        client.xrevrange(DECISIONS_STREAM, count=count)
+        if newest
+        else client.xrange(DECISIONS_STREAM, count=count)
+    )
+    return [orjson.loads(fields[DECISION_FIELD.encode()]) for _, fields in entries]
+
+
+def _timestamps(millis: list[int]) -> pa.Array:
+    return pa.array(millis, pa.int64()).cast(pa.timestamp("ms", tz="UTC")).cast(TIMESTAMP)
+
+
+def decision_tables(decisions: Sequence[Decision]) -> tuple[pa.Table, pa.Table]:
+    """The transactions and the `decisions` context table of a feature-log batch."""
+    txns = [decision.txn for decision in decisions]
+    transactions = pa.table(
+        {
+            **{
+                field.name: pa.array([getattr(txn, field.name) for txn in txns], field.type)
+                for field in TRANSACTIONS
+                if field.name != "timestamp"
+            },
+            "timestamp": _timestamps([txn.timestamp_ms for txn in txns]),
+        }
+    ).select(TRANSACTIONS.names)
+    features = np.stack([decision.features for decision in decisions]).astype(np.float32)
+    offsets = pa.array(np.arange(0, features.size + 1, len(MODEL_FEATURES), dtype=np.int32))
+    table = pa.table(
+        {
+            "transaction_id": [decision.transaction_id for decision in decisions],
+            "card_id": [decision.card_id for decision in decisions],
+            "score": pa.array([decision.score for decision in decisions], pa.float64()),
+            "decision": [decision.decision for decision in decisions],
+            "reasons": pa.array([list(decision.reasons) for decision in decisions], pa.list_(pa.string())),
+            "model_version": [decision.model_version for decision in decisions],
+            "event_time": _timestamps([decision.event_ms for decision in decisions]),
+            "received_time": _timestamps([decision.received_ms for decision in decisions]),
+            "decision_time": _timestamps([decision.decision_ms for decision in decisions]),
+            "feature_definition_version": [FEATURE_DEFINITION_VERSION] * len(decisions),
+            "features": pa.ListArray.from_arrays(offsets, pa.array(features.ravel())),
+        },
+        schema=DECISIONS,
+    )
+    return transactions, table
+
+
+class FeatureLog:
+    """Buffers decisions and publishes them to the landing zone in batches."""
+
+    def __init__(
+        self, landing_dir: Path, name: str, flush_events: int = 50_000, flush_seconds: float = 60.0
+    ) -> None:
+        self.zone = LandingZone(landing_dir)
+        self.name = name
+        self.flush_events = flush_events
+        self.flush_seconds = flush_seconds
+        self._buffer: list[Decision] = []
+        self._since = time.monotonic()
+
+    def add(self, decisions: Sequence[Decision]) -> None:
+        """Buffer decisions; publish a batch when the buffer is full or old enough."""
+        self._buffer.extend(decisions)
+        if len(self._buffer) >= self.flush_events or time.monotonic() - self._since >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> str | None:
+        """Publish the buffered decisions as one landing batch; return its id (None when empty)."""
+        self._since = time.monotonic()
+        if not self._buffer:
+            return None
+        transactions, decisions = decision_tables(self._buffer)
+        batch_id = f"stream-{self.name}-{time.time_ns():x}-{os.getpid()}"
+        self.zone.write_batch(
+            batch_id,
+            transactions,
+            {"decisions": decisions},
+            source="stream",
+            parameters={
+                "decisions": len(self._buffer),
+                "feature_definition_version": FEATURE_DEFINITION_VERSION,
+            },
+        )
+        logger.info("feature log: %d decisions landed as batch %s", len(self._buffer), batch_id)
+        self._buffer = []
+        return batch_id

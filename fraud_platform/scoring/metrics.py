@@ -1,0 +1,86 @@
+"""What the running scoring flow shows: a log line every `interval` seconds and the same numbers in a hash.
+
+    redis-cli HGETALL metrics:scoring
+
+Fields: `decisions_per_second` and `decisions` (over the last interval), `decisions_total`,
+`latency_p50_ms` / `latency_p99_ms` (from the moment the flow took the event in to its decision, over the
+last interval), `dead_letters` (length of the dead-letter stream), `model_version`, `models_refused`,
+`registry_errors`, `updated_at` (epoch ms).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import redis
+
+from fraud_platform.lib.keys import DEAD_LETTER_STREAM
+from fraud_platform.scoring.models import ModelWatcher
+from fraud_platform.scoring.scorer import Decision
+
+logger = logging.getLogger(__name__)
+
+METRICS_KEY = "metrics:scoring"
+REPORT_SECONDS = 10.0
+
+
+class ScoringMetrics:
+    """Counts decisions and their latencies; reports when an interval has passed."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        models: ModelWatcher,
+        interval_seconds: float = REPORT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.models = models
+        self.interval = interval_seconds
+        self.clock = clock
+        self.total = 0
+        self._latencies: list[int] = []
+        self._since = clock()
+
+    def record(self, decisions: Sequence[Decision]) -> None:
+        """Count a written batch of decisions and report if an interval has passed."""
+        self.total += len(decisions)
+        self._latencies.extend(decision.decision_ms - decision.received_ms for decision in decisions)
+        if self.clock() - self._since >= self.interval:
+            self.report()
+
+    def report(self) -> dict[str, str]:
+        """Log the numbers of the interval just ended, store them in METRICS_KEY and start a new interval."""
+        now = self.clock()
+        elapsed = max(now - self._since, 1e-9)
+        latencies = np.asarray(self._latencies, dtype=np.float64)
+        p50, p99 = np.percentile(latencies, [50, 99]) if len(latencies) else (np.nan, np.nan)
+        model = self.models.current_version()
+        numbers = {
+            "decisions": str(len(latencies)),
+            "decisions_total": str(self.total),
+            "decisions_per_second": f"{len(latencies) / elapsed:.0f}",
+            "latency_p50_ms": f"{p50:.1f}",
+            "latency_p99_ms": f"{p99:.1f}",
+            "dead_letters": str(self.client.xlen(DEAD_LETTER_STREAM)),
+            "model_version": model,
+            "models_refused": str(self.models.models_refused),
+            "registry_errors": str(self.models.registry_errors),
+            "updated_at": str(time.time_ns() // 1_000_000),
+        }
+        self.client.hset(METRICS_KEY, mapping=numbers)
+        logger.info(
+            "scoring: %s decisions/s, p50 %s ms, p99 %s ms, %s dead letters, model %s (%s refused)",
+            numbers["decisions_per_second"],
+            numbers["latency_p50_ms"],
+            numbers["latency_p99_ms"],
+            numbers["dead_letters"],
+            model,
+            numbers["models_refused"],
+        )
+        self._latencies = []
+        self._since = now
+        return numbers

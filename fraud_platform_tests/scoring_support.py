@@ -1,0 +1,99 @@
+"""Shared by the scoring tests and benchmark: a real MLflow store with registered models, batch features in
+Redis, and the expected feature matrix of transactions computed the offline way (backfill + same functions)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import redis
+from mlflow import MlflowClient
+
+from fraud_platform.config import Settings
+from fraud_platform.features.backfill import backfill
+from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
+from fraud_platform.features.on_demand import on_demand_features
+from fraud_platform.features.realtime import FEATURE_NAMES
+from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES, assemble
+from fraud_platform.lib.bus import events_from_table
+from fraud_platform.lib.online_store import load_batch_features
+from fraud_platform.lib.schema import parse_transaction
+from fraud_platform.training import registry
+from fraud_platform.training.model import TrainingConfig, fit, score
+from fraud_platform_tests.test_registry import synthetic_data
+
+
+def scoring_settings(home: Path, url: str, refresh_seconds: int = 30, mode: str = "model") -> Settings:
+    """Settings of a flow against `url` with its MLflow store and landing zone under `home`."""
+    settings = Settings.from_env(
+        {
+            "FRAUD_PLATFORM_HOME": str(home),
+            "REDIS_URL": url,
+            "FRAUD_PLATFORM_SCORING_MODE": mode,
+        }
+    )
+    return dataclasses.replace(settings, model_refresh_seconds=refresh_seconds)
+
+
+def register_model(
+    settings: Settings, seed: int, review: float, decline: float, features: tuple[str, ...] = MODEL_FEATURES
+) -> str:
+    """Fit a small model on synthetic data and register it with the given thresholds; return its version."""
+    registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
+    data = synthetic_data(seed, signal=1.5, rows=3_000)
+    trained = fit(data, TrainingConfig(max_rounds=40))
+    contract = registry.ModelContract(
+        features=features,
+        feature_definition_version=FEATURE_DEFINITION_VERSION,
+        decline_threshold=decline,
+        review_threshold=review,
+    )
+    test = data.part("test")
+    version = registry.register(trained, contract, score(trained.booster, test.features), test.labels, {})
+    return str(version.version)
+
+
+def set_champion(settings: Settings, version: str) -> None:
+    """Move the champion alias."""
+    registry.set_champion(MlflowClient(settings.mlflow_tracking_uri), version)
+
+
+def load_random_batch_features(client: redis.Redis, table: pa.Table, seed: int) -> tuple[dict, dict]:
+    """Random snapshots for all but a few cards and merchants (those read as NaN); return id -> vector."""
+    rng = np.random.default_rng(seed)
+    cards = sorted(set(table.column("card_id").to_pylist()))[:-2]
+    merchants = sorted(set(table.column("merchant_id").to_pylist()))[:-3]
+    card_matrix = rng.gamma(2.0, 40.0, (len(cards), len(CARD_BATCH_FEATURES)))
+    merchant_matrix = rng.random((len(merchants), len(MERCHANT_BATCH_FEATURES)))
+    load_batch_features(
+        client, cards, card_matrix, merchants, merchant_matrix, ttl_seconds=3_600, grace_seconds=0
+    )
+    return dict(zip(cards, card_matrix, strict=True)), dict(zip(merchants, merchant_matrix, strict=True))
+
+
+def expected_features(table: pa.Table, cards: dict, merchants: dict) -> dict[str, np.ndarray]:
+    """transaction_id -> the model's feature vector computed offline: backfilled real-time features, the same
+    batch snapshots, the same on-demand function, `assemble`."""
+    realtime = backfill(table, processes=1)
+    ids = realtime.column("transaction_id").to_pylist()
+    txns = {txn.transaction_id: txn for txn in map(parse_transaction, events_from_table(table))}
+    nan_card = np.full(len(CARD_BATCH_FEATURES), np.nan)
+    nan_merchant = np.full(len(MERCHANT_BATCH_FEATURES), np.nan)
+    card_rows = np.array([cards.get(txns[tid].card_id, nan_card) for tid in ids])
+    merchant_rows = np.array([merchants.get(txns[tid].merchant_id, nan_merchant) for tid in ids])
+    mean, std = CARD_BATCH_FEATURES.index("amount_mean_30d"), CARD_BATCH_FEATURES.index("amount_std_30d")
+    on_demand = np.array(
+        [
+            on_demand_features(txns[tid], {"amount_mean_30d": row[mean], "amount_std_30d": row[std]})
+            for tid, row in zip(ids, card_rows, strict=True)
+        ]
+    )
+    matrix = assemble(
+        np.column_stack([realtime.column(name).to_numpy() for name in FEATURE_NAMES]),
+        on_demand,
+        card_rows,
+        merchant_rows,
+    )
+    return dict(zip(ids, matrix, strict=True))

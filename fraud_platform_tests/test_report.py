@@ -1,0 +1,41 @@
+"""The stream report against a hand computation."""
+
+import pytest
+
+from fraud_platform.report import stream_report
+
+
+def _event(transaction: str, decision: str, received: int, decided: int, model: str = "3") -> dict:
+    return {
+        "transaction_id": transaction,
+        "decision": decision,
+        "received_time": received,
+        "decision_time": decided,
+        "model_version": model,
+    }
+
+
+def test_report_matches_a_hand_computation() -> None:
+    events = [
+        _event("t1", "decline", 1_000, 1_002),  # fraud, declined
+        _event("t2", "review", 1_000, 1_004),  # fraud, reviewed
+        _event("t3", "review", 1_500, 1_501),  # genuine, reviewed
+        _event("t4", "approve", 2_000, 2_003, model="4"),  # fraud, missed
+        _event("t5", "approve", 2_500, 3_000, model="4"),  # genuine
+    ]
+    truth = {"t1": True, "t2": True, "t3": False, "t4": True, "t5": False}
+    report = stream_report(events, truth)
+    assert report.decisions == 5 and report.frauds == 3
+    assert report.by_decision == {"decline": 1, "review": 2, "approve": 2}
+    assert report.model_versions == {"3": 3, "4": 2}
+    assert report.seconds == 2.0 and report.throughput == 2.5
+    assert report.latency_p50_ms == 3.0
+    assert (report.alert_precision, report.alert_recall) == (2 / 3, 2 / 3)
+    assert (report.decline_precision, report.decline_recall) == (1.0, 1 / 3)
+    assert report.unknown_transactions == 0
+    assert any("alerts (review + decline) precision 66.7%" in line for line in report.lines())
+
+
+def test_no_decisions_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="no decisions to report on"):
+        stream_report([], {})

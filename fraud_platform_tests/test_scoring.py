@@ -1,0 +1,221 @@
+"""The scoring flow against a real Redis server and a real MLflow store (sqlite + local artefacts): scores
+equal the model's on the backfilled features, live champion swaps, refusals, rules mode, idempotency."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+from bytewax.testing import TestingSource, run_main
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from bytewax_flows.scoring import build_flow
+from fraud_platform.cli import main
+from fraud_platform.config import Settings
+from fraud_platform.features.vector import MODEL_FEATURES
+from fraud_platform.lib.bus import events_from_table
+from fraud_platform.lib.keys import DECISIONS_STREAM
+from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.redis_server import LocalRedisServer
+from fraud_platform.lib.simulator import SimulationConfig, simulate
+from fraud_platform.pipeline import instance_for, load_landing
+from fraud_platform.scoring.decisions import read_decisions
+from fraud_platform.scoring.metrics import METRICS_KEY
+from fraud_platform.scoring.models import RULES_VERSION, ModelWatcher, NoServableModel
+from fraud_platform.scoring.scorer import APPROVE, DECLINE, REVIEW
+from fraud_platform.training import registry
+from fraud_platform.training.baseline import rules_score
+from fraud_platform.training.model import score
+from fraud_platform_tests.scoring_support import (
+    expected_features,
+    load_random_batch_features,
+    register_model,
+    scoring_settings,
+    set_champion,
+)
+
+REVIEW_AT, DECLINE_AT = 0.2, 0.6
+
+
+@pytest.fixture(scope="module")
+def history() -> pa.Table:
+    table = simulate(SimulationConfig(cards=40, days=2, seed=5)).transactions
+    return table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, redis_server: LocalRedisServer) -> dict[str, object]:
+    """One MLflow store with two servable models and one whose contract asks for a feature from the future."""
+    home = tmp_path_factory.mktemp("scoring")
+    settings = scoring_settings(home, redis_server.url, refresh_seconds=0)
+    first = register_model(settings, 1, REVIEW_AT, DECLINE_AT)
+    second = register_model(settings, 2, REVIEW_AT, DECLINE_AT)
+    future = register_model(
+        settings, 3, REVIEW_AT, DECLINE_AT, (*MODEL_FEATURES[:-1], "feature_from_the_future")
+    )
+    return {"settings": settings, "first": first, "second": second, "future": future}
+
+
+@pytest.fixture
+def world(clean_redis: redis.Redis, history: pa.Table) -> dict[str, np.ndarray]:
+    """Batch features in Redis; transaction_id -> expected feature vector."""
+    cards, merchants = load_random_batch_features(clean_redis, history, seed=3)
+    return expected_features(history, cards, merchants)
+
+
+def payloads(table: pa.Table) -> list[bytes]:
+    return [orjson.dumps(event) for event in events_from_table(table)]
+
+
+def run(settings: Settings, source: object) -> None:
+    run_main(build_flow(TestingSource(source, batch_size=50), settings=settings))
+
+
+def test_decisions_equal_the_model_on_backfilled_features(
+    store: dict, world: dict[str, np.ndarray], clean_redis: redis.Redis, history: pa.Table
+) -> None:
+    settings: Settings = store["settings"]  # type: ignore[assignment]
+    set_champion(settings, store["first"])
+    landed_before = {batch.batch_id for batch in LandingZone(settings.landing_dir).batches()}
+    run(settings, payloads(history))
+
+    decisions = read_decisions(clean_redis)
+    assert sorted(d["transaction_id"] for d in decisions) == sorted(
+        history.column("transaction_id").to_pylist()
+    )
+    booster = registry.load(mlflow_client(settings), store["first"]).booster
+    ids = list(world)
+    expected = dict(zip(ids, score(booster, np.stack([world[tid] for tid in ids])).tolist(), strict=True))
+    by_id = {d["transaction_id"]: d for d in decisions}
+    assert {tid: by_id[tid]["score"] for tid in ids} == expected  # float32 scores, exactly
+    for decision in decisions:
+        value = decision["score"]
+        wanted = DECLINE if value >= DECLINE_AT else REVIEW if value >= REVIEW_AT else APPROVE
+        assert decision["decision"] == wanted and decision["model_version"] == store["first"]
+        assert bool(decision["reasons"]) == (wanted != APPROVE)
+        assert set(decision["reasons"]) <= set(MODEL_FEATURES) and len(decision["reasons"]) <= 3
+        assert decision["event_time"] <= decision["received_time"] <= decision["decision_time"]
+    assert {d["decision"] for d in decisions} == {APPROVE, REVIEW, DECLINE}
+
+    zone = LandingZone(settings.landing_dir)
+    (logged,) = [batch for batch in zone.batches() if batch.batch_id not in landed_before]
+    assert logged.source == "stream" and logged.transactions == len(history)
+    table = pq.read_table(zone.context_files("decisions")[-1])
+    served = dict(
+        zip(table.column("transaction_id").to_pylist(), table.column("features").to_pylist(), strict=True)
+    )
+    for tid, vector in world.items():
+        np.testing.assert_array_equal(np.array(served[tid], dtype=np.float32), vector)
+
+    metrics = clean_redis.hgetall(METRICS_KEY)
+    assert metrics[b"model_version"].decode() == store["first"]
+    assert int(metrics[b"decisions_total"]) == len(history)
+
+    run(settings, payloads(history))  # the same events again, from a fresh card state
+    assert clean_redis.xlen(DECISIONS_STREAM) == len(history)  # idempotent by transaction_id
+
+
+def moving_champion(events: list[bytes], settings: Settings, moves: dict[int, str]) -> Iterator[bytes]:
+    """The events, moving the champion alias to moves[i] just before event i is read."""
+    for index, event in enumerate(events):
+        if index in moves:
+            set_champion(settings, moves[index])
+        yield event
+
+
+def test_alias_swap_mid_stream_and_an_unservable_champion_is_refused(
+    store: dict, world: dict[str, np.ndarray], clean_redis: redis.Redis, history: pa.Table
+) -> None:
+    settings: Settings = store["settings"]  # type: ignore[assignment]
+    set_champion(settings, store["first"])
+    events = payloads(history)
+    half, three_quarters = len(events) // 2, len(events) * 3 // 4
+    moves = {half: store["second"], three_quarters: store["future"]}
+    run(settings, moving_champion(events, settings, moves))
+
+    decisions = read_decisions(clean_redis)
+    ids = [d["transaction_id"] for d in decisions]
+    assert len(ids) == len(set(ids)) == len(history)  # nothing lost, nothing twice
+    versions = [d["model_version"] for d in decisions]
+    assert set(versions) == {store["first"], store["second"]}  # the future model never served
+    assert versions.index(store["second"]) >= half - 50  # the swap happened after the move (50: one batch)
+    assert versions[-1] == store["second"]
+    boosters = {
+        v: registry.load(mlflow_client(settings), v).booster for v in (store["first"], store["second"])
+    }
+    for decision in decisions:  # each decision scored by the booster it names
+        vector = world[decision["transaction_id"]][None, :]
+        assert decision["score"] == float(score(boosters[decision["model_version"]], vector)[0])
+    metrics = clean_redis.hgetall(METRICS_KEY)
+    assert metrics[b"models_refused"] == b"1" and metrics[b"model_version"].decode() == store["second"]
+
+
+def test_no_champion_refuses_to_start_and_rules_mode_scores(
+    tmp_path: Path,
+    world: dict[str, np.ndarray],
+    redis_server: LocalRedisServer,
+    clean_redis: redis.Redis,
+    history: pa.Table,
+) -> None:
+    empty = scoring_settings(tmp_path / "empty", redis_server.url)
+    with pytest.raises(NoServableModel, match=r"`fraud-platform train`.*FRAUD_PLATFORM_SCORING_MODE=rules"):
+        build_flow(TestingSource([]), settings=empty)
+
+    rules = scoring_settings(tmp_path / "rules", redis_server.url, mode="rules")
+    run(rules, payloads(history))
+    decisions = read_decisions(clean_redis)
+    assert len(decisions) == len(history) and {d["model_version"] for d in decisions} == {RULES_VERSION}
+    ids = list(world)
+    expected = rules_score(np.stack([world[tid] for tid in ids])).astype(np.float32).tolist()
+    assert {d["transaction_id"]: d["score"] for d in decisions} == dict(zip(ids, expected, strict=True))
+
+    env = {"REDIS_URL": redis_server.url, "FRAUD_PLATFORM_HOME": str(tmp_path / "rules")}
+    shown = CliRunner().invoke(main, ["decisions", "--count", "2"], env=env)
+    assert shown.exit_code == 0, shown.output
+    *lines, metrics = shown.output.splitlines()
+    assert len(lines) == 2 and all(orjson.loads(line)["model_version"] == RULES_VERSION for line in lines)
+    assert f"model_version={RULES_VERSION}" in metrics
+
+    assert load_landing(rules, instance_for(rules)).success  # the feature log, into the warehouse
+    with duckdb.connect(str(rules.warehouse_path), read_only=True) as connection:
+        rows = connection.execute(
+            "SELECT count(*), min(len(features)), count(DISTINCT model_version) FROM raw.decisions"
+        ).fetchall()
+        transactions = connection.execute("SELECT count(*) FROM raw.transactions").fetchall()
+    assert rows == [(len(history), len(MODEL_FEATURES), 1)] and transactions == [(len(history),)]
+
+
+def test_an_unservable_champion_at_start_is_refused(store: dict) -> None:
+    settings: Settings = store["settings"]  # type: ignore[assignment]
+    set_champion(settings, store["future"])
+    with pytest.raises(NoServableModel, match=r"cannot be served: .*feature_from_the_future"):
+        ModelWatcher(settings).start()
+
+
+def test_an_unreachable_registry_keeps_the_current_model(
+    store: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings: Settings = store["settings"]  # type: ignore[assignment]
+    set_champion(settings, store["first"])
+    watcher = ModelWatcher(settings)
+    watcher.start()
+
+    def unreachable(client: object) -> None:
+        raise ConnectionError("registry down")
+
+    monkeypatch.setattr(registry, "champion_version", unreachable)
+    assert watcher.current().version == store["first"]
+    assert watcher.current().version == store["first"]
+    assert watcher.registry_errors == 2
+
+
+def mlflow_client(settings: Settings) -> MlflowClient:
+    return registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
