@@ -87,6 +87,9 @@ def test_load_is_idempotent_and_the_newest_batch_wins(platform_env: Settings) ->
         {"cards": _cards(date(2021, 6, 1))},
         source="test",
     )
+    # The same transactions landed again (e.g. by the stream's feature log) are not counted twice.
+    first = _transactions(["t1", "t2", "t3"], [_day(1, 23), _day(2, 0), _day(2, 1)])
+    zone.write_batch("echo", first.slice(1, 1), source="stream")
     assert register_landing_days(instance, zone) == ["2026-03-03"]
     assert load_landing(settings, instance).success
     assert _warehouse_rows(settings, "SELECT count(*) FROM raw.transactions") == [(4,)]

@@ -18,6 +18,7 @@ from fraud_platform.defs.resources import LandingResource
 from fraud_platform.lib.schema import CONTEXT_TABLES, TRANSACTIONS
 
 GROUP = "raw"
+_TRANSACTION_COLUMNS = ", ".join(f'"{field.name}"' for field in TRANSACTIONS)
 LANDING_DAYS = dg.DynamicPartitionsDefinition(name="landing_day")
 
 # Context table -> the key that identifies a row across batches.
@@ -69,11 +70,15 @@ def raw_transactions(
             connection.execute("DELETE FROM raw.transactions WHERE day = ?::DATE", [day])
             files = [str(path) for path in zone.transaction_files(day)]
             if files:
+                # The same transaction landed twice (the stream's feature log of a replayed day) is one
+                # transaction: keep its first copy. Two different rows with one id stay, for the checks.
                 connection.execute(
                     "INSERT INTO raw.transactions BY NAME "
-                    "SELECT * EXCLUDE (filename), ?::DATE AS day, "
+                    "SELECT * EXCLUDE (filename, copy), ?::DATE AS day, "
                     "regexp_extract(filename, 'batches/([^/]+)/transactions/', 1) AS batch_id "
-                    "FROM read_parquet(?, filename = true)",
+                    f"FROM (SELECT *, row_number() OVER (PARTITION BY {_TRANSACTION_COLUMNS} ORDER BY filename) AS copy "
+                    "      FROM read_parquet(?, filename = true)) "
+                    "WHERE copy = 1",
                     [day, files],
                 )
         connection.execute("COMMIT")
