@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +331,10 @@ _DAY = click.DateTime(formats=["%Y-%m-%d"])
 @click.option("--from", "first", type=_DAY, help="First day to replay (YYYY-MM-DD).")
 @click.option("--to", "last", type=_DAY, help="Last day to replay, inclusive (YYYY-MM-DD).")
 @click.option(
-    "--reset", is_flag=True, help="Delete the transactions streams first: they hold only this replay."
+    "--reset",
+    is_flag=True,
+    help="Start the stream over: delete the transactions streams, dead letters, decisions and their "
+    "idempotency markers and the scoring metrics first, so they hold only this replay.",
 )
 def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> None:
     """Publish landed transactions to the transactions stream, sharded by card, in event-time order."""
@@ -339,8 +342,16 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
 
     from fraud_platform.lib.bus import landing_days
     from fraud_platform.lib.bus import replay as publish_tables
-    from fraud_platform.lib.keys import TRANSACTIONS_STREAM_PREFIX, transactions_stream
+    from fraud_platform.lib.keys import (
+        DEAD_LETTER_STREAM,
+        DECISIONS_STREAM,
+        TRANSACTIONS_STREAM_PREFIX,
+        transactions_stream,
+    )
+    from fraud_platform.lib.online_store import delete_matching
     from fraud_platform.lib.redis_server import redis_url
+    from fraud_platform.scoring.decisions import MARKER_PREFIX
+    from fraud_platform.scoring.metrics import METRICS_KEY
 
     settings = _settings()
     zone = LandingZone(settings.landing_dir)
@@ -349,7 +360,13 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
     client = redis_client.Redis.from_url(redis_url(settings))
     try:
         if reset:
-            client.delete(*(transactions_stream(shard) for shard in range(settings.stream_shards)))
+            client.delete(
+                *(transactions_stream(shard) for shard in range(settings.stream_shards)),
+                DEAD_LETTER_STREAM,
+                DECISIONS_STREAM,
+                METRICS_KEY,
+            )
+            delete_matching(client, f"{MARKER_PREFIX}*")
         with progress_bar(total, "tx", "replay") as advance:
             result = publish_tables(
                 client, landing_days(zone, days), settings.stream_shards, rate=rate, progress=advance
@@ -422,3 +439,42 @@ def decisions_command(count: int) -> None:
     click.echo(
         " ".join(f"{key}={value}" for key, value in sorted(metrics.items())) or "no scoring metrics yet"
     )
+
+
+@main.command()
+@click.option(
+    "--day", type=_DAY, help="Only transactions of this day (YYYY-MM-DD) [default: every decision]."
+)
+def report(day: Any) -> None:
+    """How the scoring flow did: throughput, latency, decisions by type, and precision/recall of its
+    decisions against the fraud truth in the warehouse (simulated data) or the labels (imported data)."""
+    import duckdb
+    import redis as redis_client
+
+    from fraud_platform.lib.redis_server import redis_url
+    from fraud_platform.report import stream_report
+    from fraud_platform.scoring.decisions import read_decisions
+
+    settings = _settings()
+    events = read_decisions(redis_client.Redis.from_url(redis_url(settings)))
+    if day is not None:
+        first = int(day.replace(tzinfo=UTC).timestamp() * 1000)
+        events = [event for event in events if first <= event["event_time"] < first + 86_400_000]
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+        has_truth = connection.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = 'fraud_truth'"
+        ).fetchone()[0]
+        truth_sql = (
+            "SELECT transaction_id, is_fraud FROM raw.fraud_truth WHERE is_fraud"
+            if has_truth
+            else "SELECT transaction_id, true FROM transaction_labels WHERE label = 1"
+        )
+        truth = dict(connection.execute(truth_sql).fetchall())
+    try:
+        summary = stream_report(events, truth)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    source = "fraud truth (simulation)" if has_truth else "labels"
+    click.echo(f"stream report{f' for {day.date()}' if day else ''}, judged against the {source}:")
+    for line in summary.lines():
+        click.echo(f"  {line}")

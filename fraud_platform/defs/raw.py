@@ -18,7 +18,12 @@ from fraud_platform.defs.resources import LandingResource
 from fraud_platform.lib.schema import CONTEXT_TABLES, TRANSACTIONS
 
 GROUP = "raw"
-_TRANSACTION_COLUMNS = ", ".join(f'"{field.name}"' for field in TRANSACTIONS)
+# A transaction's identity for de-duplication: every column, the timestamp at the event schema's resolution
+# (milliseconds; the stream's copy of a simulated transaction has lost its microseconds).
+_TRANSACTION_IDENTITY = ", ".join(
+    'epoch_us("timestamp") // 1000' if field.name == "timestamp" else f'"{field.name}"'
+    for field in TRANSACTIONS
+)
 LANDING_DAYS = dg.DynamicPartitionsDefinition(name="landing_day")
 
 # Context table -> the key that identifies a row across batches.
@@ -76,7 +81,7 @@ def raw_transactions(
                     "INSERT INTO raw.transactions BY NAME "
                     "SELECT * EXCLUDE (filename, copy), ?::DATE AS day, "
                     "regexp_extract(filename, 'batches/([^/]+)/transactions/', 1) AS batch_id "
-                    f"FROM (SELECT *, row_number() OVER (PARTITION BY {_TRANSACTION_COLUMNS} ORDER BY filename) AS copy "
+                    f"FROM (SELECT *, row_number() OVER (PARTITION BY {_TRANSACTION_IDENTITY} ORDER BY filename) AS copy "
                     "      FROM read_parquet(?, filename = true)) "
                     "WHERE copy = 1",
                     [day, files],

@@ -166,10 +166,14 @@ def _publish_paced(
     return publish(client, events, shards)
 
 
+STREAM_SOURCE = "stream"  # landing batches the scoring flow logged: never replayed back into it
+
+
 def landing_days(zone: LandingZone, days: Iterable[str]) -> Iterator[pa.Table]:
-    """Each day's landed transactions over every batch, sorted by (timestamp, transaction_id)."""
+    """Each day's landed transactions over every batch but the stream's own feature log, sorted by
+    (timestamp, transaction_id)."""
     for day in days:
-        files = zone.transaction_files(day)
+        files = zone.transaction_files(day, exclude_source=STREAM_SOURCE)
         if files:
             table = pa.concat_tables([pq.read_table(path, schema=TRANSACTIONS) for path in files])
             yield table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])

@@ -163,12 +163,14 @@ class LandingZone:
         """Every day (YYYY-MM-DD) that has transactions in some batch, sorted."""
         return sorted({day for manifest in self.batches() for day in manifest.days})
 
-    def transaction_files(self, day: str | None = None) -> list[Path]:
-        """Parquet files holding the transactions of one day (or of all days), in batch order."""
+    def transaction_files(self, day: str | None = None, *, exclude_source: str | None = None) -> list[Path]:
+        """Parquet files holding the transactions of one day (or of all days), in batch order; batches from
+        `exclude_source` (e.g. the stream's own feature log) left out."""
         pattern = f"day={day}.parquet" if day else "day=*.parquet"
         return [
             path
             for manifest in self.batches()
+            if manifest.source != exclude_source
             for path in sorted((self.batches_dir / manifest.batch_id / "transactions").glob(pattern))
         ]
 

@@ -128,9 +128,14 @@ def load_batch_features(
 
 def retire_generation(client: redis.Redis, generation: str, chunk: int = 5_000) -> int:
     """Delete every key of one generation; return how many were deleted."""
+    return delete_matching(client, f"batch:{generation}:*", chunk)
+
+
+def delete_matching(client: redis.Redis, pattern: str, chunk: int = 5_000) -> int:
+    """Delete every key matching a glob pattern (SCAN + UNLINK in chunks); return how many were deleted."""
     deleted = 0
     batch: list[bytes] = []
-    for key in client.scan_iter(match=f"batch:{generation}:*", count=chunk):
+    for key in client.scan_iter(match=pattern, count=chunk):
         batch.append(key)
         if len(batch) >= chunk:
             deleted += client.unlink(*batch)

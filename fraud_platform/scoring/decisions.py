@@ -27,6 +27,7 @@ import pyarrow as pa
 import redis
 
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
+from fraud_platform.lib.bus import STREAM_SOURCE
 from fraud_platform.lib.keys import DECISIONS_STREAM
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.schema import DECISIONS, TIMESTAMP, TRANSACTIONS
@@ -167,7 +168,7 @@ class FeatureLog:
             batch_id,
             transactions,
             {"decisions": decisions},
-            source="stream",
+            source=STREAM_SOURCE,
             parameters={
                 "decisions": len(self._buffer),
                 "feature_definition_version": FEATURE_DEFINITION_VERSION,

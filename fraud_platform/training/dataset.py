@@ -11,9 +11,8 @@ Rows are split by time: train, a gap as long as the label delay, validation, tes
 """
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -27,7 +26,9 @@ from fraud_platform.features.on_demand import ON_DEMAND_FEATURE_NAMES, on_demand
 from fraud_platform.features.realtime import FEATURE_NAMES as REALTIME_FEATURES
 from fraud_platform.features.vector import CARD_PREFIX, MERCHANT_PREFIX, MODEL_FEATURES, assemble
 
-SPLITS = ("train", "validation", "test")
+if TYPE_CHECKING:  # the stream imports this module's neighbours; it never needs DuckDB
+    import duckdb
+
 REALTIME_TABLE = "features.card_realtime"
 
 
@@ -180,7 +181,7 @@ def assign_splits(event_days: np.ndarray, config: SplitConfig) -> np.ndarray:
 
 
 def build_training_data(
-    connection: duckdb.DuckDBPyConnection, maturity_days: int, config: SplitConfig = SplitConfig()
+    connection: "duckdb.DuckDBPyConnection", maturity_days: int, config: SplitConfig = SplitConfig()
 ) -> TrainingData:
     """Read the point-in-time join from the warehouse and split it by time."""
     table = connection.sql(_query(maturity_days, config.window_days)).to_arrow_table()
