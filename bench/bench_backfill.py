@@ -6,10 +6,9 @@ Simulates the history (not timed), then times `backfill` with each number of wor
 alternation (two rounds), so that noise from other work on the machine hits every setting alike.
 """
 
-import argparse
 import time
 
-from bench.common import write_result
+from bench.common import parse_options, write_result
 from fraud_platform.features.backfill import backfill
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 
@@ -42,14 +41,7 @@ def run(cards: int, days: int, seed: int, processes: list[int]) -> dict[str, obj
 
 def main() -> None:
     """Parse the arguments, run, print and save the result."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--cards", type=int, default=20_000)
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    arguments = parser.parse_args()
+    arguments = parse_options(__doc__, cards=20_000, days=30, seed=42, processes=[1, 2])
     result = run(arguments.cards, arguments.days, arguments.seed, arguments.processes)
     print(f"transactions {result['transactions']:,}")
     for count, timing in result["by_processes"].items():  # type: ignore[union-attr]

@@ -7,14 +7,13 @@ loads random feature snapshots through `load_batch_features` (the path the onlin
 one card at a time through `OnlineStore.card_features`, the API the stream and users call.
 """
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import write_result
+from bench.common import parse_options, write_result
 from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
 from fraud_platform.lib.online_store import (
     OnlineStore,
@@ -65,13 +64,7 @@ def run(cards: int, merchants: int, reads: int) -> dict[str, object]:
 
 def main() -> None:
     """Parse the arguments, run, print and save the result."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--cards", type=int, default=1_000_000)
-    parser.add_argument("--merchants", type=int, default=50_000)
-    parser.add_argument("--reads", type=int, default=20_000)
-    arguments = parser.parse_args()
+    arguments = parse_options(__doc__, cards=1_000_000, merchants=50_000, reads=20_000)
     result = run(arguments.cards, arguments.merchants, arguments.reads)
     for key, value in result.items():
         print(f"{key:<26}{value:>14,}")

@@ -18,7 +18,6 @@ platform's configuration: append-only file, password) on a free loopback port, a
    resident memory per card, and Redis bytes per card (real-time key, batch keys) and per stream entry.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import gc
@@ -37,7 +36,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 
-from bench.common import write_result
+from bench.common import parse_options, write_result
 from bytewax_flows.realtime_features import build_flow
 from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource
 from fraud_platform.config import Settings
@@ -348,14 +347,7 @@ def run(cards: int, days: int, seed: int, skew_events: int) -> dict[str, object]
 
 def main() -> None:
     """Parse the arguments, run, print and save the result."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--cards", type=int, default=50_000)
-    parser.add_argument("--days", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--skew-events", type=int, default=200_000)
-    arguments = parser.parse_args()
+    arguments = parse_options(__doc__, cards=50_000, days=4, seed=42, skew_events=200_000)
     result = run(arguments.cards, arguments.days, arguments.seed, arguments.skew_events)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     write_result(f"realtime_features_{arguments.cards}c_{arguments.days}d", result)

@@ -20,7 +20,6 @@ features, stored natively, thresholds set so that about 1 % of the events are re
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import signal
@@ -36,7 +35,7 @@ import redis
 import xgboost as xgb
 from bytewax.testing import run_main
 
-from bench.common import write_result
+from bench.common import parse_options, write_result
 from bytewax_flows import realtime_features, scoring
 from fraud_platform.config import Settings
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
@@ -236,13 +235,7 @@ def _wait_for(client: redis.Redis, decisions: int, timeout: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cards", type=int, default=20_000)
-    parser.add_argument("--days", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--rate", type=int, default=1_000)
-    parser.add_argument("--seconds", type=int, default=30)
-    args = parser.parse_args()
+    args = parse_options(__doc__, cards=20_000, days=4, seed=42, rate=1_000, seconds=30)
     table = simulate(SimulationConfig(cards=args.cards, days=args.days, seed=args.seed)).transactions
     table = table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
     with tempfile.TemporaryDirectory() as directory:

@@ -8,14 +8,13 @@ and writes them with the machine's description to bench/results/simulator.json.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.compute as pc
 
-from bench.common import write_result
+from bench.common import parse_options, write_result
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 
@@ -51,13 +50,7 @@ def run(config: SimulationConfig) -> dict[str, object]:
 
 def main() -> None:
     """Parse the arguments, run the benchmark, print and save the result."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--cards", type=int, default=20_000)
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=42)
-    arguments = parser.parse_args()
+    arguments = parse_options(__doc__, cards=20_000, days=30, seed=42)
     result = run(SimulationConfig(cards=arguments.cards, days=arguments.days, seed=arguments.seed))
     print(f"transactions        {result['transactions']:>12,}   fraud rate {result['fraud_rate']:.2%}")
     print(

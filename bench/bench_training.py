@@ -7,7 +7,6 @@ times `build_training_data` (the point-in-time join, on-demand features, split) 
 the test-window metrics of the model and of the rules baseline (`fraud_platform.training.baseline`).
 """
 
-import argparse
 import os
 import tempfile
 import time
@@ -17,7 +16,7 @@ import duckdb
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from bench.common import write_result
+from bench.common import parse_options, write_result
 from fraud_platform.config import Settings
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
@@ -98,13 +97,7 @@ def run(cards: int, days: int, maturity: int) -> dict[str, object]:
 
 def main() -> None:
     """Parse the arguments, run, print and save the result."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--cards", type=int, default=5_000)
-    parser.add_argument("--days", type=int, default=150)
-    parser.add_argument("--maturity", type=int, default=30)
-    arguments = parser.parse_args()
+    arguments = parse_options(__doc__, cards=5_000, days=150, maturity=30)
     result = run(arguments.cards, arguments.days, arguments.maturity)
     for key, value in result.items():
         print(f"{key:<26}{value}")

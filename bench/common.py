@@ -1,5 +1,6 @@
 """What every benchmark shares: the machine's description and where results are written."""
 
+import argparse
 import json
 import os
 import platform
@@ -28,3 +29,16 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     path.write_text(json.dumps(stamped, indent=2) + "\n")
     print(f"written to {path}")
     return path
+
+
+def parse_options(doc: str, **defaults: int | list[int]) -> argparse.Namespace:
+    """The command line of a benchmark: one `--name` option per default (`skew_events` -> `--skew-events`),
+    typed like its default; the module docstring as help."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in defaults.items():
+        option = "--" + name.replace("_", "-")
+        if isinstance(default, list):
+            parser.add_argument(option, type=int, nargs="+", default=default)
+        else:
+            parser.add_argument(option, type=int, default=default)
+    return parser.parse_args()
