@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fraud_platform.features.batch import CARD_BATCH_FEATURES
-from fraud_platform.features.on_demand import ON_DEMAND_FEATURE_NAMES, on_demand_features
+from fraud_platform.features.on_demand import on_demand_matrix
 from fraud_platform.features.realtime import FEATURE_NAMES as REALTIME_FEATURES
 from fraud_platform.features.vector import assemble
 from fraud_platform.lib.online_store import OnlineStore
@@ -70,15 +70,12 @@ class Scorer:
         cards, merchants = self.store.batch_features(
             [txn.card_id for txn in txns], [txn.merchant_id for txn in txns]
         )
-        on_demand = np.array(
-            [
-                on_demand_features(txn, {"amount_mean_30d": mean, "amount_std_30d": std})
-                for txn, mean, std in zip(
-                    txns, cards[:, _MEAN].tolist(), cards[:, _STD].tolist(), strict=True
-                )
-            ],
-            dtype=np.float64,
-        ).reshape(len(txns), len(ON_DEMAND_FEATURE_NAMES))
+        on_demand = on_demand_matrix(
+            np.fromiter((txn.amount for txn in txns), np.float64, len(txns)),
+            np.fromiter((txn.timestamp_ms for txn in txns), np.int64, len(txns)),
+            cards[:, _MEAN],
+            cards[:, _STD],
+        )
         features = assemble(
             np.asarray(realtime, dtype=np.float64).reshape(len(txns), len(REALTIME_FEATURES)),
             on_demand,

@@ -11,7 +11,7 @@ Rows are split by time: train, a gap as long as the label delay, validation, tes
 """
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,7 @@ from fraud_platform.features.batch import (
     card_feature_sql,
     merchant_feature_sql,
 )
-from fraud_platform.features.on_demand import ON_DEMAND_FEATURE_NAMES, on_demand_features
+from fraud_platform.features.on_demand import on_demand_matrix
 from fraud_platform.features.realtime import FEATURE_NAMES as REALTIME_FEATURES
 from fraud_platform.features.vector import CARD_PREFIX, MERCHANT_PREFIX, MODEL_FEATURES, assemble
 
@@ -115,11 +115,6 @@ class TrainingData:
         return str(days.min()), str(days.max())
 
 
-class _Priced(NamedTuple):
-    amount: float
-    timestamp_ms: int
-
-
 def _query(maturity_days: int, window_days: int | None) -> str:
     window = (
         f"AND l.event_time > l.labels_as_of - to_days({maturity_days + window_days})" if window_days else ""
@@ -149,19 +144,6 @@ def _columns(table: pa.Table, names: tuple[str, ...] | list[str]) -> np.ndarray:
     return np.column_stack(
         [table.column(name).to_numpy(zero_copy_only=False).astype(np.float64) for name in names]
     )
-
-
-def on_demand_matrix(
-    amounts: np.ndarray, timestamps_ms: np.ndarray, means: np.ndarray, stds: np.ndarray
-) -> np.ndarray:
-    """The on-demand features of many transactions through the one function the stream calls."""
-    rows = [
-        on_demand_features(
-            _Priced(float(amount), int(millis)), {"amount_mean_30d": mean, "amount_std_30d": std}
-        )
-        for amount, millis, mean, std in zip(amounts, timestamps_ms, means, stds, strict=True)
-    ]
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(ON_DEMAND_FEATURE_NAMES))
 
 
 def assign_splits(event_days: np.ndarray, config: SplitConfig) -> np.ndarray:
