@@ -128,10 +128,8 @@ def fraud_model(
         ).to_arrow_table()
     data = TrainingData.from_arrow(
         table,
-        labels_as_of=dataset_metadata["labels_as_of"].value if "labels_as_of" in dataset_metadata else "",
-        maturity_cutoff=dataset_metadata["maturity_cutoff"].value
-        if "maturity_cutoff" in dataset_metadata
-        else "",
+        labels_as_of=getattr(dataset_metadata.get("labels_as_of"), "value", ""),
+        maturity_cutoff=getattr(dataset_metadata.get("maturity_cutoff"), "value", ""),
     )
     trained = fit(data)
     contract = registry.ModelContract(

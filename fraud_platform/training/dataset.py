@@ -89,8 +89,7 @@ class TrainingData:
                 for index, name in enumerate(MODEL_FEATURES)
             },
         }
-        metadata = {"labels_as_of": self.labels_as_of, "maturity_cutoff": self.maturity_cutoff}
-        return pa.table(columns).replace_schema_metadata(metadata)
+        return pa.table(columns)
 
     @classmethod
     def from_arrow(cls, table: pa.Table, labels_as_of: str, maturity_cutoff: str) -> "TrainingData":
