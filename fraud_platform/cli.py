@@ -369,7 +369,12 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
             delete_matching(client, f"{MARKER_PREFIX}*")
         with progress_bar(total, "tx", "replay") as advance:
             result = publish_tables(
-                client, landing_days(zone, days), settings.stream_shards, rate=rate, progress=advance
+                client,
+                landing_days(zone, days),
+                settings.stream_shards,
+                rate=rate,
+                progress=advance,
+                max_length=settings.stream_max_length,
             )
     except redis_client.RedisError as error:
         raise click.ClickException(f"Redis: {error}") from error

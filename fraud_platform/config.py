@@ -24,6 +24,7 @@ STREAM_SHARDS_VAR = "FRAUD_PLATFORM_STREAM_SHARDS"
 ALLOWED_LATENESS_VAR = "FRAUD_PLATFORM_ALLOWED_LATENESS_SECONDS"
 FEATURE_TTL_VAR = "FRAUD_PLATFORM_FEATURE_TTL_SECONDS"
 RETRAIN_LABELS_VAR = "FRAUD_PLATFORM_RETRAIN_MIN_NEW_LABELS"
+STREAM_MAX_LENGTH_VAR = "FRAUD_PLATFORM_STREAM_MAX_LENGTH"
 MODEL_REFRESH_VAR = "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS"
 SCORING_MODE_VAR = "FRAUD_PLATFORM_SCORING_MODE"
 
@@ -33,6 +34,7 @@ DEFAULT_STREAM_SHARDS = 4
 DEFAULT_ALLOWED_LATENESS_SECONDS = 300
 DEFAULT_FEATURE_TTL_SECONDS = 3 * 86_400
 DEFAULT_RETRAIN_MIN_NEW_LABELS = 1_000
+DEFAULT_STREAM_MAX_LENGTH = 10_000_000  # entries per shard, about 2 GB of Redis memory at ~216 bytes each
 DEFAULT_MODEL_REFRESH_SECONDS = 30
 SCORING_MODES = ("model", "rules")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -65,6 +67,7 @@ class Settings:
     allowed_lateness_seconds: int
     feature_ttl_seconds: int
     retrain_min_new_labels: int
+    stream_max_length: int
     model_refresh_seconds: int = DEFAULT_MODEL_REFRESH_SECONDS
     scoring_mode: str = SCORING_MODES[0]
 
@@ -105,6 +108,7 @@ class Settings:
             retrain_min_new_labels=_integer(
                 env, RETRAIN_LABELS_VAR, DEFAULT_RETRAIN_MIN_NEW_LABELS, 1, 10**9
             ),
+            stream_max_length=_integer(env, STREAM_MAX_LENGTH_VAR, DEFAULT_STREAM_MAX_LENGTH, 0, 10**12),
             model_refresh_seconds=_integer(env, MODEL_REFRESH_VAR, DEFAULT_MODEL_REFRESH_SECONDS, 1, 86_400),
             scoring_mode=_choice(env, SCORING_MODE_VAR, SCORING_MODES),
         )
@@ -123,6 +127,7 @@ class Settings:
             ALLOWED_LATENESS_VAR: str(self.allowed_lateness_seconds),
             FEATURE_TTL_VAR: str(self.feature_ttl_seconds),
             RETRAIN_LABELS_VAR: str(self.retrain_min_new_labels),
+            STREAM_MAX_LENGTH_VAR: str(self.stream_max_length),
             MODEL_REFRESH_VAR: str(self.model_refresh_seconds),
             SCORING_MODE_VAR: self.scoring_mode,
         }

@@ -237,3 +237,14 @@ def test_the_replay_and_backfill_commands(
     assert set(written.column(VERSION_COLUMN).to_pylist()) == {FEATURE_DEFINITION_VERSION}
     for name in expected.column_names:  # NaN (a missing value) equals NaN
         np.testing.assert_array_equal(written.column(name).to_numpy(), expected.column(name).to_numpy())
+
+
+def test_publish_trims_each_shard_to_about_the_maximum_length(clean_redis: redis.Redis) -> None:
+    events = [{**GOOD, "transaction_id": f"t{index}"} for index in range(3_000)]  # one card: one shard
+    publish(clean_redis, events, shards=1, max_length=500)
+    length = clean_redis.xlen(transactions_stream(0))
+    assert 500 <= length < 1_000  # MAXLEN ~ trims whole macro nodes: about, never below, the maximum
+    newest = orjson.loads(clean_redis.xrevrange(transactions_stream(0), count=1)[0][1][EVENT_FIELD.encode()])
+    assert newest["transaction_id"] == "t2999"  # the oldest go, the newest stay
+    publish(clean_redis, events[:10], shards=1)  # 0: never trimmed
+    assert clean_redis.xlen(transactions_stream(0)) == length + 10

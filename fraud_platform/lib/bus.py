@@ -5,7 +5,8 @@ the stream `stream:transactions:<shard>`; each entry has one field, `event`, the
 `schema.parse_transaction`: timestamp as epoch ms or ISO-8601 with a zone). An event that cannot be used goes
 to `stream:dead-letter` with fields `reason` and `payload` (the raw bytes, cut to DEAD_LETTER_PAYLOAD_BYTES).
 
-Streams are not trimmed: a consumer resumes from its own position (the Bytewax source snapshots it).
+Streams are trimmed to about FRAUD_PLATFORM_STREAM_MAX_LENGTH entries per shard on publish (0: never); a
+consumer resumes from its own position (the Bytewax source snapshots it).
 """
 
 from __future__ import annotations
@@ -87,17 +88,21 @@ def events_from_table(table: pa.Table) -> Iterator[dict[str, Any]]:
             yield {key: value for key, value in row.items() if value is not None}
 
 
-def publish(client: redis.Redis, events: Iterable[Mapping[str, Any]], shards: int) -> int:
+def publish(
+    client: redis.Redis, events: Iterable[Mapping[str, Any]], shards: int, *, max_length: int = 0
+) -> int:
     """XADD each event to its card's shard, PIPELINE_SIZE per round trip; return the number published.
 
     Events are published as given (a bad one is the stream's to dead-letter); one without a card_id goes to
-    the shard of the empty card id.
+    the shard of the empty card id. `max_length` > 0 trims each shard to about that many entries
+    (`MAXLEN ~`): a consumer further behind than that loses the oldest events.
     """
+    trim = ("MAXLEN", "~", max_length) if max_length > 0 else ()
     published = 0
     pipeline = client.pipeline(transaction=False)
     for event in events:
         stream = transactions_stream(shard_of(str(event.get("card_id", "")), shards))
-        pipeline.execute_command("XADD", stream, "*", EVENT_FIELD, orjson.dumps(event))
+        pipeline.execute_command("XADD", stream, *trim, "*", EVENT_FIELD, orjson.dumps(event))
         published += 1
         if len(pipeline) >= PIPELINE_SIZE:
             pipeline.execute()
@@ -125,6 +130,7 @@ def replay(
     *,
     rate: float | None = None,
     progress: Callable[[int], None] | None = None,
+    max_length: int = 0,
 ) -> ReplayResult:
     """Publish the transactions of `tables` in order, at `rate` per second (None: as fast as possible).
 
@@ -142,11 +148,11 @@ def replay(
         for event in events_from_table(table):
             pending.append(event)
             if len(pending) >= chunk:
-                published += _publish_paced(client, pending, shards, rate, started, published)
+                published += _publish_paced(client, pending, shards, rate, started, published, max_length)
                 report(len(pending))
                 pending.clear()
     if pending:
-        published += _publish_paced(client, pending, shards, rate, started, published)
+        published += _publish_paced(client, pending, shards, rate, started, published, max_length)
         report(len(pending))
     return ReplayResult(published, time.perf_counter() - started)
 
@@ -158,12 +164,13 @@ def _publish_paced(
     rate: float | None,
     started: float,
     sent: int,
+    max_length: int,
 ) -> int:
     if rate is not None:
         delay = started + sent / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-    return publish(client, events, shards)
+    return publish(client, events, shards, max_length=max_length)
 
 
 STREAM_SOURCE = "stream"  # landing batches the scoring flow logged: never replayed back into it
