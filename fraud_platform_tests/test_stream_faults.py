@@ -1,0 +1,94 @@
+"""Faults of the stream, with the real processes: kill -9 of the scoring flow mid-stream and a restart from
+Bytewax recovery decides every transaction exactly once, with the features an uninterrupted run computes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from fraud_platform.features.backfill import backfill
+from fraud_platform.features.packing import REALTIME_LAYOUT
+from fraud_platform.features.realtime import FEATURE_NAMES
+from fraud_platform.lib.bus import events_from_table, publish
+from fraud_platform.lib.keys import DECISIONS_STREAM, card_realtime_key
+from fraud_platform.lib.redis_server import LocalRedisServer
+from fraud_platform.lib.simulator import SimulationConfig, simulate
+from fraud_platform.scoring.decisions import read_decisions
+from fraud_platform_tests.scoring_support import register_model, scoring_settings, set_champion
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scoring_flow(recovery: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bytewax.run",
+            "bytewax_flows.scoring:build_flow(exit_when_drained=True)",
+            "-r",
+            str(recovery),
+            "-s",
+            "1",
+            "-b",
+            "0",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_kill_9_and_restart_decide_every_transaction_exactly_once(
+    tmp_path: Path, redis_server: LocalRedisServer, clean_redis: redis.Redis
+) -> None:
+    settings = scoring_settings(tmp_path / "home", redis_server.url)
+    set_champion(settings, register_model(settings, 1, review=0.2, decline=0.6))
+    history = simulate(SimulationConfig(cards=3_000, days=30, seed=11)).transactions
+    history = history.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
+    publish(clean_redis, events_from_table(history), settings.stream_shards)
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True, cwd=ROOT)
+    env = {**os.environ, **settings.environment(), "FRAUD_PLATFORM_SCORING_MODE": "model"}
+
+    first = _scoring_flow(recovery, env)
+    started = time.monotonic()
+    # Kill once a third is decided and snapshots (every second) have been taken.
+    while clean_redis.xlen(DECISIONS_STREAM) < history.num_rows // 3 or time.monotonic() - started < 3:
+        assert first.poll() is None, first.communicate()[0]
+        assert time.monotonic() - started < 120, "the flow made no progress"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    decided_before = clean_redis.xlen(DECISIONS_STREAM)
+    assert decided_before < history.num_rows  # it really died mid-stream
+
+    second = _scoring_flow(recovery, env)
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+
+    decisions = read_decisions(clean_redis)
+    ids = [decision["transaction_id"] for decision in decisions]
+    assert len(ids) == len(set(ids)) == history.num_rows  # every transaction once: none lost, none twice
+    # The per-card state after the restart equals an uninterrupted computation (the backfill).
+    expected = backfill(history)
+    newest = {}
+    for card, values in zip(
+        history.column("card_id").to_pylist(),
+        zip(*(expected.column(name).to_numpy() for name in FEATURE_NAMES), strict=True),
+        strict=True,
+    ):
+        newest[card] = np.array(values)
+    for card, values in newest.items():
+        stored = REALTIME_LAYOUT.unpack(clean_redis.get(card_realtime_key(card)))
+        np.testing.assert_allclose(stored, values, rtol=1e-12, equal_nan=True, err_msg=card)
