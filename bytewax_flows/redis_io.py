@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from fraud_platform.features.packing import REALTIME_LAYOUT
 from fraud_platform.features.realtime import FeatureRow
@@ -38,10 +40,18 @@ from fraud_platform.lib.bus import (
 from fraud_platform.lib.keys import card_realtime_key
 from fraud_platform.lib.online_store import write_with_ttl
 
+# A restarting server (refused connections, then "loading the dataset") is waited for, up to about a minute,
+# with exponential backoff: the flow continues instead of crash-looping. Writes are idempotent (MSETEX per
+# key, decisions through their SET NX marker), so a retried batch changes nothing twice.
+_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=40)
+_RETRY_ON = [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError]
 
-def _client(url: str) -> redis.Redis:
-    """A connection that fails within seconds, rather than hanging, when the server is unreachable."""
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+
+def stream_client(url: str) -> redis.Redis:
+    """A client for the flows: fails fast on a dead socket, retries while the server restarts."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=30, retry=_RETRY, retry_on_error=_RETRY_ON
+    )
 
 
 class _StreamPartition(StatefulSourcePartition[bytes | None, str]):
@@ -117,7 +127,7 @@ class RedisStreamSource(FixedPartitionedSource[bytes | None, str]):
         first = worker not in self._blocking_workers
         self._blocking_workers.add(worker)
         return _StreamPartition(
-            _client(self._url),
+            stream_client(self._url),
             for_part,
             resume_state or STREAM_START,
             self._batch_size,
@@ -153,7 +163,7 @@ class CardFeatureSink(DynamicSink[FeatureRow]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _CardFeaturePartition:
         """A writer for one worker (rows of a card always reach the same worker)."""
-        return _CardFeaturePartition(_client(self._url), self._ttl)
+        return _CardFeaturePartition(stream_client(self._url), self._ttl)
 
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
@@ -176,4 +186,4 @@ class DeadLetterSink(DynamicSink[DeadLetter]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
         """A writer for one worker."""
-        return _DeadLetterPartition(_client(self._url))
+        return _DeadLetterPartition(stream_client(self._url))

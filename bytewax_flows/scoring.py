@@ -27,7 +27,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from bytewax_flows.realtime_features import GC_THRESHOLDS, Served, feature_steps
-from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource
+from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource, stream_client
 from fraud_platform.config import Settings
 from fraud_platform.features.realtime import FeatureRow
 from fraud_platform.lib.bus import DeadLetter
@@ -63,7 +63,7 @@ def build_flow(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gc.set_threshold(*GC_THRESHOLDS)  # process-wide: under bytewax.run the flow owns its process
     url = redis_url(settings)
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+    client = stream_client(url)
     models = ModelWatcher(settings)
     models.start()
     scorer = Scorer(OnlineStore(client), models)
@@ -124,7 +124,7 @@ class DecisionSink(DynamicSink[Decision]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DecisionPartition:
         """A writer for one worker."""
-        client = redis.Redis.from_url(self._url, socket_connect_timeout=5, socket_timeout=30)
+        client = stream_client(self._url)
         return _DecisionPartition(client, self._ttl, self._metrics)
 
 

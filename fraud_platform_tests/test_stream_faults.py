@@ -1,5 +1,6 @@
 """Faults of the stream, with the real processes: kill -9 of the scoring flow mid-stream and a restart from
-Bytewax recovery decides every transaction exactly once, with the features an uninterrupted run computes."""
+Bytewax recovery decides every transaction exactly once, with the features an uninterrupted run computes;
+a restart of the Redis server mid-stream is waited out and nothing is lost or decided twice."""
 
 import os
 import signal
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import redis
 
@@ -17,7 +19,7 @@ from fraud_platform.features.packing import REALTIME_LAYOUT
 from fraud_platform.features.realtime import FEATURE_NAMES
 from fraud_platform.lib.bus import events_from_table, publish
 from fraud_platform.lib.keys import DECISIONS_STREAM, card_realtime_key
-from fraud_platform.lib.redis_server import LocalRedisServer
+from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.scoring.decisions import read_decisions
 from fraud_platform_tests.scoring_support import register_model, scoring_settings, set_champion
@@ -25,19 +27,15 @@ from fraud_platform_tests.scoring_support import register_model, scoring_setting
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _scoring_flow(recovery: Path, env: dict[str, str]) -> subprocess.Popen:
+def _scoring_flow(recovery: Path | None, env: dict[str, str]) -> subprocess.Popen:
+    recovery_options = ["-r", str(recovery), "-s", "1", "-b", "0"] if recovery else []
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "bytewax.run",
             "bytewax_flows.scoring:build_flow(exit_when_drained=True)",
-            "-r",
-            str(recovery),
-            "-s",
-            "1",
-            "-b",
-            "0",
+            *recovery_options,
         ],
         env=env,
         cwd=ROOT,
@@ -47,14 +45,33 @@ def _scoring_flow(recovery: Path, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+def _history() -> pa.Table:
+    history = simulate(SimulationConfig(cards=3_000, days=30, seed=11)).transactions
+    return history.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
+
+
+def _wait_for_progress(
+    flow: subprocess.Popen, client: redis.Redis, decisions: int, at_least_seconds: float
+) -> None:
+    started = time.monotonic()
+    while client.xlen(DECISIONS_STREAM) < decisions or time.monotonic() - started < at_least_seconds:
+        assert flow.poll() is None, flow.communicate()[0]
+        assert time.monotonic() - started < 120, "the flow made no progress"
+        time.sleep(0.05)
+
+
+def _assert_decided_exactly_once(client: redis.Redis, history: pa.Table) -> None:
+    ids = [decision["transaction_id"] for decision in read_decisions(client)]
+    assert len(ids) == len(set(ids)) == history.num_rows  # every transaction once: none lost, none twice
+
+
 @pytest.mark.slow
 def test_kill_9_and_restart_decide_every_transaction_exactly_once(
     tmp_path: Path, redis_server: LocalRedisServer, clean_redis: redis.Redis
 ) -> None:
     settings = scoring_settings(tmp_path / "home", redis_server.url)
     set_champion(settings, register_model(settings, 1, review=0.2, decline=0.6))
-    history = simulate(SimulationConfig(cards=3_000, days=30, seed=11)).transactions
-    history = history.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
+    history = _history()
     publish(clean_redis, events_from_table(history), settings.stream_shards)
     recovery = tmp_path / "recovery"
     recovery.mkdir()
@@ -62,12 +79,8 @@ def test_kill_9_and_restart_decide_every_transaction_exactly_once(
     env = {**os.environ, **settings.environment(), "FRAUD_PLATFORM_SCORING_MODE": "model"}
 
     first = _scoring_flow(recovery, env)
-    started = time.monotonic()
     # Kill once a third is decided and snapshots (every second) have been taken.
-    while clean_redis.xlen(DECISIONS_STREAM) < history.num_rows // 3 or time.monotonic() - started < 3:
-        assert first.poll() is None, first.communicate()[0]
-        assert time.monotonic() - started < 120, "the flow made no progress"
-        time.sleep(0.05)
+    _wait_for_progress(first, clean_redis, history.num_rows // 3, at_least_seconds=3)
     first.send_signal(signal.SIGKILL)
     first.wait()
     decided_before = clean_redis.xlen(DECISIONS_STREAM)
@@ -77,9 +90,7 @@ def test_kill_9_and_restart_decide_every_transaction_exactly_once(
     output, _ = second.communicate(timeout=300)
     assert second.returncode == 0, output
 
-    decisions = read_decisions(clean_redis)
-    ids = [decision["transaction_id"] for decision in decisions]
-    assert len(ids) == len(set(ids)) == history.num_rows  # every transaction once: none lost, none twice
+    _assert_decided_exactly_once(clean_redis, history)
     # The per-card state after the restart equals an uninterrupted computation (the backfill).
     expected = backfill(history)
     newest = {}
@@ -92,3 +103,26 @@ def test_kill_9_and_restart_decide_every_transaction_exactly_once(
     for card, values in newest.items():
         stored = REALTIME_LAYOUT.unpack(clean_redis.get(card_realtime_key(card)))
         np.testing.assert_allclose(stored, values, rtol=1e-12, equal_nan=True, err_msg=card)
+
+
+@pytest.mark.slow
+def test_a_redis_restart_mid_stream_is_waited_out(tmp_path: Path) -> None:
+    server = LocalRedisServer(tmp_path / "redis", free_port())
+    server.start()
+    try:
+        client = server.client()
+        settings = scoring_settings(tmp_path / "home", server.url)
+        set_champion(settings, register_model(settings, 1, review=0.2, decline=0.6))
+        history = _history()
+        publish(client, events_from_table(history), settings.stream_shards)
+        flow = _scoring_flow(None, {**os.environ, **settings.environment()})
+        _wait_for_progress(flow, client, history.num_rows // 4, at_least_seconds=1)
+        server.stop()  # SIGTERM: the server flushes its append-only file and exits
+        time.sleep(1.0)
+        assert flow.poll() is None  # the flow waits, it does not crash
+        server.start()
+        output, _ = flow.communicate(timeout=300)
+        assert flow.returncode == 0, output
+        _assert_decided_exactly_once(server.client(), history)
+    finally:
+        server.stop()
