@@ -16,15 +16,8 @@ with daily as (
     group by card_id, event_date
 ),
 
-calendar as (
-    select cast(unnest(generate_series(min(event_date), max(event_date), interval 1 day)) as date) as as_of_date
-    from {{ ref('stg_transactions') }}
-),
-
 spine as (
-    select first_days.card_id, calendar.as_of_date
-    from (select card_id, min(event_date) as first_day from daily group by card_id) as first_days
-    join calendar on calendar.as_of_date >= first_days.first_day
+    {{ entity_spine('card_id', 'daily') }}
 ),
 
 dense as (

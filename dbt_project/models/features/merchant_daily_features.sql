@@ -6,15 +6,8 @@ with daily as (
     group by merchant_id, event_date
 ),
 
-calendar as (
-    select cast(unnest(generate_series(min(event_date), max(event_date), interval 1 day)) as date) as as_of_date
-    from {{ ref('stg_transactions') }}
-),
-
 spine as (
-    select first_days.merchant_id, calendar.as_of_date
-    from (select merchant_id, min(event_date) as first_day from daily group by merchant_id) as first_days
-    join calendar on calendar.as_of_date >= first_days.first_day
+    {{ entity_spine('merchant_id', 'daily') }}
 ),
 
 volume as (
