@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import redis
+from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 
@@ -59,6 +60,17 @@ from fraud_platform.lib.simulator import SimulationConfig, simulate
 BATCH = 1_000
 LATENESS_SECONDS = 300
 SKEW_DELAYS_SECONDS = (0, 60, 300, 900, 3_600, 21_600)
+
+
+def _writing_flow(payloads: list[bytes], url: str, config: Settings) -> Dataflow:
+    """The flow as `bytewax.run` builds it, fed from memory, writing card keys and dead letters to Redis."""
+    return build_flow(
+        TestingSource(payloads, batch_size=BATCH),
+        None,
+        DeadLetterSink(url),
+        CardFeatureSink(url, 86_400),
+        settings=config,
+    )
 
 
 def _empty(client: redis.Redis) -> None:
@@ -116,13 +128,7 @@ def flow_throughput(
     )
     compute_only = _measured(client, lambda: run_main(flow), count)
     _empty(client)
-    flow = build_flow(
-        TestingSource(payloads, batch_size=BATCH),
-        None,
-        DeadLetterSink(url),
-        CardFeatureSink(url, 86_400),
-        settings=config,
-    )
+    flow = _writing_flow(payloads, url, config)
     testing = _measured(client, lambda: run_main(flow), count)
     cards = client.dbsize()
     _empty(client)
@@ -256,13 +262,7 @@ def flow_process_memory(payloads: list[bytes], url: str) -> dict[str, object]:
     config = dataclasses.replace(Settings.from_env({}), allowed_lateness_seconds=LATENESS_SECONDS)
     gc.collect()
     before = _rss_bytes()
-    flow = build_flow(
-        TestingSource(payloads, batch_size=BATCH),
-        None,
-        DeadLetterSink(url),
-        CardFeatureSink(url, 86_400),
-        settings=config,
-    )
+    flow = _writing_flow(payloads, url, config)
     run_main(flow)
     after = _rss_bytes()
     cards = len({orjson.loads(payload)["card_id"] for payload in payloads})
