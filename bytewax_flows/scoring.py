@@ -70,7 +70,9 @@ def build_flow(
     metrics = ScoringMetrics(client, models, metrics_seconds)
     shards = [transactions_stream(shard) for shard in range(settings.stream_shards)]
     source = source or RedisStreamSource(url, shards, exit_when_drained=exit_when_drained)
-    decision_sink = decision_sink or DecisionSink(url, settings.feature_ttl_seconds, metrics)
+    decision_sink = decision_sink or DecisionSink(
+        url, settings.feature_ttl_seconds, metrics, settings.stream_max_length
+    )
     dead_letter_sink = dead_letter_sink or DeadLetterSink(url)
     card_sink = card_sink or CardFeatureSink(url, settings.feature_ttl_seconds)
     feature_log_sink = feature_log_sink or FeatureLogSink(settings)
@@ -98,14 +100,17 @@ def _score_served(scorer: Scorer, items: list[Served | FeatureRow]) -> list[Deci
 
 
 class _DecisionPartition(StatelessSinkPartition[Decision]):
-    def __init__(self, client: redis.Redis, ttl_seconds: int, metrics: ScoringMetrics) -> None:
+    def __init__(
+        self, client: redis.Redis, ttl_seconds: int, max_length: int, metrics: ScoringMetrics
+    ) -> None:
         self._client = client
         self._ttl = ttl_seconds
+        self._max_length = max_length
         self._metrics = metrics
 
     def write_batch(self, items: list[Decision]) -> None:
         """Write the batch's new decisions (one script call per 1,000) and count them in the metrics."""
-        write_decisions(self._client, items, self._ttl)
+        write_decisions(self._client, items, self._ttl, self._max_length)
         self._metrics.record(items)
 
     def close(self) -> None:
@@ -115,17 +120,21 @@ class _DecisionPartition(StatelessSinkPartition[Decision]):
 
 
 class DecisionSink(DynamicSink[Decision]):
-    """Decisions to the decisions stream, once per transaction_id (markers live `ttl_seconds`)."""
+    """Decisions to the decisions stream, once per transaction_id (markers live `ttl_seconds`).
 
-    def __init__(self, url: str, ttl_seconds: int, metrics: ScoringMetrics) -> None:
+    The stream is trimmed to about `max_length` entries (0: never trimmed).
+    """
+
+    def __init__(self, url: str, ttl_seconds: int, metrics: ScoringMetrics, max_length: int = 0) -> None:
         self._url = url
         self._ttl = ttl_seconds
+        self._max_length = max_length
         self._metrics = metrics
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DecisionPartition:
         """A writer for one worker."""
         client = stream_client(self._url)
-        return _DecisionPartition(client, self._ttl, self._metrics)
+        return _DecisionPartition(client, self._ttl, self._max_length, self._metrics)
 
 
 class _FeatureLogPartition(StatelessSinkPartition[Decision]):

@@ -3,6 +3,8 @@
 * `write_decisions`: one Lua script call per chunk of 1,000 decisions. For each decision it sets a marker
   `decided:<transaction_id>` (SET NX EX ttl) and appends the decision to `DECISIONS_STREAM` only when the
   marker is new, so replaying events (a restart without recovery, a replay of a day) adds no duplicate.
+  With `max_length` > 0 the stream is trimmed to about that many entries (MAXLEN ~): consumers that need
+  every decision read the feature log in the warehouse; the stream is the live view.
   The script runs atomically: there is no window in which a marker exists without its decision. It touches
   keys of many slots, so on Redis Cluster it needs the stream and markers routed to one node (or a
   per-slot split); the single server and Valkey/Redis with replicas are fine as they are.
@@ -38,12 +40,18 @@ logger = logging.getLogger(__name__)
 DECISION_FIELD = "decision"
 MARKER_PREFIX = "decided:"
 CHUNK = 1_000
-# KEYS[1] the stream, KEYS[i > 1] markers; ARGV[1] the marker TTL, ARGV[i > 1] the decision of KEYS[i].
+# KEYS[1] the stream, KEYS[i > 1] markers; ARGV[1] the marker TTL, ARGV[2] the stream's maximum length
+# (0: untrimmed), ARGV[i + 1] the decision of KEYS[i].
 _WRITE_SCRIPT = """
 local added = 0
+local max_length = tonumber(ARGV[2])
 for i = 2, #KEYS do
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('XADD', KEYS[1], '*', 'decision', ARGV[i])
+    if max_length > 0 then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', max_length, '*', 'decision', ARGV[i + 1])
+    else
+      redis.call('XADD', KEYS[1], '*', 'decision', ARGV[i + 1])
+    end
     added = added + 1
   end
 end
@@ -73,7 +81,9 @@ def decision_event(decision: Decision) -> bytes:
     )
 
 
-def write_decisions(client: redis.Redis, decisions: Sequence[Decision], marker_ttl_seconds: int) -> int:
+def write_decisions(
+    client: redis.Redis, decisions: Sequence[Decision], marker_ttl_seconds: int, max_length: int = 0
+) -> int:
     """Append the decisions not written before to the decisions stream; return how many were new."""
     script = client.register_script(_WRITE_SCRIPT)
     added = 0
@@ -82,7 +92,7 @@ def write_decisions(client: redis.Redis, decisions: Sequence[Decision], marker_t
         added += int(
             script(
                 keys=[DECISIONS_STREAM, *(marker_key(decision.transaction_id) for decision in chunk)],
-                args=[marker_ttl_seconds, *(decision_event(decision) for decision in chunk)],
+                args=[marker_ttl_seconds, max_length, *(decision_event(decision) for decision in chunk)],
             )
         )
     return added

@@ -1,0 +1,46 @@
+"""The decisions stream writer: once per transaction_id, trimmed to the configured length."""
+
+import numpy as np
+import redis
+
+from fraud_platform.features.vector import MODEL_FEATURES
+from fraud_platform.lib.keys import DECISIONS_STREAM
+from fraud_platform.lib.schema import Transaction
+from fraud_platform.scoring.decisions import read_decisions, write_decisions
+from fraud_platform.scoring.scorer import APPROVE, Decision
+
+
+def _decisions(count: int, start: int = 0) -> list[Decision]:
+    features = np.zeros(len(MODEL_FEATURES), np.float32)
+    return [
+        Decision(
+            transaction_id=f"t{index}",
+            card_id="c1",
+            score=0.01,
+            decision=APPROVE,
+            reasons=(),
+            model_version="1",
+            event_ms=1_700_000_000_000 + index,
+            received_ms=1_700_000_000_000 + index,
+            decision_ms=1_700_000_000_001 + index,
+            txn=Transaction(f"t{index}", "c1", "m1", 10.0, "EUR", 1_700_000_000_000 + index),
+            features=features,
+        )
+        for index in range(start, start + count)
+    ]
+
+
+def test_a_decision_is_written_once_per_transaction(clean_redis: redis.Redis) -> None:
+    assert write_decisions(clean_redis, _decisions(1_500), marker_ttl_seconds=60) == 1_500
+    assert write_decisions(clean_redis, _decisions(1_000, start=1_000), marker_ttl_seconds=60) == 500
+    ids = [decision["transaction_id"] for decision in read_decisions(clean_redis)]
+    assert ids == [f"t{index}" for index in range(2_000)]
+
+
+def test_the_stream_is_trimmed_to_about_its_maximum_length(clean_redis: redis.Redis) -> None:
+    written = write_decisions(clean_redis, _decisions(5_000), marker_ttl_seconds=60, max_length=1_000)
+    assert written == 5_000
+    length = clean_redis.xlen(DECISIONS_STREAM)
+    assert 1_000 <= length < 5_000  # MAXLEN ~ trims whole macro nodes: about, never below, the maximum
+    newest = read_decisions(clean_redis, 1, newest=True)[0]
+    assert newest["transaction_id"] == "t4999"
