@@ -4,6 +4,8 @@ Redis, and the expected feature matrix of transactions computed the offline way 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,9 @@ from fraud_platform.lib.schema import parse_transaction
 from fraud_platform.training import registry
 from fraud_platform.training.model import TrainingConfig, fit, score
 from fraud_platform_tests.test_registry import synthetic_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORING_FLOW = "bytewax_flows.scoring:build_flow"
 
 
 def scoring_settings(home: Path, url: str, refresh_seconds: int = 30, mode: str = "model") -> Settings:
@@ -97,3 +102,23 @@ def expected_features(table: pa.Table, cards: dict, merchants: dict) -> dict[str
         merchant_rows,
     )
     return dict(zip(ids, matrix, strict=True))
+
+
+def scoring_flow_process(
+    env: dict[str, str], *options: str, exit_when_drained: bool = True, log: Path | None = None
+) -> subprocess.Popen:
+    """`python -m bytewax.run` of the scoring flow in the checkout with `env` and extra bytewax.run
+    `options` (e.g. "-i", "0", "-a", "..."); output to `log` when given, else to a pipe."""
+    argument = "exit_when_drained=True" if exit_when_drained else ""
+    output = log.open("ab") if log else subprocess.PIPE
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", f"{SCORING_FLOW}({argument})", *options],
+            env=env,
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        if log:
+            output.close()
