@@ -3,10 +3,12 @@
     python -m bytewax.run "bytewax_flows.realtime_features:build_flow()"                  # follow the streams
     python -m bytewax.run "bytewax_flows.realtime_features:build_flow(exit_when_drained=True)" -w 2
 
-Reads every shard of the transactions stream, validates each event with `schema.parse_transaction` (bad
-ones go to the dead-letter stream with the reason), keys by card, runs `features.realtime.update` on the
+Reads the transactions from the configured transport (FRAUD_PLATFORM_TRANSPORT: every shard of the Redis
+transactions stream, or the Kafka transactions topic: `stream_connectors`), validates each event with `schema.parse_transaction` (bad
+ones go to the transport's dead letters with the reason), keys by card, runs `features.realtime.update` on the
 card's state and writes each card's newest feature vector to Redis. Configuration comes from the
-environment (`Settings.from_env()`): shards, allowed lateness, feature TTL and the Redis server. Building the
+environment (`Settings.from_env()`): transport, shards, allowed lateness, feature TTL and the Redis server
+(features and the online store are in Redis with either transport). Building the
 flow tunes the process's garbage collector for a heap of long-lived card states (GC_THRESHOLDS).
 
 Tests build the same flow with a TestingSource and TestingSinks; the per-transaction rows (served rows and
@@ -27,6 +29,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from bytewax_flows.kafka_io import KafkaDeadLetterSink, KafkaItem, TransactionsSource, decode_message
 from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource
 from fraud_platform.config import Settings
 from fraud_platform.features.realtime import CardState, DuplicateTransaction, FeatureRow, update
@@ -42,7 +45,7 @@ GC_THRESHOLDS = (20_000, 50, 100)
 
 
 def build_flow(
-    source: Source[bytes | None] | None = None,
+    source: Source[bytes | None] | Source[KafkaItem] | None = None,
     sink: Sink[FeatureRow] | None = None,
     dead_letter_sink: Sink[DeadLetter] | None = None,
     card_sink: Sink[FeatureRow] | None = None,
@@ -50,18 +53,20 @@ def build_flow(
     settings: Settings | None = None,
     exit_when_drained: bool = False,
 ) -> Dataflow:
-    """The dataflow. Each of `source`, `dead_letter_sink` and `card_sink` defaults to Redis (from settings).
+    """The dataflow. `source` and `dead_letter_sink` default to the configured transport's, `card_sink` to
+    Redis (from settings).
 
-    `source` yields raw event payloads (bytes; None for a stream entry without an event); `sink`, when
-    given, receives every FeatureRow; `exit_when_drained` stops the Redis source at the streams' end.
+    `source` yields raw event payloads (bytes; None for a stream entry without an event) or Kafka messages
+    and errors; `sink`, when given, receives every FeatureRow; `exit_when_drained` stops the source at the
+    end of the streams (partitions).
     """
     settings = settings or Settings.from_env()
     gc.set_threshold(*GC_THRESHOLDS)  # process-wide: under bytewax.run the flow owns its process
     if source is None or dead_letter_sink is None or card_sink is None:
         url = redis_url(settings)
-        shards = [transactions_stream(shard) for shard in range(settings.stream_shards)]
-        source = source or RedisStreamSource(url, shards, exit_when_drained=exit_when_drained)
-        dead_letter_sink = dead_letter_sink or DeadLetterSink(url)
+        transport_source, transport_dead_letters = stream_connectors(settings, url, exit_when_drained)
+        source = source or transport_source
+        dead_letter_sink = dead_letter_sink or transport_dead_letters
         card_sink = card_sink or CardFeatureSink(url, settings.feature_ttl_seconds)
     lateness_ms = settings.allowed_lateness_seconds * 1000
 
@@ -70,9 +75,22 @@ def build_flow(
     return flow
 
 
+def stream_connectors(
+    settings: Settings, url: str, exit_when_drained: bool = False
+) -> tuple[Source[bytes | None] | Source[KafkaItem], Sink[DeadLetter]]:
+    """The transactions source and the dead-letter sink of FRAUD_PLATFORM_TRANSPORT: the Redis streams
+    (`url`) or the Kafka topics."""
+    if settings.transport == "kafka":
+        return TransactionsSource(settings, exit_when_drained=exit_when_drained), KafkaDeadLetterSink(
+            settings
+        )
+    shards = [transactions_stream(shard) for shard in range(settings.stream_shards)]
+    return RedisStreamSource(url, shards, exit_when_drained=exit_when_drained), DeadLetterSink(url)
+
+
 def feature_steps(
     flow: Dataflow,
-    source: Source[bytes | None],
+    source: Source[bytes | None] | Source[KafkaItem],
     dead_letter_sink: Sink[DeadLetter],
     card_sink: Sink[FeatureRow],
     allowed_lateness_ms: int,
@@ -81,7 +99,7 @@ def feature_steps(
     """The feature part every flow shares: events in, card features and dead letters out. Returns every
     transaction's served row with the transaction (`Served`) and the corrections (what scoring consumes)."""
     payloads = op.input("transactions", flow, source)
-    # bytes | None: the JSON of one event
+    # bytes | None: the JSON of one event (Redis); KafkaSourceMessage | KafkaError (Kafka)
     decoded = op.flat_map_batch("decode", payloads, _decode_all)
     # Transaction | DeadLetter
     checked = op.branch("split_invalid", decoded, _is_transaction)
@@ -146,8 +164,11 @@ class CardFeatures(StatefulBatchLogic[Transaction, Served | FeatureRow | DeadLet
         return copy.deepcopy(self.state)
 
 
-def _decode_all(payloads: list[bytes | None]) -> list[Transaction | DeadLetter]:
-    return [decode_event(payload) for payload in payloads]
+def _decode_all(items: list[bytes | None] | list[KafkaItem]) -> list[Transaction | DeadLetter]:
+    return [
+        decode_event(item) if item is None or isinstance(item, bytes) else decode_message(item)
+        for item in items
+    ]
 
 
 def _is_transaction(item: Transaction | DeadLetter) -> TypeGuard[Transaction]:

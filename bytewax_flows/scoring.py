@@ -26,12 +26,12 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
-from bytewax_flows.realtime_features import GC_THRESHOLDS, Served, feature_steps
-from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource, stream_client
+from bytewax_flows.kafka_io import KafkaDecisionSink, KafkaItem
+from bytewax_flows.realtime_features import GC_THRESHOLDS, Served, feature_steps, stream_connectors
+from bytewax_flows.redis_io import CardFeatureSink, stream_client
 from fraud_platform.config import Settings
 from fraud_platform.features.realtime import FeatureRow
 from fraud_platform.lib.bus import DeadLetter
-from fraud_platform.lib.keys import transactions_stream
 from fraud_platform.lib.online_store import OnlineStore
 from fraud_platform.lib.redis_server import redis_url
 from fraud_platform.scoring.decisions import FeatureLog, write_decisions
@@ -43,7 +43,7 @@ FLOW_ID = "scoring"
 
 
 def build_flow(
-    source: Source[bytes | None] | None = None,
+    source: Source[bytes | None] | Source[KafkaItem] | None = None,
     decision_sink: Sink[Decision] | None = None,
     dead_letter_sink: Sink[DeadLetter] | None = None,
     card_sink: Sink[FeatureRow] | None = None,
@@ -53,7 +53,8 @@ def build_flow(
     exit_when_drained: bool = False,
     metrics_seconds: float = REPORT_SECONDS,
 ) -> Dataflow:
-    """The dataflow; every connector not given defaults to Redis or the landing zone (from settings).
+    """The dataflow; every connector not given defaults to the configured transport's (FRAUD_PLATFORM_TRANSPORT:
+    transactions in, dead letters and decisions out), Redis (card features) or the landing zone (from settings).
 
     Loads the serving model first: raises `NoServableModel` (naming `fraud-platform train`) when the
     registry has no servable champion and the scoring mode is not "rules".
@@ -68,12 +69,16 @@ def build_flow(
     models.start()
     scorer = Scorer(OnlineStore(client), models)
     metrics = ScoringMetrics(client, models, metrics_seconds)
-    shards = [transactions_stream(shard) for shard in range(settings.stream_shards)]
-    source = source or RedisStreamSource(url, shards, exit_when_drained=exit_when_drained)
-    decision_sink = decision_sink or DecisionSink(
-        url, settings.feature_ttl_seconds, metrics, settings.stream_max_length
+    transport_source, transport_dead_letters = stream_connectors(settings, url, exit_when_drained)
+    source = source or transport_source
+    dead_letter_sink = dead_letter_sink or transport_dead_letters
+    # Redis: idempotency markers and the live decisions stream; Kafka: the topic first, then those.
+    redis_decisions = DecisionSink(url, settings.feature_ttl_seconds, metrics, settings.stream_max_length)
+    decision_sink = decision_sink or (
+        KafkaDecisionSink(settings, url, redis_decisions)
+        if settings.transport == "kafka"
+        else redis_decisions
     )
-    dead_letter_sink = dead_letter_sink or DeadLetterSink(url)
     card_sink = card_sink or CardFeatureSink(url, settings.feature_ttl_seconds)
     feature_log_sink = feature_log_sink or FeatureLogSink(settings)
 

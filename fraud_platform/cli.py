@@ -334,13 +334,16 @@ _DAY = click.DateTime(formats=["%Y-%m-%d"])
     "--reset",
     is_flag=True,
     help="Start the stream over: delete the transactions streams, dead letters, decisions and their "
-    "idempotency markers and the scoring metrics first, so they hold only this replay.",
+    "idempotency markers and the scoring metrics first, so they hold only this replay (Redis transport).",
 )
 def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> None:
-    """Publish landed transactions to the transactions stream, sharded by card, in event-time order."""
+    """Publish landed transactions to the bus in event-time order: the Redis transactions stream sharded by
+    card, or with FRAUD_PLATFORM_TRANSPORT=kafka the transactions topic keyed by card (missing topics are
+    created with FRAUD_PLATFORM_STREAM_SHARDS partitions)."""
     import redis as redis_client
+    from confluent_kafka import KafkaException
 
-    from fraud_platform.lib.bus import landing_days
+    from fraud_platform.lib.bus import KafkaPublisher, UndeliveredMessage, create_topics, landing_days
     from fraud_platform.lib.bus import replay as publish_tables
     from fraud_platform.lib.keys import (
         DEAD_LETTER_STREAM,
@@ -354,22 +357,36 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
     from fraud_platform.scoring.metrics import METRICS_KEY
 
     settings = _settings()
+    kafka = settings.transport == "kafka"
+    if kafka and reset:
+        raise click.UsageError(
+            "--reset starts the Redis streams over; with FRAUD_PLATFORM_TRANSPORT=kafka start over with a new "
+            "FRAUD_PLATFORM_KAFKA_TOPIC_PREFIX (or delete the topics with your Kafka tools)"
+        )
     zone = LandingZone(settings.landing_dir)
     days = _replay_days(zone, day and day.date(), first and first.date(), last and last.date())
     total = sum(manifest.days.get(landed_day, 0) for manifest in zone.batches() for landed_day in days)
-    client = redis_client.Redis.from_url(redis_url(settings))
+    target: redis_client.Redis | KafkaPublisher
     try:
-        if reset:
-            client.delete(
-                *(transactions_stream(shard) for shard in range(settings.stream_shards)),
-                DEAD_LETTER_STREAM,
-                DECISIONS_STREAM,
-                METRICS_KEY,
-            )
-            delete_matching(client, f"{MARKER_PREFIX}*")
+        if kafka:
+            for topic in create_topics(settings):
+                click.echo(f"created Kafka topic {topic} with {settings.stream_shards} partitions")
+            target = KafkaPublisher(settings)
+            destination = f"Kafka topic {target.topic} (keyed by card_id)"
+        else:
+            target = redis_client.Redis.from_url(redis_url(settings))
+            destination = f"{settings.stream_shards} shards of {TRANSACTIONS_STREAM_PREFIX}"
+            if reset:
+                target.delete(
+                    *(transactions_stream(shard) for shard in range(settings.stream_shards)),
+                    DEAD_LETTER_STREAM,
+                    DECISIONS_STREAM,
+                    METRICS_KEY,
+                )
+                delete_matching(target, f"{MARKER_PREFIX}*")
         with progress_bar(total, "tx", "replay") as advance:
             result = publish_tables(
-                client,
+                target,
                 landing_days(zone, days),
                 settings.stream_shards,
                 rate=rate,
@@ -378,10 +395,12 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
             )
     except redis_client.RedisError as error:
         raise click.ClickException(f"Redis: {error}") from error
+    except (KafkaException, UndeliveredMessage) as error:
+        raise click.ClickException(f"Kafka: {error}") from error
     span = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
     click.echo(
-        f"replayed {result.published:,} transactions of {span} to {settings.stream_shards} shards of "
-        f"{TRANSACTIONS_STREAM_PREFIX} in {result.seconds:.1f} s ({result.rate:,.0f} tx/s)"
+        f"replayed {result.published:,} transactions of {span} to {destination} in {result.seconds:.1f} s "
+        f"({result.rate:,.0f} tx/s)"
     )
 
 

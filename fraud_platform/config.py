@@ -7,8 +7,9 @@ so a bad value stops a command at start rather than deep inside a run.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,6 +28,10 @@ RETRAIN_LABELS_VAR = "FRAUD_PLATFORM_RETRAIN_MIN_NEW_LABELS"
 STREAM_MAX_LENGTH_VAR = "FRAUD_PLATFORM_STREAM_MAX_LENGTH"
 MODEL_REFRESH_VAR = "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS"
 SCORING_MODE_VAR = "FRAUD_PLATFORM_SCORING_MODE"
+TRANSPORT_VAR = "FRAUD_PLATFORM_TRANSPORT"
+KAFKA_BROKERS_VAR = "FRAUD_PLATFORM_KAFKA_BROKERS"
+KAFKA_TOPIC_PREFIX_VAR = "FRAUD_PLATFORM_KAFKA_TOPIC_PREFIX"
+KAFKA_CONFIG_VAR = "FRAUD_PLATFORM_KAFKA_CONFIG"
 
 DEFAULT_REDIS_PORT = 6390
 DEFAULT_LABEL_MATURITY_DAYS = 180
@@ -37,6 +42,14 @@ DEFAULT_RETRAIN_MIN_NEW_LABELS = 1_000
 DEFAULT_STREAM_MAX_LENGTH = 10_000_000  # entries per shard, about 2 GB of Redis memory at ~216 bytes each
 DEFAULT_MODEL_REFRESH_SECONDS = 30
 SCORING_MODES = ("model", "rules")
+TRANSPORTS = ("redis", "kafka")
+DEFAULT_KAFKA_TOPIC_PREFIX = "fraud-platform"
+# librdkafka properties the connectors set themselves: the brokers come from KAFKA_BROKERS_VAR, and the source
+# keeps its offsets in Bytewax recovery instead of a consumer group.
+MANAGED_KAFKA_PROPERTIES = ("bootstrap.servers", "group.id", "enable.auto.commit", "enable.partition.eof")
+_KAFKA_PROPERTY = re.compile(r"[a-z][a-z0-9_.]*")
+# Kafka topic names: [A-Za-z0-9._-], at most 249 characters; the longest suffix is ".transactions".
+_TOPIC_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _MLFLOW_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 
@@ -70,6 +83,11 @@ class Settings:
     stream_max_length: int
     model_refresh_seconds: int = DEFAULT_MODEL_REFRESH_SECONDS
     scoring_mode: str = SCORING_MODES[0]
+    transport: str = TRANSPORTS[0]
+    kafka_brokers: tuple[str, ...] = ()
+    kafka_topic_prefix: str = DEFAULT_KAFKA_TOPIC_PREFIX
+    # librdkafka properties (security: TLS, SASL), possibly with passwords: never in repr or `environment()`.
+    kafka_config: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def redis_dir(self) -> Path:
@@ -111,10 +129,14 @@ class Settings:
             stream_max_length=_integer(env, STREAM_MAX_LENGTH_VAR, DEFAULT_STREAM_MAX_LENGTH, 0, 10**12),
             model_refresh_seconds=_integer(env, MODEL_REFRESH_VAR, DEFAULT_MODEL_REFRESH_SECONDS, 1, 86_400),
             scoring_mode=_choice(env, SCORING_MODE_VAR, SCORING_MODES),
+            **_kafka(env),
         )
 
     def environment(self) -> dict[str, str]:
-        """The variables a child process (dagster, bytewax, mlflow) needs to see this configuration."""
+        """The variables a child process (dagster, bytewax, mlflow) needs to see this configuration.
+
+        FRAUD_PLATFORM_KAFKA_CONFIG is left out (it may hold passwords and is printed by `fraud-platform
+        env`): a child process inherits it from the environment it was read from."""
         variables = {
             HOME_VAR: str(self.home),
             DAGSTER_HOME_VAR: str(self.dagster_home),
@@ -130,9 +152,13 @@ class Settings:
             STREAM_MAX_LENGTH_VAR: str(self.stream_max_length),
             MODEL_REFRESH_VAR: str(self.model_refresh_seconds),
             SCORING_MODE_VAR: self.scoring_mode,
+            TRANSPORT_VAR: self.transport,
+            KAFKA_TOPIC_PREFIX_VAR: self.kafka_topic_prefix,
         }
         if self.redis_url:
             variables[REDIS_URL_VAR] = self.redis_url
+        if self.kafka_brokers:
+            variables[KAFKA_BROKERS_VAR] = ",".join(self.kafka_brokers)
         return variables
 
 
@@ -168,6 +194,55 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if text not in choices:
         raise ConfigError(f"{name}={text!r}: must be one of {', '.join(choices)}")
     return text
+
+
+def _kafka(env: Mapping[str, str]) -> dict[str, object]:
+    """The transport and, for Kafka, the brokers, topic prefix and extra librdkafka properties."""
+    transport = _choice(env, TRANSPORT_VAR, TRANSPORTS)
+    brokers = tuple(
+        _broker(part.strip()) for part in env.get(KAFKA_BROKERS_VAR, "").split(",") if part.strip()
+    )
+    if transport == "kafka" and not brokers:
+        raise ConfigError(
+            f"{KAFKA_BROKERS_VAR}: required when {TRANSPORT_VAR}=kafka (comma-separated host:port)"
+        )
+    prefix = env.get(KAFKA_TOPIC_PREFIX_VAR) or DEFAULT_KAFKA_TOPIC_PREFIX
+    if not _TOPIC_PREFIX.fullmatch(prefix):
+        raise ConfigError(
+            f"{KAFKA_TOPIC_PREFIX_VAR}={prefix!r}: use 1 to 200 of the characters A-Z a-z 0-9 . _ -"
+        )
+    return {
+        "transport": transport,
+        "kafka_brokers": brokers,
+        "kafka_topic_prefix": prefix,
+        "kafka_config": _kafka_properties(env.get(KAFKA_CONFIG_VAR, "")),
+    }
+
+
+def _broker(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{KAFKA_BROKERS_VAR}: {text!r} is not host:port (port 1 to 65535)")
+    return text
+
+
+def _kafka_properties(text: str) -> tuple[tuple[str, str], ...]:
+    """`key=value` librdkafka properties separated by `;` or new lines. Errors never show a value."""
+    properties: dict[str, str] = {}
+    for number, item in enumerate((part.strip() for part in re.split(r"[;\n]", text)), start=1):
+        if not item:
+            continue
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if not equals or not _KAFKA_PROPERTY.fullmatch(key):
+            raise ConfigError(f"{KAFKA_CONFIG_VAR}: item {number} is not key=value (values are not shown)")
+        if key in MANAGED_KAFKA_PROPERTIES:
+            raise ConfigError(
+                f"{KAFKA_CONFIG_VAR}: {key} is set by the platform"
+                + (f" (use {KAFKA_BROKERS_VAR})" if key == "bootstrap.servers" else "")
+            )
+        properties[key] = value.strip()
+    return tuple(properties.items())
 
 
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:

@@ -1,12 +1,17 @@
-"""The transaction bus on Redis Streams: events sharded by card, published in pipelines, read in batches.
+"""The transaction bus: Redis Streams (the default) or Kafka (FRAUD_PLATFORM_TRANSPORT=kafka), keyed by card.
 
-Layout (names from `fraud_platform.lib.keys`): a card's events go to shard `shard_of(card_id, shards)`,
+Redis layout (names from `fraud_platform.lib.keys`): a card's events go to shard `shard_of(card_id, shards)`,
 the stream `stream:transactions:<shard>`; each entry has one field, `event`, the event as JSON (the input of
 `schema.parse_transaction`: timestamp as epoch ms or ISO-8601 with a zone). An event that cannot be used goes
 to `stream:dead-letter` with fields `reason` and `payload` (the raw bytes, cut to DEAD_LETTER_PAYLOAD_BYTES).
-
 Streams are trimmed to about FRAUD_PLATFORM_STREAM_MAX_LENGTH entries per shard on publish (0: never); a
 consumer resumes from its own position (the Bytewax source snapshots it).
+
+Kafka layout (`kafka_topics`, prefix FRAUD_PLATFORM_KAFKA_TOPIC_PREFIX): `<prefix>.transactions`, message key
+the card_id (so a card's events keep their order in one partition), value the same JSON event as on Redis;
+`<prefix>.decisions`, keyed by card_id, value the decision's JSON; `<prefix>.dead-letter`, value the raw
+payload and the reason in the header `reason`. Retention is the topics' own; the Bytewax source keeps its
+offsets in its recovery snapshots, not in a consumer group. docs/scale-out.md has the whole picture.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 import pyarrow as pa
@@ -22,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 
+from fraud_platform.config import Settings
 from fraud_platform.lib.keys import DEAD_LETTER_STREAM, shard_of, transactions_stream
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.schema import (
@@ -31,6 +37,9 @@ from fraud_platform.lib.schema import (
     Transaction,
     parse_transaction,
 )
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError, Message
 
 EVENT_FIELD = "event"
 # A card transaction is a few hundred bytes; anything this large is not one.
@@ -49,7 +58,7 @@ class DeadLetter(NamedTuple):
     payload: bytes
 
 
-def _dead_letter(reason: str, payload: bytes) -> DeadLetter:
+def dead_letter(reason: str, payload: bytes) -> DeadLetter:
     """A DeadLetter with the payload cut to DEAD_LETTER_PAYLOAD_BYTES."""
     return DeadLetter(reason, payload[:DEAD_LETTER_PAYLOAD_BYTES])
 
@@ -59,15 +68,15 @@ def decode_event(payload: bytes | None) -> Transaction | DeadLetter:
     if payload is None:
         return DeadLetter(f"stream entry has no '{EVENT_FIELD}' field", b"")
     if len(payload) > MAX_EVENT_BYTES:
-        return _dead_letter(
+        return dead_letter(
             f"event of {len(payload):,} bytes exceeds the limit of {MAX_EVENT_BYTES:,}", payload
         )
     try:
         return parse_transaction(orjson.loads(payload))
     except orjson.JSONDecodeError as error:
-        return _dead_letter(f"invalid JSON: {error}", payload)
+        return dead_letter(f"invalid JSON: {error}", payload)
     except InvalidTransaction as error:
-        return _dead_letter(str(error), payload)
+        return dead_letter(str(error), payload)
 
 
 def transaction_event(txn: Transaction) -> bytes:
@@ -88,18 +97,110 @@ def events_from_table(table: pa.Table) -> Iterator[dict[str, Any]]:
             yield {key: value for key, value in row.items() if value is not None}
 
 
-def publish(
-    client: redis.Redis, events: Iterable[Mapping[str, Any]], shards: int, *, max_length: int = 0
-) -> int:
-    """XADD each event to its card's shard, PIPELINE_SIZE per round trip; return the number published.
+class KafkaTopics(NamedTuple):
+    """The platform's Kafka topics."""
 
-    Events are published as given (a bad one is the stream's to dead-letter); one without a card_id goes to
-    the shard of the empty card id. `max_length` > 0 trims each shard to about that many entries
-    (`MAXLEN ~`): a consumer further behind than that loses the oldest events.
+    transactions: str
+    decisions: str
+    dead_letters: str
+
+
+def kafka_topics(prefix: str) -> KafkaTopics:
+    """The topic names under a prefix (FRAUD_PLATFORM_KAFKA_TOPIC_PREFIX)."""
+    return KafkaTopics(f"{prefix}.transactions", f"{prefix}.decisions", f"{prefix}.dead-letter")
+
+
+class UndeliveredMessage(RuntimeError):
+    """Kafka did not acknowledge a produced message (after librdkafka's own retries)."""
+
+
+def raise_undelivered(error: KafkaError | None, message: Message) -> None:
+    """librdkafka delivery report: a failure raises from the producer's poll/flush, so none is silent."""
+    if error is not None:
+        raise UndeliveredMessage(f"Kafka did not take a message for topic {message.topic()}: {error.str()}")
+
+
+def kafka_properties(settings: Settings, *, producer: bool = False) -> dict[str, Any]:
+    """librdkafka configuration: the brokers and FRAUD_PLATFORM_KAFKA_CONFIG; a producer's also raises on
+    undelivered messages."""
+    properties: dict[str, Any] = {"bootstrap.servers": ",".join(settings.kafka_brokers)}
+    properties.update(settings.kafka_config)
+    if producer:
+        properties["on_delivery"] = raise_undelivered
+    return properties
+
+
+def create_topics(settings: Settings, timeout_seconds: float = 30.0) -> list[str]:
+    """Create the missing platform topics with FRAUD_PLATFORM_STREAM_SHARDS partitions each and the
+    brokers' default replication and retention; return the names created."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(kafka_properties(settings))
+    requests = [
+        NewTopic(topic, num_partitions=settings.stream_shards)
+        for topic in kafka_topics(settings.kafka_topic_prefix)
+    ]
+    created = []
+    for topic, future in admin.create_topics(requests, request_timeout=timeout_seconds).items():
+        try:
+            future.result(timeout=timeout_seconds)
+            created.append(topic)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+class KafkaPublisher:
+    """Produces events to the transactions topic keyed by card_id: a card's events stay in order in one
+    partition (librdkafka's default partitioner, CRC32 of the key)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = kafka_topics(settings.kafka_topic_prefix).transactions
+        self._producer = Producer(kafka_properties(settings, producer=True))
+
+    def publish(self, events: Iterable[Mapping[str, Any]]) -> int:
+        """Produce the events and wait until the brokers have them all; return how many.
+
+        Raises UndeliveredMessage when one was not delivered (librdkafka retries until message.timeout.ms).
+        """
+        published = 0
+        for event in events:
+            key, value = str(event.get("card_id", "")).encode(), orjson.dumps(event)
+            while True:
+                try:
+                    self._producer.produce(self.topic, value, key)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    self._producer.poll(0.1)
+            published += 1
+        self._producer.flush()
+        return published
+
+
+def publish(
+    target: redis.Redis | KafkaPublisher,
+    events: Iterable[Mapping[str, Any]],
+    shards: int,
+    *,
+    max_length: int = 0,
+) -> int:
+    """Publish events to the bus; return the number published. A KafkaPublisher produces them to the
+    transactions topic (its partitions shard it; `shards` and `max_length` are Redis settings).
+
+    On Redis: XADD each event to its card's shard, PIPELINE_SIZE per round trip. Events are published as
+    given (a bad one is the stream's to dead-letter); one without a card_id goes to the shard of the empty
+    card id. `max_length` > 0 trims each shard to about that many entries (`MAXLEN ~`): a consumer further
+    behind than that loses the oldest events.
     """
+    if isinstance(target, KafkaPublisher):
+        return target.publish(events)
     trim = ("MAXLEN", "~", max_length) if max_length > 0 else ()
     published = 0
-    pipeline = client.pipeline(transaction=False)
+    pipeline = target.pipeline(transaction=False)
     for event in events:
         stream = transactions_stream(shard_of(str(event.get("card_id", "")), shards))
         pipeline.execute_command("XADD", stream, *trim, "*", EVENT_FIELD, orjson.dumps(event))
@@ -124,7 +225,7 @@ class ReplayResult:
 
 
 def replay(
-    client: redis.Redis,
+    target: redis.Redis | KafkaPublisher,
     tables: Iterable[pa.Table],
     shards: int,
     *,
@@ -132,7 +233,8 @@ def replay(
     progress: Callable[[int], None] | None = None,
     max_length: int = 0,
 ) -> ReplayResult:
-    """Publish the transactions of `tables` in order, at `rate` per second (None: as fast as possible).
+    """Publish the transactions of `tables` in order to the bus (`publish`), at `rate` per second (None: as
+    fast as possible).
 
     Pacing publishes small chunks and sleeps until each chunk's scheduled time, so the average rate holds
     over any stretch longer than a chunk (at most a fiftieth of a second's worth of events).
@@ -148,17 +250,17 @@ def replay(
         for event in events_from_table(table):
             pending.append(event)
             if len(pending) >= chunk:
-                published += _publish_paced(client, pending, shards, rate, started, published, max_length)
+                published += _publish_paced(target, pending, shards, rate, started, published, max_length)
                 report(len(pending))
                 pending.clear()
     if pending:
-        published += _publish_paced(client, pending, shards, rate, started, published, max_length)
+        published += _publish_paced(target, pending, shards, rate, started, published, max_length)
         report(len(pending))
     return ReplayResult(published, time.perf_counter() - started)
 
 
 def _publish_paced(
-    client: redis.Redis,
+    target: redis.Redis | KafkaPublisher,
     events: list[dict[str, Any]],
     shards: int,
     rate: float | None,
@@ -170,7 +272,7 @@ def _publish_paced(
         delay = started + sent / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-    return publish(client, events, shards, max_length=max_length)
+    return publish(target, events, shards, max_length=max_length)
 
 
 STREAM_SOURCE = "stream"  # landing batches the scoring flow logged: never replayed back into it
