@@ -89,3 +89,40 @@ def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.Execute
             "dagster/asset_partition_range_end": days[-1],
         },
     )
+
+
+def monitoring_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """Resources of the monitoring group: the warehouse, MLflow, label maturity and the default thresholds."""
+    from fraud_platform.defs.monitoring import MonitoringSettings
+    from fraud_platform.defs.training import build_training_resources
+
+    return {
+        **build_resources(settings),
+        **build_training_resources(settings),
+        "monitoring": MonitoringSettings(),
+    }
+
+
+def monitor_days(
+    settings: Settings, instance: dg.DagsterInstance, days: list[str]
+) -> list[dg.ExecuteInProcessResult]:
+    """Materialise the monitoring group for each day (one run per day partition), recorded in `instance`."""
+    from fraud_platform.defs.monitoring import MONITORING_ASSETS
+
+    register_landing_days(instance, LandingZone(settings.landing_dir))
+    known = set(instance.get_dynamic_partitions(LANDING_DAYS.name))
+    unknown = [day for day in days if day not in known]
+    if unknown:
+        raise LandingError(f"no landed transactions on {', '.join(unknown)}: nothing to monitor there")
+    resources = monitoring_resources(settings)
+    return [
+        dg.materialize(
+            MONITORING_ASSETS,
+            instance=instance,
+            resources=resources,
+            partition_key=day,
+            run_config=QUIET_CONSOLE,
+            raise_on_error=False,
+        )
+        for day in days
+    ]

@@ -1,0 +1,85 @@
+"""What the monitoring compares: the stream's served decisions of a day (from the feature log in
+`raw.decisions`) and the champion's training rows (the train split of `training.dataset`)."""
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
+from fraud_platform.monitoring.performance import DAY_SQL
+
+DATASET_TABLE = "training.dataset"
+
+
+@dataclass(frozen=True)
+class ServedDay:
+    """The decisions of one day whose vectors this code defines (other definition versions are counted)."""
+
+    day: str
+    transaction_ids: np.ndarray
+    model_versions: np.ndarray
+    scores: np.ndarray
+    features: np.ndarray  # float32, MODEL_FEATURES order, one row per decision
+    other_definitions: int  # decisions served under another feature-definition version (left out)
+
+    def __len__(self) -> int:
+        return len(self.transaction_ids)
+
+
+def served_day(connection: duckdb.DuckDBPyConnection, day: str, limit: int | None = None) -> ServedDay:
+    """The day's decisions (UTC day of the event), optionally a deterministic sample of `limit` of them."""
+    sample = (
+        "ORDER BY hash(transaction_id), transaction_id LIMIT $limit" if limit else "ORDER BY transaction_id"
+    )
+    decisions = connection.sql(
+        "SELECT transaction_id, model_version, score, features, feature_definition_version FROM raw.decisions "
+        f"WHERE {DAY_SQL.format(column='event_time')} = $day {sample}",
+        params={"day": day, **({"limit": limit} if limit else {})},
+    ).to_arrow_table()
+    current = pc.equal(decisions.column("feature_definition_version"), FEATURE_DEFINITION_VERSION)
+    kept = decisions.filter(current)
+    return ServedDay(
+        day=day,
+        transaction_ids=np.asarray(kept.column("transaction_id").to_pylist(), dtype=object),
+        model_versions=np.asarray(kept.column("model_version").to_pylist(), dtype=object),
+        scores=kept.column("score").to_numpy().astype(np.float64),
+        features=feature_matrix(kept.column("features")),
+        other_definitions=decisions.num_rows - kept.num_rows,
+    )
+
+
+def feature_matrix(lists: pa.ChunkedArray) -> np.ndarray:
+    """A float32 matrix from a column of feature lists, each MODEL_FEATURES long (null elements: NaN)."""
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    if np.any(lengths != len(MODEL_FEATURES)):
+        raise ValueError(
+            f"served feature vectors must hold {len(MODEL_FEATURES)} values; found lengths "
+            f"{sorted(set(lengths.tolist()))}"
+        )
+    flat = pc.list_flatten(lists.combine_chunks() if lists.num_chunks else pa.array([], lists.type))
+    values = flat.to_numpy(zero_copy_only=False).astype(np.float32)
+    return values.reshape(len(lengths), len(MODEL_FEATURES))
+
+
+def reference_features(
+    connection: duckdb.DuckDBPyConnection, rows: int, trained_until: str = ""
+) -> np.ndarray:
+    """Up to `rows` training rows (train split, up to `trained_until` when given), a deterministic sample."""
+    columns = ", ".join(f'"{name}"' for name in MODEL_FEATURES)
+    until = "AND event_date <= $until::DATE" if trained_until else ""
+    table = connection.sql(
+        f"SELECT {columns} FROM {DATASET_TABLE} WHERE split = 'train' {until} "
+        "ORDER BY hash(transaction_id), transaction_id LIMIT $rows",
+        params={"rows": rows, **({"until": trained_until} if trained_until else {})},
+    ).to_arrow_table()
+    if table.num_rows == 0:
+        raise ValueError(
+            f"{DATASET_TABLE} has no train rows{f' up to {trained_until}' if trained_until else ''}: "
+            "train a model ('fraud-platform train') before monitoring drift"
+        )
+    return np.column_stack(
+        [table.column(name).to_numpy(zero_copy_only=False).astype(np.float32) for name in MODEL_FEATURES]
+    )

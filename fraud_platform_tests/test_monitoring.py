@@ -1,0 +1,441 @@
+"""Monitoring on real stores (DuckDB, MLflow sqlite, a Dagster instance, the real scoring flow and Redis):
+realised metrics against a hand computation, seeded drift tripping its check and the retrain request, skew
+zero on an in-order stream and exact on deliberately corrupted served vectors."""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+import redis
+from bytewax.testing import TestingSource, run_main
+from mlflow import MlflowClient
+
+from bytewax_flows.scoring import build_flow
+from fraud_platform.config import Settings
+from fraud_platform.defs.monitoring import (
+    RETRAIN_REASON_TAG,
+    MonitoringSettings,
+    monitoring_drift,
+    monitoring_retrain_sensor,
+    monitoring_skew,
+)
+from fraud_platform.defs.online import feature_matrix
+from fraud_platform.features.batch import (
+    CARD_BATCH_FEATURES,
+    MERCHANT_BATCH_FEATURES,
+    card_feature_sql,
+    merchant_feature_sql,
+)
+from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
+from fraud_platform.lib.bus import events_from_table
+from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.online_store import load_batch_features
+from fraud_platform.lib.redis_server import LocalRedisServer
+from fraud_platform.lib.schema import DECISIONS
+from fraud_platform.lib.simulator import SimulationConfig, simulate
+from fraud_platform.monitoring.drift import psi
+from fraud_platform.monitoring.performance import label_maturity, realised_performance
+from fraud_platform.monitoring.served import served_day
+from fraud_platform.monitoring.skew import measure_skew
+from fraud_platform.monitoring.summary import summary_lines
+from fraud_platform.monitoring.tracking import EXPERIMENT
+from fraud_platform.pipeline import (
+    instance_for,
+    load_landing,
+    monitor_days,
+    monitoring_resources,
+    refresh_batch_side,
+)
+from fraud_platform.training import registry
+from fraud_platform.training.model import score
+from fraud_platform_tests.scoring_support import register_model, scoring_settings, set_champion
+from fraud_platform_tests.test_registry import synthetic_data
+
+DAY_MS = 86_400_000
+
+
+def _ms(day: str, hour: int = 12) -> int:
+    return int(datetime.fromisoformat(f"{day}T{hour:02d}:00:00+00:00").timestamp() * 1000)
+
+
+def _decisions(rows: list[dict], features: np.ndarray | None = None) -> pa.Table:
+    """A `raw.decisions`-shaped table (schema DECISIONS) from (id, version, decision, score, event ms) rows."""
+    count = len(rows)
+    vectors = features if features is not None else np.zeros((count, len(MODEL_FEATURES)), np.float32)
+    times = pa.array([row["event_ms"] for row in rows], pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    offsets = pa.array(np.arange(0, vectors.size + 1, len(MODEL_FEATURES), dtype=np.int32))
+    return pa.table(
+        {
+            "transaction_id": [row["transaction_id"] for row in rows],
+            "card_id": [row.get("card_id", "c1") for row in rows],
+            "score": pa.array([row["score"] for row in rows], pa.float64()),
+            "decision": [row["decision"] for row in rows],
+            "reasons": pa.array([[] for _ in rows], pa.list_(pa.string())),
+            "model_version": [row["model_version"] for row in rows],
+            "event_time": times.cast(DECISIONS.field("event_time").type),
+            "received_time": times.cast(DECISIONS.field("received_time").type),
+            "decision_time": times.cast(DECISIONS.field("decision_time").type),
+            "feature_definition_version": [FEATURE_DEFINITION_VERSION] * count,
+            "features": pa.ListArray.from_arrays(offsets, pa.array(vectors.astype(np.float32).ravel())),
+        },
+        schema=DECISIONS,
+    )
+
+
+def _write(connection: duckdb.DuckDBPyConnection, name: str, rows: pa.Table) -> None:
+    schema = name.split(".")[0]
+    connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    connection.register("rows_to_write", rows)
+    connection.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM rows_to_write")
+    connection.unregister("rows_to_write")
+
+
+# --- realised performance and label maturity: a hand computation ------------------------------------------
+
+DAY = "2026-03-10"
+# id, model version, decision, label (None: unknown), label known (days after the transaction), amount
+OUTCOMES = [
+    ("d1", "3", "decline", 1, 2, 100.0),  # fraud, declined (caught)
+    ("d2", "3", "decline", 0, 30, 40.0),  # genuine, declined
+    ("d3", "3", "decline", None, None, 10.0),  # not known yet
+    ("d4", "3", "review", 1, 5, 60.0),  # fraud, reviewed (caught)
+    ("d5", "3", "review", 0, 30, 20.0),
+    ("d6", "3", "approve", 1, 9, 300.0),  # fraud, approved (missed)
+    ("d7", "3", "approve", 0, 30, 15.0),
+    ("d8", "3", "approve", None, None, 5.0),
+    ("r1", "rules-v1", "decline", 1, 1, 80.0),
+    ("r2", "rules-v1", "approve", None, None, 70.0),
+]
+
+
+@pytest.fixture
+def judged(tmp_path: Path) -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    event = _ms(DAY)
+    _write(
+        connection,
+        "raw.decisions",
+        _decisions(
+            [
+                {
+                    "transaction_id": tid,
+                    "model_version": version,
+                    "decision": decision,
+                    "score": 0.5,
+                    "event_ms": event,
+                }
+                for tid, version, decision, *_ in OUTCOMES
+            ]
+            # a decision of the next day is not this day's
+            + [
+                {
+                    "transaction_id": "x1",
+                    "model_version": "3",
+                    "decision": "decline",
+                    "score": 0.9,
+                    "event_ms": event + DAY_MS,
+                }
+            ]
+        ),
+    )
+    known_at = [None if days is None else event + days * DAY_MS for *_, days, _amount in OUTCOMES]
+    _write(
+        connection,
+        "transaction_labels",
+        pa.table(
+            {
+                "transaction_id": [row[0] for row in OUTCOMES],
+                "event_date": pa.array([datetime.fromisoformat(DAY).date()] * len(OUTCOMES)),
+                "amount": [row[5] for row in OUTCOMES],
+                "label": pa.array([row[3] for row in OUTCOMES], pa.int32()),
+                "label_known_at": pa.array(known_at, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+                "labels_as_of": pa.array([event + 40 * DAY_MS] * len(OUTCOMES), pa.int64()).cast(
+                    pa.timestamp("ms", tz="UTC")
+                ),
+            }
+        ),
+    )
+    return connection
+
+
+def test_realised_metrics_equal_a_hand_computation(judged: duckdb.DuckDBPyConnection) -> None:
+    model, rules = realised_performance(judged, DAY)
+    assert (model.model_version, rules.model_version) == ("3", "rules-v1")
+    assert (model.decisions, model.labelled, model.frauds_known) == (8, 6, 3)
+    assert (model.declines, model.reviews, model.declines_fraud, model.reviews_fraud) == (3, 2, 1, 1)
+    ratios = model.ratios()
+    assert ratios["labelled_share"] == 6 / 8
+    assert ratios["alert_rate"] == 5 / 8
+    assert ratios["decline_precision"] == 1 / 3  # confirmed frauds among all declines (a lower bound)
+    assert ratios["review_precision"] == 1 / 2
+    assert ratios["alert_precision"] == 2 / 5
+    assert ratios["alert_recall"] == 2 / 3 and ratios["decline_recall"] == 1 / 3
+    assert (model.fraud_amount_caught, model.fraud_amount_missed) == (160.0, 300.0)
+    assert ratios["fraud_amount_caught_share"] == 160 / 460
+    assert (rules.decisions, rules.declines_fraud, rules.ratios()["decline_precision"]) == (2, 1, 1.0)
+    assert np.isnan(rules.ratios()["review_precision"])  # no review: no precision, not 0
+
+    # As known 3 days after the transactions: d1 (day 2) and r1 (day 1) only; d4 (day 5) not yet.
+    early = realised_performance(
+        judged, DAY, as_of=datetime.fromtimestamp((_ms(DAY) + 3 * DAY_MS) / 1000, UTC)
+    )
+    assert (early[0].labelled, early[0].frauds_known, early[0].reviews_fraud) == (1, 1, 0)
+
+
+def test_label_maturity_curve_counts_labels_known_by_each_age(judged: duckdb.DuckDBPyConnection) -> None:
+    curve = label_maturity(judged, DAY, horizon_days=31)
+    # Labels known 1, 2, 5, 9 and 30 days after a noon transaction count from the end of the day + as many days.
+    labelled = {point.age_days: point.labelled for point in curve}
+    assert [labelled[age] for age in (0, 1, 2, 4, 5, 8, 9, 29, 30, 31)] == [0, 1, 2, 2, 3, 3, 4, 4, 7, 7]
+    assert all(point.transactions == 10 for point in curve)
+    assert curve[30].frauds_known == 4 and curve[30].labelled_share == 0.7
+    # Only as far as the labels reach: labels as of 10 days after the day ended give ages 0..10.
+    assert [
+        p.age_days for p in label_maturity(judged, DAY, 31, as_of=datetime(2026, 3, 21, tzinfo=UTC))
+    ] == list(range(11))
+
+
+def test_psi_is_zero_on_the_same_distribution_and_large_on_a_shift() -> None:
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=20_000)
+    assert psi(reference, reference) == pytest.approx(0.0, abs=1e-12)
+    assert psi(reference, rng.normal(size=5_000)) < 0.01
+    assert psi(reference, rng.normal(loc=1.0, size=5_000)) > 0.25
+    with_missing = np.where(
+        rng.random(5_000) < 0.3, np.nan, rng.normal(size=5_000)
+    )  # missing values drift too
+    assert psi(reference, with_missing) > 0.25
+    with pytest.raises(ValueError, match="PSI needs values on both sides"):
+        psi(reference, np.empty(0))
+
+
+# --- drift: seeded drift trips its check and the retrain request ----------------------------------------------
+
+QUIET, DRIFTED = "2026-04-01", "2026-04-02"
+SHIFTED = "amount_to_mean_30d"
+
+
+@pytest.fixture
+def drift_home(platform_env: Settings) -> dict:
+    """A champion (synthetic training data in training.dataset) and two days of served decisions scored by it."""
+    version = register_model(platform_env, 11, 0.5, 0.9)
+    set_champion(platform_env, version)
+    champion = registry.load(MlflowClient(platform_env.mlflow_tracking_uri), version)
+    training = synthetic_data(11, signal=1.5, rows=6_000)
+    served = synthetic_data(12, signal=1.5, rows=2_400).features  # same distribution, another sample
+    drifted = served.copy()
+    drifted[:, MODEL_FEATURES.index(SHIFTED)] += 1.5
+    rows = []
+    for day, vectors in ((QUIET, served[:1_200]), (DRIFTED, drifted[1_200:])):
+        scores = score(champion.booster, vectors)
+        rows.append(
+            _decisions(
+                [
+                    {"transaction_id": f"{day}-{i}", "model_version": version, "decision": "approve",
+                     "score": float(s), "event_ms": _ms(day) + i}
+                    for i, s in enumerate(scores.tolist())
+                ],
+                vectors,
+            )
+        )  # fmt: skip
+    platform_env.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(platform_env.warehouse_path)) as connection:
+        _write(connection, "training.dataset", training.to_arrow())
+        _write(connection, "raw.decisions", pa.concat_tables(rows))
+    instance = instance_for(platform_env)
+    instance.add_dynamic_partitions("landing_day", [QUIET, DRIFTED])
+    return {"instance": instance, "resources": monitoring_resources(platform_env), "version": version}
+
+
+def _check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+
+
+def test_seeded_drift_trips_its_check_and_the_retrain_request(drift_home: dict) -> None:
+    instance, resources = drift_home["instance"], drift_home["resources"]
+    quiet = dg.materialize([monitoring_drift], instance=instance, resources=resources, partition_key=QUIET)
+    checks = _check_results(quiet)
+    assert checks["feature_psi"].passed and checks["score_psi"].passed, checks
+    metadata = quiet.asset_materializations_for_node(monitoring_drift.op.name)[0].metadata
+    assert metadata["served_rows"].value == 1_200 and metadata["max_psi"].value < 0.1
+    assert metadata["reference_model_version"].value == drift_home["version"]
+    context = dg.build_sensor_context(instance=instance)
+    quiet_tick = monitoring_retrain_sensor(context)
+    assert (
+        not quiet_tick.run_requests
+        and "no drift or performance check failed" in quiet_tick.skip_reason.skip_message
+    )
+
+    drifted = dg.materialize(
+        [monitoring_drift], instance=instance, resources=resources, partition_key=DRIFTED
+    )
+    checks = _check_results(drifted)
+    assert not checks["feature_psi"].passed
+    assert checks["feature_psi"].severity == dg.AssetCheckSeverity.ERROR
+    reason = checks["feature_psi"].metadata["reason"].value
+    assert reason.startswith(f"drift: PSI({SHIFTED})=") and reason.endswith(f"on {DRIFTED}")
+    assert "and" not in reason.split(" (max")[0]  # the seeded feature only
+    with duckdb.connect(str(resources["warehouse"].database), read_only=True) as connection:
+        stored = dict(
+            connection.execute(
+                "SELECT feature, psi FROM monitoring.drift WHERE day = ?", [DRIFTED]
+            ).fetchall()
+        )
+    assert stored[SHIFTED] >= 0.25 and max(v for k, v in stored.items() if k != SHIFTED) < 0.1
+
+    tick = monitoring_retrain_sensor(dg.build_sensor_context(instance=instance, cursor=quiet_tick.cursor))
+    (request,) = tick.run_requests
+    assert request.job_name in (None, "train_model")
+    assert request.tags[RETRAIN_REASON_TAG] == reason
+    again = monitoring_retrain_sensor(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
+    assert not again.run_requests  # the same failure is not requested twice
+
+    # Re-monitoring the quiet day adds nothing, and the drifted day's rows are replaced, not duplicated.
+    dg.materialize([monitoring_drift], instance=instance, resources=resources, partition_key=QUIET)
+    assert not monitoring_retrain_sensor(
+        dg.build_sensor_context(instance=instance, cursor=tick.cursor)
+    ).run_requests
+    with duckdb.connect(str(resources["warehouse"].database), read_only=True) as connection:
+        (rows,) = connection.execute(
+            "SELECT count(*) FROM monitoring.drift WHERE day = ?", [QUIET]
+        ).fetchone()
+    assert rows == len(MODEL_FEATURES) + 1  # every feature and the score
+
+
+# --- skew and the whole group on the real stream --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory: pytest.TempPathFactory, redis_server: LocalRedisServer) -> Iterator[dict]:
+    """Three simulated days landed and refreshed; the stream then decides them all in order, with the
+    previous day's snapshots online for the last day, and its feature log is loaded into raw.decisions."""
+    home = tmp_path_factory.mktemp("monitoring")
+    with pytest.MonkeyPatch.context() as environment:
+        for name in [*Settings.from_env({}).environment(), "MLFLOW_TRACKING_URI"]:
+            environment.delenv(name, raising=False)
+        environment.setenv("FRAUD_PLATFORM_HOME", str(home))
+        environment.setenv("REDIS_URL", redis_server.url)
+        settings = scoring_settings(home, redis_server.url)
+        world = simulate(SimulationConfig(cards=60, days=3, seed=21))
+        zone = LandingZone(settings.landing_dir)
+        zone.write_batch("sim-monitoring", world.transactions, world.context(), source="simulator")
+        instance = instance_for(settings)
+        assert load_landing(settings, instance).success
+        assert refresh_batch_side(instance).success
+        day = zone.days()[-1]
+        _serve_previous_day_snapshots(settings, redis.Redis.from_url(redis_server.url), day)
+        set_champion(settings, register_model(settings, 5, 0.3, 0.8))
+        history = world.transactions.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
+        events = [orjson.dumps(event) for event in events_from_table(history)]
+        run_main(build_flow(TestingSource(events, batch_size=100), settings=settings))
+        assert load_landing(settings, instance).success
+        yield {"settings": settings, "instance": instance, "day": day}
+
+
+def _serve_previous_day_snapshots(settings: Settings, client: redis.Redis, day: str) -> None:
+    """Put the card and merchant snapshots of the day before `day` online (what the daily refresh does)."""
+    client.flushdb()
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+        cards = connection.sql(
+            f"SELECT card_id, {card_feature_sql('c')} FROM card_daily_features c WHERE as_of_date = $day::DATE - 1",
+            params={"day": day},
+        ).to_arrow_table()
+        merchants = connection.sql(
+            f"SELECT merchant_id, {merchant_feature_sql('m')} FROM merchant_daily_features m "
+            "WHERE as_of_date = $day::DATE - 1",
+            params={"day": day},
+        ).to_arrow_table()
+    load_batch_features(
+        client,
+        cards.column("card_id").to_pylist(),
+        feature_matrix(cards, CARD_BATCH_FEATURES),
+        merchants.column("merchant_id").to_pylist(),
+        feature_matrix(merchants, MERCHANT_BATCH_FEATURES),
+        ttl_seconds=3_600,
+        grace_seconds=0,
+    )
+
+
+def test_whole_group_on_the_streamed_day_finds_no_skew_and_logs_to_mlflow(streamed: dict) -> None:
+    settings, instance, day = streamed["settings"], streamed["instance"], streamed["day"]
+    with duckdb.connect(str(settings.warehouse_path)) as connection:
+        # The drift reference: training rows (synthetic; only the skew and the plumbing are judged here).
+        _write(connection, "training.dataset", synthetic_data(3, signal=1.0, rows=3_000).to_arrow())
+    (result,) = monitor_days(settings, instance, [day])
+    assert result.success
+    checks = _check_results(result)
+    assert checks["skew_rate"].passed, checks["skew_rate"].metadata["reason"].value
+    skew = result.asset_materializations_for_node(monitoring_skew.op.name)[0].metadata
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+        (decided,) = connection.execute(
+            "SELECT count(*) FROM raw.decisions WHERE CAST(timezone('UTC', event_time) AS DATE) = ?::DATE",
+            [day],
+        ).fetchone()
+        lines = summary_lines(connection, day, MonitoringSettings().thresholds())
+    assert decided > 100 and skew["sampled"].value == min(decided, 500)
+    assert skew["compared"].value == skew["sampled"].value and skew["mismatching_transactions"].value == 0
+    assert any(line.startswith("skew: 0 of") for line in lines) and any(
+        "realised, model" in line for line in lines
+    )
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (run,) = client.search_runs([experiment], filter_string=f"tags.day = '{day}'")
+    assert "decisions" in run.data.metrics and f"psi/{SHIFTED}" in run.data.metrics
+    assert run.data.tags["model_version"] == str(registry.champion_version(client).version)
+
+
+def test_skew_counts_exactly_the_corrupted_served_vectors(streamed: dict) -> None:
+    settings, instance, day = streamed["settings"], streamed["instance"], streamed["day"]
+    count_24h, card_mean = MODEL_FEATURES.index("txn_count_24h"), MODEL_FEATURES.index("card_amount_mean_30d")
+    with duckdb.connect(str(settings.warehouse_path)) as connection:
+        original = connection.sql("SELECT * FROM raw.decisions").to_arrow_table()
+        sample = served_day(connection, day)
+        assert measure_skew(connection, sample).mismatching_transactions == 0
+        with_mean = np.flatnonzero(np.isfinite(sample.features[:, card_mean]))
+        rows = with_mean[:5]  # five transactions that have a card snapshot
+        corrupted = sample.features.copy()
+        corrupted[rows[:4], count_24h] += 1  # four transactions, one feature
+        corrupted[rows[2:], card_mean] *= 1.001  # three transactions (two of them above), another feature
+        vectors = dict(zip(sample.transaction_ids.tolist(), corrupted, strict=True))
+        features = [
+            vectors.get(tid, served) for tid, served in zip(
+                original.column("transaction_id").to_pylist(), original.column("features").to_pylist(), strict=True
+            )
+        ]  # fmt: skip
+        column = original.schema.get_field_index("features")
+        _write(connection, "raw.decisions", original.set_column(column, "features", pa.array(
+            [np.asarray(vector, np.float32).tolist() for vector in features], pa.list_(pa.float32())
+        )))  # fmt: skip
+    try:
+        result = dg.materialize(
+            [monitoring_skew],
+            instance=instance,
+            resources={
+                **monitoring_resources(settings),
+                "monitoring": MonitoringSettings(skew_sample_size=10_000),
+            },
+            partition_key=day,
+        )
+    finally:
+        with duckdb.connect(str(settings.warehouse_path)) as connection:
+            _write(connection, "raw.decisions", original)
+    metadata = result.asset_materializations_for_node(monitoring_skew.op.name)[0].metadata
+    assert metadata["sampled"].value == len(sample) and metadata["compared"].value == len(sample)
+    assert metadata["mismatching_transactions"].value == 5
+    assert set(metadata["examples"].value.split(", ")) == set(sample.transaction_ids[rows].tolist())
+    check = _check_results(result)["skew_rate"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR  # 5 of a few hundred > 1 %
+    assert "txn_count_24h (4), card_amount_mean_30d (3)" in check.metadata["reason"].value
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+        stored = dict(
+            connection.execute(
+                "SELECT feature, mismatches FROM monitoring.skew_features WHERE day = ?", [day]
+            ).fetchall()
+        )
+    assert stored["txn_count_24h"] == 4 and stored["card_amount_mean_30d"] == 3 and sum(stored.values()) == 7
