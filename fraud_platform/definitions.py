@@ -5,6 +5,13 @@ import dagster as dg
 from fraud_platform.config import Settings
 from fraud_platform.defs.automation import batch_refresh_job, daily_batch_refresh, landing_sensor
 from fraud_platform.defs.batch import build_dbt_assets
+from fraud_platform.defs.monitoring import (
+    MONITORING_ASSETS,
+    build_monitoring_resources,
+    daily_monitoring,
+    monitoring_job,
+    monitoring_retrain_sensor,
+)
 from fraud_platform.defs.online import online_batch_features
 from fraud_platform.defs.raw import RAW_ASSETS, RAW_CHECKS
 from fraud_platform.defs.realtime import REALTIME_ASSETS
@@ -31,12 +38,17 @@ def defs() -> dg.Definitions:
             online_batch_features,
             training_dataset,
             fraud_model,
+            *MONITORING_ASSETS,
         ],
         asset_checks=RAW_CHECKS,
-        jobs=[batch_refresh_job, training_job],
-        schedules=[daily_batch_refresh, weekly_retrain],
-        sensors=[landing_sensor, retrain_sensor],
-        resources={**build_resources(settings), **build_training_resources(settings)},
+        jobs=[batch_refresh_job, training_job, monitoring_job],
+        schedules=[daily_batch_refresh, weekly_retrain, daily_monitoring],
+        sensors=[landing_sensor, retrain_sensor, monitoring_retrain_sensor],
+        resources={
+            **build_resources(settings),
+            **build_training_resources(settings),
+            **build_monitoring_resources(),
+        },
         # DuckDB allows one writing process per file: run the steps of a run in one process.
         executor=dg.in_process_executor,
     )

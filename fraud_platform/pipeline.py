@@ -93,14 +93,10 @@ def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.Execute
 
 def monitoring_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """Resources of the monitoring group: the warehouse, MLflow, label maturity and the default thresholds."""
-    from fraud_platform.defs.monitoring import MonitoringSettings
+    from fraud_platform.defs.monitoring import build_monitoring_resources
     from fraud_platform.defs.training import build_training_resources
 
-    return {
-        **build_resources(settings),
-        **build_training_resources(settings),
-        "monitoring": MonitoringSettings(),
-    }
+    return {**build_resources(settings), **build_training_resources(settings), **build_monitoring_resources()}
 
 
 def monitor_days(

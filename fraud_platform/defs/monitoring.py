@@ -100,6 +100,11 @@ class MonitoringSettings(dg.ConfigurableResource):
         )
 
 
+def build_monitoring_resources() -> dict[str, dg.ConfigurableResource]:
+    """The monitoring group's own resource: the default thresholds and sample sizes."""
+    return {"monitoring": MonitoringSettings()}
+
+
 def _check(name: str, verdict: judge.Verdict, day: str) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=name,
