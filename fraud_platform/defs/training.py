@@ -148,7 +148,7 @@ def fraud_model(
         contract,
         score(trained.booster, test.features),
         test.labels,
-        tags={"dagster_run_id": context.run_id},
+        tags={"dagster_run_id": context.run.run_id},
     )
     version = str(registered.version)
     challenge = registry.challenge_champion(client, version, trained.test_metrics["average_precision"], test)
