@@ -5,6 +5,7 @@ Heavy libraries (Dagster, pandas) are imported inside the commands that need the
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -501,4 +502,65 @@ def report(day: Any) -> None:
     source = "fraud truth (simulation)" if has_truth else "labels"
     click.echo(f"stream report{f' for {day.date()}' if day else ''}, judged against the {source}:")
     for line in summary.lines():
+        click.echo(f"  {line}")
+
+
+@main.command()
+@click.option("--day", type=_DAY, help="Monitor one day (YYYY-MM-DD).")
+@click.option("--from", "first", type=_DAY, help="First day to monitor (YYYY-MM-DD).")
+@click.option("--to", "last", type=_DAY, help="Last day to monitor, inclusive (YYYY-MM-DD).")
+def monitor(day: Any, first: Any, last: Any) -> None:
+    """Materialise the monitoring group (realised performance, label maturity, drift, skew, MLflow runs) for
+    each day [default: every day with decisions in the warehouse], one Dagster run per day, and summarise
+    the last one."""
+    import duckdb
+
+    from fraud_platform.defs.monitoring import MonitoringSettings
+    from fraud_platform.monitoring.summary import summary_lines
+    from fraud_platform.pipeline import instance_for, monitor_days
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per model load otherwise
+    settings = _settings()
+    if not settings.warehouse_path.exists():
+        raise click.ClickException(
+            f"no warehouse at {settings.warehouse_path}: run 'fraud-platform load' first"
+        )
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+        has_decisions = connection.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = 'decisions'"
+        ).fetchone()[0]
+        decided = (
+            [
+                str(row[0])
+                for row in connection.execute(
+                    "SELECT DISTINCT CAST(timezone('UTC', event_time) AS DATE) AS day FROM raw.decisions ORDER BY day"
+                ).fetchall()
+            ]
+            if has_decisions
+            else []
+        )
+    if day or first or last:
+        days = _replay_days(
+            LandingZone(settings.landing_dir),
+            day and day.date(),
+            first and first.date(),
+            last and last.date(),
+        )
+    else:
+        days = decided
+    if not days:
+        raise click.ClickException(
+            "no decisions in the warehouse to monitor: run the scoring flow, then 'fraud-platform load'"
+        )
+    began = time.perf_counter()
+    results = monitor_days(settings, instance_for(settings), days)
+    for monitored, result in zip(days, results, strict=True):
+        _, checks = _materialised(result)
+        note = "" if monitored in decided else " (no decisions that day)"
+        click.echo(f"monitored {monitored}{note} (run {result.run_id}): {checks}")
+    click.echo(f"{len(days)} day(s) monitored in {time.perf_counter() - began:.1f} s")
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+        lines = summary_lines(connection, days[-1], MonitoringSettings().thresholds())
+    click.echo(f"monitoring summary for {days[-1]}:")
+    for line in lines:
         click.echo(f"  {line}")

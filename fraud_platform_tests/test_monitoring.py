@@ -14,9 +14,11 @@ import pyarrow as pa
 import pytest
 import redis
 from bytewax.testing import TestingSource, run_main
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from bytewax_flows.scoring import build_flow
+from fraud_platform.cli import main
 from fraud_platform.config import Settings
 from fraud_platform.defs.monitoring import (
     RETRAIN_REASON_TAG,
@@ -40,7 +42,8 @@ from fraud_platform.lib.redis_server import LocalRedisServer
 from fraud_platform.lib.schema import DECISIONS
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.monitoring.drift import psi
-from fraud_platform.monitoring.performance import label_maturity, realised_performance
+from fraud_platform.monitoring.judge import ERROR, OK, WARN, Thresholds, judge_performance
+from fraud_platform.monitoring.performance import RealisedPerformance, label_maturity, realised_performance
 from fraud_platform.monitoring.served import served_day
 from fraud_platform.monitoring.skew import measure_skew
 from fraud_platform.monitoring.summary import summary_lines
@@ -199,6 +202,28 @@ def test_label_maturity_curve_counts_labels_known_by_each_age(judged: duckdb.Duc
     assert [
         p.age_days for p in label_maturity(judged, DAY, 31, as_of=datetime(2026, 3, 21, tzinfo=UTC))
     ] == list(range(11))
+
+
+def test_realised_performance_is_judged_against_validation_once_labelled_enough() -> None:
+    def record(version: str, labelled: int, declines_fraud: int) -> RealisedPerformance:
+        # 100 decisions, 10 declines, 20 known frauds, all alerts are declines.
+        return RealisedPerformance(DAY, version, "-", 100, labelled, 20, 10, 0, declines_fraud, 0, 0.0, 0.0)
+
+    validation = {"3": {"decline_precision": 0.9, "alert_recall": 0.4}}
+    thresholds = Thresholds()
+    verdict = judge_performance([record("3", 95, 9)], validation, thresholds)  # 0.9 and 0.45: fine
+    assert verdict.severity == OK
+    warned = judge_performance([record("3", 95, 8)], validation, thresholds)  # precision 0.8: 0.1 below
+    assert (
+        warned.severity == WARN and "decline_precision=0.80 vs validation 0.90 (version 3)" in warned.reason
+    )
+    failed = judge_performance([record("3", 95, 7)], validation, thresholds)  # 0.7 and recall 0.35
+    assert failed.severity == ERROR and "alert_recall=0.35" in failed.reason and failed.reason.endswith(DAY)
+    young = judge_performance([record("3", 50, 1), record("rules-v1", 100, 0)], validation, thresholds)
+    assert young.severity == OK and "version 3 50% labelled" in young.reason
+    assert "version rules-v1 has no validation metrics" in young.reason
+    with pytest.raises(ValueError, match="psi: need 0 <= warn"):
+        Thresholds(psi_warn=0.3, psi_error=0.2)
 
 
 def test_psi_is_zero_on_the_same_distribution_and_large_on_a_shift() -> None:
@@ -383,6 +408,9 @@ def test_whole_group_on_the_streamed_day_finds_no_skew_and_logs_to_mlflow(stream
     assert any(line.startswith("skew: 0 of") for line in lines) and any(
         "realised, model" in line for line in lines
     )
+    printed = CliRunner().invoke(main, ["monitor", "--day", day])
+    assert printed.exit_code == 0, printed.output
+    assert f"monitoring summary for {day}:" in printed.output and "  skew: 0 of" in printed.output
     client = MlflowClient(settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
     (run,) = client.search_runs([experiment], filter_string=f"tags.day = '{day}'")

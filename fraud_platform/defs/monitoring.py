@@ -358,6 +358,7 @@ def monitoring_skew(
             "mismatching_transactions": skew.mismatching_transactions,
             "mismatch_rate": skew.mismatch_rate,
             "examples": ", ".join(skew.examples),
+            **{f"mismatching_{group}": count for group, count in skew.by_group.items()},
         }
         replace_day(connection, "skew", day, [summary])
         features = [
@@ -373,6 +374,7 @@ def monitoring_skew(
             "mismatching_transactions": dg.MetadataValue.int(skew.mismatching_transactions),
             "mismatch_rate": _number(skew.mismatch_rate),
             "examples": dg.MetadataValue.text(summary["examples"] or "-"),
+            **{f"mismatching_{group}": dg.MetadataValue.int(count) for group, count in skew.by_group.items()},
             "features_differing": _md_table(
                 ["feature", "mismatching transactions"], [[n, c] for c, n in differing]
             ),

@@ -15,6 +15,9 @@ import numpy as np
 BINS = 10
 EPSILON = 1e-4
 CONTINUOUS_MIN_VALUES = 20
+# Constant within a UTC day by definition: a day is all weekend or none, so its PSI against the training
+# mix of days is large every day. Reported, never judged.
+DAY_CONSTANT_FEATURES = frozenset({"is_weekend"})
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ its severity, and the retraining sensor reads the ERROR verdicts' reasons from t
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from fraud_platform.monitoring.drift import FeatureDrift
+from fraud_platform.monitoring.drift import DAY_CONSTANT_FEATURES, FeatureDrift
 from fraud_platform.monitoring.performance import RealisedPerformance
 from fraud_platform.monitoring.skew import SkewResult
 
@@ -66,8 +66,14 @@ def _level(value: float, warn: float, error: float, *, strict_warn: bool = False
 def judge_drift(
     drifts: Sequence[FeatureDrift], day: str, thresholds: Thresholds, what: str = "drift"
 ) -> Verdict:
-    """The worst PSI among `drifts` against the thresholds; the reason names every feature over warn."""
-    judged = [drift for drift in drifts if drift.served_rows >= thresholds.min_served_rows]
+    """The worst PSI among `drifts` against the thresholds; the reason names every feature over warn.
+
+    Features constant within a day (DAY_CONSTANT_FEATURES) are not judged."""
+    judged = [
+        drift
+        for drift in drifts
+        if drift.served_rows >= thresholds.min_served_rows and drift.feature not in DAY_CONSTANT_FEATURES
+    ]
     if not judged:
         return Verdict(
             OK, f"{what}: not judged on {day}, fewer than {thresholds.min_served_rows} served rows"

@@ -21,7 +21,7 @@ from fraud_platform.features.batch import (
     card_feature_sql,
     merchant_feature_sql,
 )
-from fraud_platform.features.on_demand import on_demand_matrix
+from fraud_platform.features.on_demand import ON_DEMAND_FEATURE_NAMES, on_demand_matrix
 from fraud_platform.features.realtime import FEATURE_NAMES as REALTIME_FEATURES
 from fraud_platform.features.vector import CARD_PREFIX, MERCHANT_PREFIX, MODEL_FEATURES, assemble
 from fraud_platform.lib.schema import TRANSACTIONS
@@ -31,6 +31,13 @@ from fraud_platform.monitoring.served import ServedDay
 RTOL = 1e-6  # a few float32 ulps (float32 epsilon is 1.2e-7)
 ATOL = 1e-6
 EXAMPLES = 5
+# Where a mismatch comes from: the stream's window state, the on-demand function, or a snapshot served online.
+FEATURE_GROUPS = {
+    "real_time": REALTIME_FEATURES,
+    "on_demand": ON_DEMAND_FEATURE_NAMES,
+    "card_snapshot": tuple(CARD_PREFIX + name for name in CARD_BATCH_FEATURES),
+    "merchant_snapshot": tuple(MERCHANT_PREFIX + name for name in MERCHANT_BATCH_FEATURES),
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class SkewResult:
     not_in_warehouse: int  # sampled decisions whose transaction raw.transactions lacks (not compared)
     mismatching_transactions: int
     mismatches: dict[str, int]  # per model feature, in MODEL_FEATURES order
+    by_group: dict[str, int]  # per FEATURE_GROUPS entry: transactions with a mismatch in that group
     examples: tuple[str, ...]  # up to EXAMPLES mismatching transaction ids
 
     @property
@@ -129,5 +137,9 @@ def measure_skew(connection: duckdb.DuckDBPyConnection, sample: ServedDay) -> Sk
         not_in_warehouse=int((~found).sum()),
         mismatching_transactions=int(bad_rows.sum()),
         mismatches=dict(zip(MODEL_FEATURES, wrong.sum(axis=0).astype(int).tolist(), strict=True)),
+        by_group={
+            group: int(wrong[:, [MODEL_FEATURES.index(name) for name in names]].any(axis=1).sum())
+            for group, names in FEATURE_GROUPS.items()
+        },
         examples=tuple(ids[bad_rows][:EXAMPLES].tolist()),
     )

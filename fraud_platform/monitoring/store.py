@@ -13,7 +13,8 @@ def replace_day(
 ) -> None:
     """Replace `day`'s rows of monitoring.<table> with `rows` (records with the same keys; `day` included).
 
-    The table is created from the first rows' columns; a day with no rows is deleted from it.
+    The table is created from the first rows' columns (new columns are added later); a day with no rows is
+    deleted from it.
     """
     name = f"{SCHEMA}.{table}"
     connection.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -30,6 +31,10 @@ def replace_day(
     try:
         if not exists:
             connection.execute(f"CREATE TABLE {name} AS {typed} LIMIT 0")
+        have = {row[0] for row in connection.execute(f"DESCRIBE {name}").fetchall()}
+        for column, kind, *_ in connection.execute(f"DESCRIBE {typed}").fetchall():
+            if column not in have:  # a measurement added since the table was created
+                connection.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}')
         connection.execute(f"DELETE FROM {name} WHERE day = ?::DATE", [day])
         connection.execute(f"INSERT INTO {name} BY NAME {typed}")
         connection.execute("COMMIT")

@@ -2,8 +2,10 @@
 
 import duckdb
 
+from fraud_platform.monitoring.drift import DAY_CONSTANT_FEATURES
 from fraud_platform.monitoring.judge import Thresholds
 from fraud_platform.monitoring.performance import RealisedPerformance
+from fraud_platform.monitoring.skew import FEATURE_GROUPS
 from fraud_platform.monitoring.store import SCHEMA, table_exists
 
 SCORE = "score"
@@ -61,7 +63,9 @@ def summary_lines(connection: duckdb.DuckDBPyConnection, day: str, thresholds: T
     if not records:
         lines.append("realised: no decisions monitored for this day")
     drifts = drift_rows(connection, day)
-    features = [row for row in drifts if row["feature"] != SCORE]
+    features = [
+        row for row in drifts if row["feature"] != SCORE and row["feature"] not in DAY_CONSTANT_FEATURES
+    ]
     if features:
         score = next((row for row in drifts if row["feature"] == SCORE), None)
         top = ", ".join(f"{row['feature']} {row['psi']:.3f}" for row in features[:_TOP])
@@ -74,9 +78,15 @@ def summary_lines(connection: duckdb.DuckDBPyConnection, day: str, thresholds: T
         )
     skew = skew_row(connection, day)
     if skew:
-        examples = f" (e.g. {skew['examples']})" if skew["examples"] else ""
+        groups = ", ".join(
+            f"{group.replace('_', ' ')} {skew[f'mismatching_{group}']:,}"
+            for group in FEATURE_GROUPS
+            if skew.get(f"mismatching_{group}")
+        )
+        examples = f", e.g. {skew['examples']}" if skew["examples"] else ""
         lines.append(
             f"skew: {skew['mismatching_transactions']:,} of {skew['compared']:,} sampled transactions differ from "
-            f"their offline recomputation ({_pct(skew['mismatch_rate'])}){examples}"
+            f"their offline recomputation ({_pct(skew['mismatch_rate'])})"
+            + (f"; by feature group: {groups}{examples}" if groups else "")
         )
     return lines
