@@ -157,11 +157,15 @@ class KafkaDeadLetterSink(DynamicSink[DeadLetter]):
 
 
 def undecided(client: redis.Redis, decisions: list[Decision]) -> list[Decision]:
-    """The decisions whose transaction has no `decided:` marker yet (one MGET)."""
+    """The first decision of each transaction in the batch that has no `decided:` marker yet (one MGET)."""
     if not decisions:
         return []
     markers = client.mget([marker_key(decision.transaction_id) for decision in decisions])
-    return [decision for decision, marker in zip(decisions, markers, strict=True) if marker is None]
+    fresh: dict[str, Decision] = {}
+    for decision, marker in zip(decisions, markers, strict=True):
+        if marker is None:
+            fresh.setdefault(decision.transaction_id, decision)
+    return list(fresh.values())
 
 
 class _DecisionPartition(StatelessSinkPartition[Decision]):
