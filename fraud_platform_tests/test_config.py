@@ -75,3 +75,90 @@ def test_paths_of_the_wrong_kind_are_refused(tmp_path: Path) -> None:
         Settings.from_env({"FRAUD_PLATFORM_HOME": str(a_file)})
     with pytest.raises(ConfigError, match=r"FRAUD_PLATFORM_WAREHOUSE=.*is a directory"):
         Settings.from_env({"FRAUD_PLATFORM_HOME": str(tmp_path), "FRAUD_PLATFORM_WAREHOUSE": str(tmp_path)})
+
+
+def test_transport_defaults_to_redis_and_kafka_settings_round_trip(tmp_path: Path) -> None:
+    home = {"FRAUD_PLATFORM_HOME": str(tmp_path)}
+    default = Settings.from_env(home)
+    assert (default.transport, default.kafka_brokers, default.kafka_topic_prefix) == (
+        "redis",
+        (),
+        "fraud-platform",
+    )
+    kafka = Settings.from_env(
+        {
+            **home,
+            "FRAUD_PLATFORM_TRANSPORT": "kafka",
+            "FRAUD_PLATFORM_KAFKA_BROKERS": " kafka-0:9092, [::1]:9093 ,",
+            "FRAUD_PLATFORM_KAFKA_TOPIC_PREFIX": "risk.prod",
+        }
+    )
+    assert kafka.kafka_brokers == ("kafka-0:9092", "[::1]:9093")
+    assert kafka.kafka_topic_prefix == "risk.prod"
+    assert Settings.from_env(kafka.environment()) == kafka
+
+
+def test_kafka_security_properties_are_parsed_and_never_shown(tmp_path: Path) -> None:
+    config = (
+        "security.protocol=SASL_SSL; sasl.mechanisms=SCRAM-SHA-512\nsasl.username=fraud;sasl.password=s3cr=t"
+    )
+    settings = Settings.from_env(
+        {"FRAUD_PLATFORM_HOME": str(tmp_path), "FRAUD_PLATFORM_KAFKA_CONFIG": config}
+    )
+    assert dict(settings.kafka_config) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "fraud",
+        "sasl.password": "s3cr=t",
+    }
+    assert "s3cr=t" not in repr(settings)
+    assert "s3cr=t" not in " ".join(settings.environment().values())
+    with pytest.raises(ConfigError) as bad:
+        Settings.from_env(
+            {"FRAUD_PLATFORM_HOME": str(tmp_path), "FRAUD_PLATFORM_KAFKA_CONFIG": "sasl.password s3cr"}
+        )
+    assert "s3cr" not in str(bad.value)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        (
+            {"FRAUD_PLATFORM_TRANSPORT": "kafka"},
+            "FRAUD_PLATFORM_KAFKA_BROKERS: required when FRAUD_PLATFORM_TRANSPORT=kafka",
+        ),
+        (
+            {"FRAUD_PLATFORM_TRANSPORT": "nats"},
+            "FRAUD_PLATFORM_TRANSPORT='nats': must be one of redis, kafka",
+        ),
+        (
+            {"FRAUD_PLATFORM_KAFKA_BROKERS": "kafka-0"},
+            "FRAUD_PLATFORM_KAFKA_BROKERS: 'kafka-0' is not host:port",
+        ),
+        (
+            {"FRAUD_PLATFORM_KAFKA_BROKERS": "k:99999"},
+            "FRAUD_PLATFORM_KAFKA_BROKERS: 'k:99999' is not host:port",
+        ),
+        (
+            {"FRAUD_PLATFORM_KAFKA_TOPIC_PREFIX": "a/b"},
+            "FRAUD_PLATFORM_KAFKA_TOPIC_PREFIX='a/b': use 1 to 200",
+        ),
+        (
+            {"FRAUD_PLATFORM_KAFKA_CONFIG": "acks=all;sasl.password"},
+            "FRAUD_PLATFORM_KAFKA_CONFIG: item 2 is not key=value",
+        ),
+        (
+            {"FRAUD_PLATFORM_KAFKA_CONFIG": "bootstrap.servers=x:1"},
+            "FRAUD_PLATFORM_KAFKA_CONFIG: bootstrap.servers is set by the platform .use FRAUD_PLATFORM_KAFKA_BROKERS",
+        ),
+        (
+            {"FRAUD_PLATFORM_KAFKA_CONFIG": "group.id=g"},
+            "FRAUD_PLATFORM_KAFKA_CONFIG: group.id is set by the platform",
+        ),
+    ],
+)
+def test_bad_kafka_settings_name_the_variable(
+    tmp_path: Path, variables: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"FRAUD_PLATFORM_HOME": str(tmp_path), **variables})
