@@ -416,6 +416,8 @@ def test_whole_group_on_the_streamed_day_finds_no_skew_and_logs_to_mlflow(stream
     (run,) = client.search_runs([experiment], filter_string=f"tags.day = '{day}'")
     assert "decisions" in run.data.metrics and f"psi/{SHIFTED}" in run.data.metrics
     assert run.data.tags["model_version"] == str(registry.champion_version(client).version)
+    logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert logged == {"psi_by_feature.png", "realised_performance.png", "label_maturity.png"}
 
 
 def test_skew_counts_exactly_the_corrupted_served_vectors(streamed: dict) -> None:

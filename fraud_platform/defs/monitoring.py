@@ -36,8 +36,16 @@ from fraud_platform.monitoring.performance import (
 )
 from fraud_platform.monitoring.served import reference_features, served_day
 from fraud_platform.monitoring.skew import measure_skew
-from fraud_platform.monitoring.store import SCHEMA, replace_day
-from fraud_platform.monitoring.summary import SCORE, drift_rows, performance_records, skew_row, summary_lines
+from fraud_platform.monitoring.store import replace_day
+from fraud_platform.monitoring.summary import (
+    SCORE,
+    drift_rows,
+    maturity_points,
+    performance_history,
+    performance_records,
+    skew_row,
+    summary_lines,
+)
 from fraud_platform.monitoring.tracking import log_day, validation_metrics
 from fraud_platform.training import registry
 from fraud_platform.training.model import score
@@ -155,13 +163,7 @@ def monitoring_realised_performance(
     with warehouse.get_connection() as connection:
         records = realised_performance(connection, day)
         replace_day(connection, "realised_performance", day, [record.row() for record in records])
-        history = connection.execute(
-            f"""SELECT CAST(day AS VARCHAR), sum(declines_fraud) / nullif(sum(declines), 0),
-                       (sum(declines_fraud) + sum(reviews_fraud)) / nullif(sum(frauds_known), 0),
-                       sum(labelled) / sum(decisions)
-                FROM {SCHEMA}.realised_performance WHERE day <= ?::DATE GROUP BY day ORDER BY day DESC LIMIT ?""",
-            [day, _HISTORY_DAYS],
-        ).fetchall()[::-1]
+        chart = charts.performance_chart(*performance_history(connection, day, _HISTORY_DAYS), day)
     client = mlflow.client()
     verdict = judge.judge_performance(
         records,
@@ -169,11 +171,6 @@ def monitoring_realised_performance(
         monitoring.thresholds(),
     )
     overall = combined(records, day)
-    series = {
-        name: [float("nan") if row[index] is None else float(row[index]) for row in history]
-        for index, name in enumerate(("decline precision", "alert recall", "labelled share"), start=1)
-    }
-    chart = charts.performance_chart([row[0] for row in history], series, day)
     metadata: dict[str, dg.MetadataValue] = {
         "decisions": dg.MetadataValue.int(overall.decisions),
         **{name: _number(value) for name, value in overall.ratios().items()},
@@ -407,6 +404,12 @@ def monitoring_mlflow_runs(
         drifts = drift_rows(connection, day)
         skew = skew_row(connection, day) or {}
         lines = summary_lines(connection, day, thresholds)
+        figures = {
+            "realised_performance.png": charts.performance_chart(
+                *performance_history(connection, day, _HISTORY_DAYS), day
+            ),
+            "label_maturity.png": charts.maturity_chart(maturity_points(connection, day), day),
+        }
     shared: dict[str, float] = {
         **{f"psi/{row['feature']}": row["psi"] for row in drifts},
         **{f"ks/{row['feature']}": row["ks"] for row in drifts},
@@ -421,11 +424,10 @@ def monitoring_mlflow_runs(
         for row in drifts
         if row["feature"] != SCORE
     ]
-    figures = (
-        {"psi_by_feature.png": charts.psi_chart(features, day, thresholds.psi_warn, thresholds.psi_error)}
-        if features
-        else {}
-    )
+    if features:
+        figures["psi_by_feature.png"] = charts.psi_chart(
+            features, day, thresholds.psi_warn, thresholds.psi_error
+        )
     client = mlflow.client()
     run_ids = {
         record.model_version: log_day(

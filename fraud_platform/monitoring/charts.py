@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
-from fraud_platform.monitoring.drift import FeatureDrift
+from fraud_platform.monitoring.drift import DAY_CONSTANT_FEATURES, FeatureDrift
 from fraud_platform.monitoring.performance import MaturityPoint
 
 _TOP = 15
@@ -17,8 +17,18 @@ def psi_chart(drifts: Sequence[FeatureDrift], day: str, warn: float, error: floa
     top = sorted(drifts, key=lambda drift: drift.psi)[-_TOP:]
     figure = Figure(figsize=(6.5, 4.5))
     axes = figure.add_subplot()
-    colours = ["tab:red" if d.psi >= error else "tab:orange" if d.psi >= warn else "tab:blue" for d in top]
-    axes.barh([drift.feature for drift in top], [drift.psi for drift in top], color=colours)
+    colours = [
+        "tab:gray"
+        if d.feature in DAY_CONSTANT_FEATURES
+        else "tab:red"
+        if d.psi >= error
+        else "tab:orange"
+        if d.psi >= warn
+        else "tab:blue"
+        for d in top
+    ]
+    names = [f"{d.feature} (not judged)" if d.feature in DAY_CONSTANT_FEATURES else d.feature for d in top]
+    axes.barh(names, [drift.psi for drift in top], color=colours)
     axes.axvline(warn, color="tab:orange", linestyle="--", linewidth=1, label=f"warn {warn}")
     axes.axvline(error, color="tab:red", linestyle="--", linewidth=1, label=f"error {error}")
     axes.set(xlabel="population stability index", title=f"Drift vs training data, {day} (top {len(top)})")

@@ -4,7 +4,7 @@ import duckdb
 
 from fraud_platform.monitoring.drift import DAY_CONSTANT_FEATURES
 from fraud_platform.monitoring.judge import Thresholds
-from fraud_platform.monitoring.performance import RealisedPerformance
+from fraud_platform.monitoring.performance import MaturityPoint, RealisedPerformance
 from fraud_platform.monitoring.skew import FEATURE_GROUPS
 from fraud_platform.monitoring.store import SCHEMA, table_exists
 
@@ -30,6 +30,36 @@ def performance_records(connection: duckdb.DuckDBPyConnection, day: str) -> list
         RealisedPerformance(**{name: row[name] for name in fields})
         for row in _rows(connection, "realised_performance", day, "model_version")
     ]
+
+
+def maturity_points(connection: duckdb.DuckDBPyConnection, day: str) -> list[MaturityPoint]:
+    """The stored label maturity curve of `day`."""
+    fields = MaturityPoint.__dataclass_fields__
+    return [
+        MaturityPoint(**{name: row[name] for name in fields})
+        for row in _rows(connection, "label_maturity", day, "age_days")
+    ]
+
+
+def performance_history(
+    connection: duckdb.DuckDBPyConnection, day: str, days: int
+) -> tuple[list[str], dict[str, list[float]]]:
+    """Decline precision, alert recall and labelled share of every model version together, for the
+    monitored days up to `day` (at most `days` of them), oldest first."""
+    if not table_exists(connection, "realised_performance"):
+        return [], {}
+    rows = connection.execute(
+        f"""SELECT CAST(day AS VARCHAR), sum(declines_fraud) / nullif(sum(declines), 0),
+                   (sum(declines_fraud) + sum(reviews_fraud)) / nullif(sum(frauds_known), 0),
+                   sum(labelled) / sum(decisions)
+            FROM {SCHEMA}.realised_performance WHERE day <= ?::DATE GROUP BY day ORDER BY day DESC LIMIT ?""",
+        [day, days],
+    ).fetchall()[::-1]
+    series = {
+        name: [float("nan") if row[index] is None else float(row[index]) for row in rows]
+        for index, name in enumerate(("decline precision", "alert recall", "labelled share"), start=1)
+    }
+    return [row[0] for row in rows], series
 
 
 def drift_rows(connection: duckdb.DuckDBPyConnection, day: str) -> list[dict]:
