@@ -19,6 +19,7 @@ The scenario, on one simulated world (history | live days | tail):
    with v2; every published transaction is decided exactly once.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -38,10 +39,13 @@ import redis
 from mlflow import MlflowClient
 
 from fraud_platform.config import Settings
+from fraud_platform.defs.automation import SEEN_HORIZON, landing_sensor
+from fraud_platform.defs.raw import LANDING_DAYS
+from fraud_platform.defs.resources import LandingResource
 from fraud_platform.defs.training import MODEL_ASSET
 from fraud_platform.lib.bus import STREAM_SOURCE, events_from_table, publish
 from fraud_platform.lib.keys import DECISIONS_STREAM
-from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.landing import MANIFEST, LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer
 from fraud_platform.lib.schema import TRANSACTIONS
 from fraud_platform.lib.simulator import SimulatedData, SimulationConfig, simulate
@@ -284,3 +288,41 @@ def test_the_running_stream_swaps_to_the_model_retrained_on_its_own_decisions(
         )
     assert streamed >= len(live) and logged >= len(live)
     assert all(from_stream.get(split, 0) > 1_000 for split in ("train", "validation", "test"))
+
+
+def test_the_landing_sensor_sees_each_batch_once_with_a_bounded_cursor(platform_env: Settings) -> None:
+    """A feature log lands a batch a minute for years: the cursor keeps only the batches of the last
+    SEEN_HORIZON, and every batch is still requested exactly once."""
+    settings = platform_env
+    zone = LandingZone(settings.landing_dir)
+    instance = instance_for(settings)
+    resources = {"landing": LandingResource(root=str(settings.landing_dir))}
+    history = simulate(SimulationConfig(cards=20, days=1, seed=3)).transactions
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    requested: list[str] = []
+    cursor = None
+    for index in range(8):  # one batch every 20 minutes, the sensor ticking after each
+        batch = f"stream-{index}"
+        zone.write_batch(batch, history.slice(index, 1), source=STREAM_SOURCE)
+        manifest = zone.batches_dir / batch / MANIFEST
+        stamped = (start + index * SEEN_HORIZON / 3).isoformat(timespec="seconds")
+        manifest.write_text(manifest.read_text().replace(zone.manifest(batch).created_at, stamped))
+        result = landing_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor)
+        )
+        requested += [run.run_key for run in result.run_requests]
+        cursor = result.cursor
+        if result.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(
+                LANDING_DAYS.name, list(result.dynamic_partitions_requests[0].partition_keys)
+            )
+    assert requested == [f"transactions:stream-{index}" for index in range(8)]
+    assert sorted(json.loads(cursor)["seen"]) == [f"stream-{index}" for index in range(4, 8)]
+
+    # A cursor of an earlier version (every id seen) is still understood.
+    again = landing_sensor(
+        dg.build_sensor_context(
+            instance=instance, resources=resources, cursor=json.dumps([f"stream-{i}" for i in range(8)])
+        )
+    )
+    assert again.skip_reason is not None and not again.run_requests

@@ -1,11 +1,17 @@
 """What runs the batch side by itself: a sensor on the landing zone and a daily refresh schedule."""
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from fraud_platform.defs.raw import CONTEXT_ASSETS, LANDING_DAYS, raw_transactions
 from fraud_platform.defs.resources import LandingResource
+from fraud_platform.lib.landing import BatchManifest
+
+# A batch is stamped (created_at) just before it is published, so none appears later than this after a newer
+# one: batches older than the newest seen minus this are taken as seen, and the cursor stays small.
+SEEN_HORIZON = timedelta(hours=1)
 
 BATCH_SIDE = dg.AssetSelection.groups("batch_features", "labels", "realtime_features", "online")
 
@@ -30,9 +36,16 @@ daily_batch_refresh = dg.ScheduleDefinition(
     description="Loads new landing batches: adds their days as partitions and materialises them.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingResource) -> dg.SensorResult:
-    """One run for the new batches' days (a single-run range) and one for their context tables."""
-    seen = set(json.loads(context.cursor or "[]"))
-    new_batches = [manifest for manifest in landing.zone().batches() if manifest.batch_id not in seen]
+    """One run for the new batches' days (a single-run range) and one for their context tables.
+
+    The cursor is a watermark and the ids of the batches seen since it (a plain list of ids from earlier
+    versions is read as ids with no watermark).
+    """
+    watermark, seen = _read_cursor(context.cursor)
+    batches = landing.zone().batches()
+    new_batches = [
+        manifest for manifest in batches if manifest.batch_id not in seen and _created(manifest) >= watermark
+    ]
     if not new_batches:
         return dg.SensorResult(skip_reason="no new landing batch")
     known = list(context.instance.get_dynamic_partitions(LANDING_DAYS.name))
@@ -62,5 +75,28 @@ def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingResource
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=[LANDING_DAYS.build_add_request(added)] if added else [],
-        cursor=json.dumps(sorted(seen | {manifest.batch_id for manifest in new_batches})),
+        cursor=_write_cursor(batches, seen | {manifest.batch_id for manifest in new_batches}),
     )
+
+
+def _created(manifest: BatchManifest) -> datetime:
+    return datetime.fromisoformat(manifest.created_at)
+
+
+def _read_cursor(cursor: str | None) -> tuple[datetime, set[str]]:
+    """The landing sensor's watermark and the batch ids seen at or after it."""
+    state = json.loads(cursor or "[]")
+    if isinstance(state, list):
+        return datetime.min.replace(tzinfo=UTC), set(state)
+    return datetime.fromisoformat(state["watermark"]), set(state["seen"])
+
+
+def _write_cursor(batches: list[BatchManifest], seen: set[str]) -> str:
+    """The newest seen batch's time minus SEEN_HORIZON, and the seen batches stamped at or after it."""
+    watermark = max(_created(manifest) for manifest in batches if manifest.batch_id in seen) - SEEN_HORIZON
+    recent = sorted(
+        manifest.batch_id
+        for manifest in batches
+        if manifest.batch_id in seen and _created(manifest) >= watermark
+    )
+    return json.dumps({"watermark": watermark.isoformat(), "seen": recent})
