@@ -97,8 +97,9 @@ def realised_performance(
         """,
         [day, as_of],
     ).fetchall()
+    stamp = as_of.isoformat(sep=" ", timespec="seconds")
     return [
-        RealisedPerformance(day, str(version), str(as_of), *map(int, counts), float(caught), float(missed))
+        RealisedPerformance(day, str(version), stamp, *map(int, counts), float(caught), float(missed))
         for version, *counts, caught, missed in rows
     ]
 
