@@ -24,7 +24,7 @@ recovers) instead of dropping output.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
@@ -35,8 +35,9 @@ from bytewax_flows.redis_io import stream_client
 from fraud_platform.config import Settings
 from fraud_platform.lib.bus import DeadLetter, dead_letter, decode_event, kafka_properties, kafka_topics
 from fraud_platform.lib.schema import Transaction
-from fraud_platform.scoring.decisions import decision_event, marker_key
-from fraud_platform.scoring.scorer import Decision
+
+if TYPE_CHECKING:
+    from fraud_platform.scoring.scorer import Decision
 
 KafkaItem: TypeAlias = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
 REASON_HEADER = "reason"
@@ -129,6 +130,8 @@ def dead_letter_message(letter: DeadLetter) -> KafkaSinkMessage[None, bytes]:
 
 def decision_message(decision: Decision) -> KafkaSinkMessage[bytes, bytes]:
     """A decision as a Kafka message keyed by card_id, with the decision's JSON (`decision_event`)."""
+    from fraud_platform.scoring.decisions import decision_event  # see undecided
+
     return KafkaSinkMessage(decision.card_id.encode(), decision_event(decision))
 
 
@@ -158,6 +161,9 @@ class KafkaDeadLetterSink(DynamicSink[DeadLetter]):
 
 def undecided(client: redis.Redis, decisions: list[Decision]) -> list[Decision]:
     """The first decision of each transaction in the batch that has no `decided:` marker yet (one MGET)."""
+    # Imported here: the scoring package loads the model libraries, which the feature flow does not need.
+    from fraud_platform.scoring.decisions import marker_key
+
     if not decisions:
         return []
     markers = client.mget([marker_key(decision.transaction_id) for decision in decisions])
@@ -168,7 +174,7 @@ def undecided(client: redis.Redis, decisions: list[Decision]) -> list[Decision]:
     return list(fresh.values())
 
 
-class _DecisionPartition(StatelessSinkPartition[Decision]):
+class _DecisionPartition(StatelessSinkPartition["Decision"]):
     def __init__(
         self,
         client: redis.Redis,
@@ -192,7 +198,7 @@ class _DecisionPartition(StatelessSinkPartition[Decision]):
         self._client.close()
 
 
-class KafkaDecisionSink(DynamicSink[Decision]):
+class KafkaDecisionSink(DynamicSink["Decision"]):
     """Decisions to the decisions topic, keyed by card_id; `markers` (the Redis decision sink) records each
     transaction as decided after its decision is on Kafka and keeps the live decisions stream."""
 
