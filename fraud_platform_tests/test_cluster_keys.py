@@ -5,7 +5,6 @@ What is not per card (docs/scale-out.md): the decisions script's markers `decide
 decisions stream, the dead-letter stream, the transactions shards and the batch-generation pointer each
 hash to their own slot."""
 
-import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from redis.crc import key_slot
@@ -32,16 +31,17 @@ def test_a_cards_keys_share_one_slot_and_cards_spread_over_the_slots() -> None:
 
 @given(ids)
 def test_every_key_of_a_card_maps_to_one_slot(card_id: str) -> None:
-    assume(not card_id.startswith("}"))  # see the test below
     assert len(_slots(_card_keys(card_id))) == 1
     merchant_keys = [merchant_batch_key(generation, card_id) for generation in GENERATIONS]
     assert len(_slots(merchant_keys)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an id starting with '}' makes an empty hash tag {}, so the whole key is hashed: "
-    "lib/keys.py would need to escape such ids",
-)
-def test_an_id_starting_with_a_closing_brace_keeps_one_slot() -> None:
-    assert len(_slots(_card_keys("}odd"))) == 1
+def test_an_id_starting_with_a_closing_brace_keeps_one_slot_and_its_own_keys() -> None:
+    assert len(_slots(_card_keys("}odd"))) == 1  # `{}odd}` would be an empty tag: the whole key hashed
+    assert card_realtime_key("}odd") != card_realtime_key("!}}odd")
+
+
+@given(ids, ids)
+def test_different_cards_never_share_a_key(first: str, second: str) -> None:
+    assume(first != second)
+    assert not set(_card_keys(first)) & set(_card_keys(second))

@@ -1,7 +1,7 @@
 """Every Redis key and stream name the platform uses, in one place.
 
 Keys that belong to a card carry the card id as a hash tag (`{card_id}`), so on Redis Cluster everything of
-one card lives in one slot and a per-card pipeline never crosses slots.
+one card lives in one slot and a per-card pipeline never crosses slots (merchants likewise).
 """
 
 import zlib
@@ -22,16 +22,25 @@ def transactions_stream(shard: int) -> str:
     return f"{TRANSACTIONS_STREAM_PREFIX}:{shard}"
 
 
+def _tagged(entity_id: str) -> str:
+    """The id as the key's hash tag, `{id}`.
+
+    An id starting with '}' would close the tag at once, and an empty tag hashes the whole key (a card's keys
+    would scatter): such an id is written `#{!}id` instead, tag "!", which no `{id}` form can equal.
+    """
+    return f"#{{!}}{entity_id}" if entity_id.startswith("}") else f"{{{entity_id}}}"
+
+
 def card_realtime_key(card_id: str) -> str:
     """Packed real-time window features of a card, written by the stream."""
-    return f"rt:{{{card_id}}}"
+    return f"rt:{_tagged(card_id)}"
 
 
 def card_batch_key(generation: str, card_id: str) -> str:
     """Packed batch features of a card in one materialisation generation."""
-    return f"batch:{generation}:card:{{{card_id}}}"
+    return f"batch:{generation}:card:{_tagged(card_id)}"
 
 
 def merchant_batch_key(generation: str, merchant_id: str) -> str:
     """Packed batch features of a merchant in one materialisation generation."""
-    return f"batch:{generation}:merchant:{{{merchant_id}}}"
+    return f"batch:{generation}:merchant:{_tagged(merchant_id)}"
