@@ -77,11 +77,18 @@ class LoadedModel:
 
 
 def configure(tracking_uri: str, artifact_root: Path) -> MlflowClient:
-    """Point MLflow at the store and make sure the experiment exists with artefacts under `artifact_root`."""
+    """Point MLflow at the store and make sure the experiment exists.
+
+    With a local store (sqlite, file) artefacts go under `artifact_root`; a tracking server (http, https,
+    databricks) keeps them where the server is configured to (its artifact store), so none is given.
+    """
     mlflow.set_tracking_uri(tracking_uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifact_root.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root.resolve().as_uri())
+        if tracking_uri.startswith(("http://", "https://", "databricks")):
+            mlflow.create_experiment(EXPERIMENT)
+        else:
+            artifact_root.mkdir(parents=True, exist_ok=True)
+            mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root.resolve().as_uri())
     mlflow.set_experiment(EXPERIMENT)
     return MlflowClient(tracking_uri)
 
