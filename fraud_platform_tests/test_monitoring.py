@@ -191,6 +191,17 @@ def test_realised_metrics_equal_a_hand_computation(judged: duckdb.DuckDBPyConnec
     assert (early[0].labelled, early[0].frauds_known, early[0].reviews_fraud) == (1, 1, 0)
 
 
+def test_a_missing_table_is_named_with_how_to_make_it(tmp_path: Path) -> None:
+    with duckdb.connect(str(tmp_path / "empty.duckdb")) as connection:
+        with pytest.raises(ValueError, match=r"no table raw.decisions: run the scoring flow"):
+            served_day(connection, DAY)
+        _write(connection, "raw.decisions", _decisions([]))
+        with pytest.raises(
+            ValueError, match=r"no table main.transaction_labels: run 'fraud-platform refresh'"
+        ):
+            realised_performance(connection, DAY)
+
+
 def test_label_maturity_curve_counts_labels_known_by_each_age(judged: duckdb.DuckDBPyConnection) -> None:
     curve = label_maturity(judged, DAY, horizon_days=31)
     # Labels known 1, 2, 5, 9 and 30 days after a noon transaction count from the end of the day + as many days.

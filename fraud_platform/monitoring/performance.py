@@ -14,6 +14,8 @@ from datetime import date, datetime
 import duckdb
 import numpy as np
 
+from fraud_platform.monitoring.store import require_tables
+
 DAY_SQL = "CAST(timezone('UTC', {column}) AS DATE)"
 _DAY_MS = 86_400_000
 
@@ -66,7 +68,8 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 def labels_as_of(connection: duckdb.DuckDBPyConnection) -> datetime | None:
     """The moment `transaction_labels` describes (None when the table is empty)."""
-    (value,) = connection.execute("SELECT max(labels_as_of) FROM transaction_labels").fetchone()
+    require_tables(connection, "main.transaction_labels")
+    (value,) = connection.execute("SELECT max(labels_as_of) FROM transaction_labels").fetchall()[0]
     return value
 
 
@@ -74,6 +77,7 @@ def realised_performance(
     connection: duckdb.DuckDBPyConnection, day: str, as_of: datetime | None = None
 ) -> list[RealisedPerformance]:
     """One record per model version that decided transactions of `day` (UTC day of the event)."""
+    require_tables(connection, "raw.decisions")
     as_of = as_of or labels_as_of(connection)
     if as_of is None:
         raise ValueError("transaction_labels is empty: run 'fraud-platform refresh' before monitoring")
@@ -134,7 +138,7 @@ def label_maturity(
         "coalesce(list(label = 1 ORDER BY transaction_id), []) "
         "FROM transaction_labels WHERE event_date = ?::DATE",
         [day],
-    ).fetchone()
+    ).fetchall()[0]
     known = np.array([np.nan if value is None else value for value in known_ms], dtype=np.float64)
     fraud = np.array([bool(value) for value in is_fraud], dtype=bool)
     day_end_ms = (date.fromisoformat(day) - date(1970, 1, 1)).days * _DAY_MS + _DAY_MS

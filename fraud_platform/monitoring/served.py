@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
 from fraud_platform.monitoring.performance import DAY_SQL
+from fraud_platform.monitoring.store import require_tables
 
 DATASET_TABLE = "training.dataset"
 
@@ -31,6 +32,7 @@ class ServedDay:
 
 def served_day(connection: duckdb.DuckDBPyConnection, day: str, limit: int | None = None) -> ServedDay:
     """The day's decisions (UTC day of the event), optionally a deterministic sample of `limit` of them."""
+    require_tables(connection, "raw.decisions")
     sample = (
         "ORDER BY hash(transaction_id), transaction_id LIMIT $limit" if limit else "ORDER BY transaction_id"
     )
@@ -68,6 +70,7 @@ def reference_features(
     connection: duckdb.DuckDBPyConnection, rows: int, trained_until: str = ""
 ) -> np.ndarray:
     """Up to `rows` training rows (train split, up to `trained_until` when given), a deterministic sample."""
+    require_tables(connection, DATASET_TABLE)
     columns = ", ".join(f'"{name}"' for name in MODEL_FEATURES)
     until = "AND event_date <= $until::DATE" if trained_until else ""
     table = connection.sql(

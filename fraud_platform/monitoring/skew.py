@@ -27,6 +27,7 @@ from fraud_platform.features.vector import CARD_PREFIX, MERCHANT_PREFIX, MODEL_F
 from fraud_platform.lib.schema import TRANSACTIONS
 from fraud_platform.monitoring.performance import DAY_SQL
 from fraud_platform.monitoring.served import ServedDay
+from fraud_platform.monitoring.store import require_tables
 
 RTOL = 1e-6  # a few float32 ulps (float32 epsilon is 1.2e-7)
 ATOL = 1e-6
@@ -67,6 +68,7 @@ def offline_vectors(
     connection: duckdb.DuckDBPyConnection, transaction_ids: list[str]
 ) -> dict[str, np.ndarray]:
     """transaction_id -> its model vector recomputed from the warehouse (ids not in raw.transactions are absent)."""
+    require_tables(connection, "raw.transactions", "main.card_daily_features", "main.merchant_daily_features")
     sampled_ids = pa.table({"transaction_id": pa.array(transaction_ids, pa.string())})  # noqa: F841 - scanned
     rows = connection.sql(
         f"""

@@ -43,7 +43,26 @@ def replace_day(
         raise
 
 
-def table_exists(connection: duckdb.DuckDBPyConnection, table: str) -> bool:
-    """Whether monitoring.<table> exists."""
+def table_exists(connection: duckdb.DuckDBPyConnection, table: str, schema: str = SCHEMA) -> bool:
+    """Whether <schema>.<table> exists (by default a monitoring table)."""
     query = "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?"
-    return bool(connection.execute(query, [SCHEMA, table]).fetchone()[0])
+    return bool(connection.execute(query, [schema, table]).fetchall()[0][0])
+
+
+# Where each table monitoring reads comes from, for the error when it is missing.
+_SOURCES = {
+    "raw.decisions": "run the scoring flow, then 'fraud-platform load' (its feature log)",
+    "raw.transactions": "run 'fraud-platform load'",
+    "main.transaction_labels": "run 'fraud-platform refresh'",
+    "main.card_daily_features": "run 'fraud-platform refresh'",
+    "main.merchant_daily_features": "run 'fraud-platform refresh'",
+    "training.dataset": "run 'fraud-platform train'",
+}
+
+
+def require_tables(connection: duckdb.DuckDBPyConnection, *tables: str) -> None:
+    """Raise ValueError naming the first missing warehouse table (schema.name) and how to create it."""
+    for table in tables:
+        schema, name = table.split(".")
+        if not table_exists(connection, name, schema):
+            raise ValueError(f"the warehouse has no table {table}: {_SOURCES.get(table, 'build it first')}")
