@@ -27,7 +27,7 @@ from fraud_platform.defs.training import (
 )
 from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.monitoring import charts, judge
-from fraud_platform.monitoring.drift import FeatureDrift, feature_drift, matrix_drift
+from fraud_platform.monitoring.drift import DAY_CONSTANT_FEATURES, FeatureDrift, feature_drift, matrix_drift
 from fraud_platform.monitoring.performance import (
     MaturityPoint,
     combined,
@@ -290,13 +290,14 @@ def monitoring_drift(
         replace_day(connection, "drift", day, rows)
     thresholds = monitoring.thresholds()
     top = sorted(drifts, key=lambda drift: drift.psi, reverse=True)
+    judged = [drift for drift in top if drift.feature not in DAY_CONSTANT_FEATURES]
     metadata: dict[str, dg.MetadataValue] = {
         "served_rows": dg.MetadataValue.int(len(served)),
         "reference_rows": dg.MetadataValue.int(len(reference)),
         "reference_model_version": dg.MetadataValue.text(reference_version),
         "other_feature_definitions": dg.MetadataValue.int(served.other_definitions),
-        "max_psi": _number(top[0].psi if top else float("nan")),
-        "max_psi_feature": dg.MetadataValue.text(top[0].feature if top else "-"),
+        "max_psi": _number(judged[0].psi if judged else float("nan")),
+        "max_psi_feature": dg.MetadataValue.text(judged[0].feature if judged else "-"),
         "score_psi": _number(score_drift[0].psi if score_drift else float("nan")),
         "top_features": _md_table(
             ["feature", "PSI", "KS", "missing served", "missing training"],
