@@ -56,11 +56,11 @@ def maturity_chart(points: Sequence[MaturityPoint], day: str) -> Figure:
     """Share of the day's transactions labelled, by days since the day ended."""
     figure = Figure(figsize=(6.5, 3.5))
     axes = figure.add_subplot()
-    axes.step(
-        [p.age_days for p in points], [p.labelled_share for p in points], where="post", label="labelled"
-    )
+    ages = [p.age_days for p in points]
     frauds = [p.frauds_known / p.transactions if p.transactions else 0.0 for p in points]
-    axes.step([p.age_days for p in points], frauds, where="post", label="labelled fraud")
+    axes.step(ages, [p.labelled_share for p in points], where="post", marker="o", label="labelled")
+    axes.step(ages, frauds, where="post", marker=".", label="labelled fraud")
+    axes.set_xlim(-0.5, max([*ages, 1]) + 0.5)
     axes.set(
         ylim=(-0.02, 1.02), xlabel="days after the day ended", ylabel="share of the day's transactions",
         title=f"Label maturity of {day}",
