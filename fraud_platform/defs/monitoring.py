@@ -67,6 +67,8 @@ RETRAIN_CHECKS = (
 )
 _SEVERITY = {judge.WARN: dg.AssetCheckSeverity.WARN, judge.ERROR: dg.AssetCheckSeverity.ERROR}
 _HISTORY_DAYS = 60
+# Tracking URIs of an MLflow server, which keeps artefacts in its own store (as `registry.configure`).
+_TRACKING_SERVERS = ("http://", "https://", "databricks")
 _PERFORMANCE_COLUMNS = (
     "decisions",
     "labelled_share",
@@ -433,7 +435,7 @@ def monitoring_mlflow_runs(
     run_ids = {
         record.model_version: log_day(
             client,
-            Path(mlflow.artifact_root),
+            None if mlflow.tracking_uri.startswith(_TRACKING_SERVERS) else Path(mlflow.artifact_root),
             day,
             record.model_version,
             {

@@ -31,11 +31,14 @@ def validation_metrics(client: MlflowClient, version: str) -> dict[str, float]:
     }
 
 
-def experiment_id(client: MlflowClient, artifact_root: Path) -> str:
-    """The monitoring experiment, created on first use with its artefacts under `artifact_root`."""
+def experiment_id(client: MlflowClient, artifact_root: Path | None) -> str:
+    """The monitoring experiment, created on first use with its artefacts under `artifact_root` (None: a
+    tracking server's own artifact store, as `registry.configure` does)."""
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
+    if artifact_root is None:
+        return client.create_experiment(EXPERIMENT)
     location = (artifact_root / "monitoring").resolve()
     location.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(EXPERIMENT, artifact_location=location.as_uri())
@@ -43,7 +46,7 @@ def experiment_id(client: MlflowClient, artifact_root: Path) -> str:
 
 def log_day(
     client: MlflowClient,
-    artifact_root: Path,
+    artifact_root: Path | None,
     day: str,
     model_version: str,
     metrics: Mapping[str, float],
