@@ -152,20 +152,26 @@ class _FeatureLogPartition(StatelessSinkPartition[Decision]):
 
     def close(self) -> None:
         """Publish what is buffered."""
-        self._log.flush()
+        self._log.close()
 
 
 class FeatureLogSink(DynamicSink[Decision]):
-    """Scored transactions with their served features, to the landing zone in batches (one log per worker)."""
+    """Scored transactions with their served features, to the landing zone in batches (one log per worker):
+    every `flush_events` decisions, or once the oldest buffered one has waited
+    FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS, even when no new transaction arrives."""
 
-    def __init__(self, settings: Settings, flush_events: int = 50_000, flush_seconds: float = 60.0) -> None:
+    def __init__(self, settings: Settings, flush_events: int = 50_000) -> None:
         self._settings = settings
         self._flush_events = flush_events
-        self._flush_seconds = flush_seconds
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _FeatureLogPartition:
         """A buffer for one worker."""
         name = f"{os.getpid()}w{worker_index}"
         return _FeatureLogPartition(
-            FeatureLog(self._settings.landing_dir, name, self._flush_events, self._flush_seconds)
+            FeatureLog(
+                self._settings.landing_dir,
+                name,
+                self._flush_events,
+                self._settings.feature_log_flush_seconds,
+            )
         )

@@ -28,6 +28,7 @@ RETRAIN_LABELS_VAR = "FRAUD_PLATFORM_RETRAIN_MIN_NEW_LABELS"
 STREAM_MAX_LENGTH_VAR = "FRAUD_PLATFORM_STREAM_MAX_LENGTH"
 MODEL_REFRESH_VAR = "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS"
 SCORING_MODE_VAR = "FRAUD_PLATFORM_SCORING_MODE"
+FEATURE_LOG_FLUSH_VAR = "FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS"
 TRANSPORT_VAR = "FRAUD_PLATFORM_TRANSPORT"
 KAFKA_BROKERS_VAR = "FRAUD_PLATFORM_KAFKA_BROKERS"
 KAFKA_TOPIC_PREFIX_VAR = "FRAUD_PLATFORM_KAFKA_TOPIC_PREFIX"
@@ -41,6 +42,7 @@ DEFAULT_FEATURE_TTL_SECONDS = 3 * 86_400
 DEFAULT_RETRAIN_MIN_NEW_LABELS = 1_000
 DEFAULT_STREAM_MAX_LENGTH = 10_000_000  # entries per shard, about 2 GB of Redis memory at ~216 bytes each
 DEFAULT_MODEL_REFRESH_SECONDS = 30
+DEFAULT_FEATURE_LOG_FLUSH_SECONDS = 60
 SCORING_MODES = ("model", "rules")
 TRANSPORTS = ("redis", "kafka")
 DEFAULT_KAFKA_TOPIC_PREFIX = "fraud-platform"
@@ -69,9 +71,9 @@ class Settings:
     """Resolved configuration. `redis_url` is None when the project runs its own local server."""
 
     home: Path
-    redis_url: str | None
+    redis_url: str | None = field(repr=False)  # may hold a password: never in repr (logs, tracebacks)
     redis_port: int
-    mlflow_tracking_uri: str
+    mlflow_tracking_uri: str = field(repr=False)  # a database URI may hold a password, as above
     dagster_home: Path
     warehouse_path: Path
     landing_dir: Path
@@ -83,6 +85,7 @@ class Settings:
     stream_max_length: int
     model_refresh_seconds: int = DEFAULT_MODEL_REFRESH_SECONDS
     scoring_mode: str = SCORING_MODES[0]
+    feature_log_flush_seconds: int = DEFAULT_FEATURE_LOG_FLUSH_SECONDS
     transport: str = TRANSPORTS[0]
     kafka_brokers: tuple[str, ...] = ()
     kafka_topic_prefix: str = DEFAULT_KAFKA_TOPIC_PREFIX
@@ -129,6 +132,9 @@ class Settings:
             stream_max_length=_integer(env, STREAM_MAX_LENGTH_VAR, DEFAULT_STREAM_MAX_LENGTH, 0, 10**12),
             model_refresh_seconds=_integer(env, MODEL_REFRESH_VAR, DEFAULT_MODEL_REFRESH_SECONDS, 1, 86_400),
             scoring_mode=_choice(env, SCORING_MODE_VAR, SCORING_MODES),
+            feature_log_flush_seconds=_integer(
+                env, FEATURE_LOG_FLUSH_VAR, DEFAULT_FEATURE_LOG_FLUSH_SECONDS, 1, 86_400
+            ),
             **_kafka(env),
         )
 
@@ -152,6 +158,7 @@ class Settings:
             STREAM_MAX_LENGTH_VAR: str(self.stream_max_length),
             MODEL_REFRESH_VAR: str(self.model_refresh_seconds),
             SCORING_MODE_VAR: self.scoring_mode,
+            FEATURE_LOG_FLUSH_VAR: str(self.feature_log_flush_seconds),
             TRANSPORT_VAR: self.transport,
             KAFKA_TOPIC_PREFIX_VAR: self.kafka_topic_prefix,
         }

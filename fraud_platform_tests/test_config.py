@@ -39,6 +39,7 @@ def test_explicit_values_win(tmp_path: Path) -> None:
     assert settings.redis_url == "rediss://:secret@cache.example:6380/2"
     assert settings.label_maturity_days == 30
     assert settings.dagster_home == tmp_path / "elsewhere"
+    assert "secret" not in repr(settings)  # URLs with passwords stay out of logs and tracebacks
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,17 @@
-"""The decisions stream writer: once per transaction_id, trimmed to the configured length."""
+"""Where decisions go: the decisions stream (once per transaction_id, trimmed to the configured length) and
+the feature log (landed in batches, also when the stream goes quiet)."""
+
+import time
+from pathlib import Path
 
 import numpy as np
 import redis
 
 from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.lib.keys import DECISIONS_STREAM
+from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.schema import Transaction
-from fraud_platform.scoring.decisions import read_decisions, write_decisions
+from fraud_platform.scoring.decisions import FeatureLog, read_decisions, write_decisions
 from fraud_platform.scoring.scorer import APPROVE, Decision
 
 
@@ -44,3 +49,18 @@ def test_the_stream_is_trimmed_to_about_its_maximum_length(clean_redis: redis.Re
     assert 1_000 <= length < 5_000  # MAXLEN ~ trims whole macro nodes: about, never below, the maximum
     newest = read_decisions(clean_redis, 1, newest=True)[0]
     assert newest["transaction_id"] == "t4999"
+
+
+def test_a_quiet_feature_log_lands_its_decisions_without_new_traffic(tmp_path: Path) -> None:
+    log = FeatureLog(tmp_path / "landing", "quiet", flush_events=1_000, flush_seconds=0.2)
+    zone = LandingZone(tmp_path / "landing")
+    log.add(_decisions(3))
+    deadline = time.monotonic() + 30
+    while not zone.batches():  # no other add() comes: only the timer can publish
+        assert time.monotonic() < deadline, "the buffered decisions never landed"
+        time.sleep(0.05)
+    (batch,) = zone.batches()
+    assert batch.parameters["decisions"] == 3
+    log.add(_decisions(2, start=3))
+    assert log.close() is not None  # what is left is published at shutdown
+    assert sorted(batch.parameters["decisions"] for batch in zone.batches()) == [2, 3]

@@ -9,15 +9,17 @@
   keys of many slots, so on Redis Cluster it needs the stream and markers routed to one node (or a
   per-slot split); the single server and Valkey/Redis with replicas are fine as they are.
 * `FeatureLog`: decisions with the transaction and the served feature vector, buffered and published to the
-  landing zone as one batch (transactions + context table `decisions`, source "stream") every
-  `flush_events` decisions or `flush_seconds`, checked at each batch and at shutdown. The landing sensor
-  loads the batches into the warehouse like any other.
+  landing zone as one batch (transactions + context table `decisions`, source "stream") when
+  `flush_events` decisions are buffered, when the oldest has waited `flush_seconds` (a timer thread sees
+  to it on a quiet stream too), and at shutdown. The landing sensor loads the batches into the warehouse
+  like any other.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,7 +151,7 @@ def decision_tables(decisions: Sequence[Decision]) -> tuple[pa.Table, pa.Table]:
 
 
 class FeatureLog:
-    """Buffers decisions and publishes them to the landing zone in batches."""
+    """Buffers decisions and publishes them to the landing zone in batches; `close` publishes the rest."""
 
     def __init__(
         self, landing_dir: Path, name: str, flush_events: int = 50_000, flush_seconds: float = 60.0
@@ -159,17 +161,45 @@ class FeatureLog:
         self.flush_events = flush_events
         self.flush_seconds = flush_seconds
         self._buffer: list[Decision] = []
-        self._since = time.monotonic()
+        self._oldest = 0.0  # monotonic time the oldest buffered decision arrived
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._timer = threading.Thread(target=self._flush_when_due, name=f"feature-log-{name}", daemon=True)
+        self._timer.start()
 
     def add(self, decisions: Sequence[Decision]) -> None:
-        """Buffer decisions; publish a batch when the buffer is full or old enough."""
-        self._buffer.extend(decisions)
-        if len(self._buffer) >= self.flush_events or time.monotonic() - self._since >= self.flush_seconds:
-            self.flush()
+        """Buffer decisions; publish a batch when the buffer is full or its oldest decision is due."""
+        with self._lock:
+            if not self._buffer:
+                self._oldest = time.monotonic()
+            self._buffer.extend(decisions)
+            if len(self._buffer) >= self.flush_events or self._due():
+                self._publish()
 
     def flush(self) -> str | None:
         """Publish the buffered decisions as one landing batch; return its id (None when empty)."""
-        self._since = time.monotonic()
+        with self._lock:
+            return self._publish()
+
+    def close(self) -> str | None:
+        """Stop the timer and publish what is buffered."""
+        self._closed.set()
+        self._timer.join()
+        return self.flush()
+
+    def _due(self) -> bool:
+        return bool(self._buffer) and time.monotonic() - self._oldest >= self.flush_seconds
+
+    def _flush_when_due(self) -> None:
+        while not self._closed.wait(min(1.0, self.flush_seconds / 4)):
+            with self._lock:
+                if self._due():
+                    try:
+                        self._publish()
+                    except OSError:  # e.g. a full disk: the decisions stay buffered for the next attempt
+                        logger.exception("feature log: publishing %d decisions failed", len(self._buffer))
+
+    def _publish(self) -> str | None:
         if not self._buffer:
             return None
         transactions, decisions = decision_tables(self._buffer)
