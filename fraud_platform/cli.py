@@ -37,6 +37,9 @@ class PlatformGroup(click.Group):
             raise click.ClickException(str(error)) from error
 
 
+_DAY = click.DateTime(formats=["%Y-%m-%d"])
+
+
 def _settings() -> Settings:
     return Settings.from_env()
 
@@ -258,13 +261,21 @@ def load() -> None:
 
 
 @main.command()
-def refresh() -> None:
+@click.option(
+    "--snapshot-date",
+    type=_DAY,
+    help="Load this day's snapshots into Redis instead of the latest: they serve the day after it "
+    "(to replay a past day with what it would have been served).",
+)
+def refresh(snapshot_date: Any) -> None:
     """Rebuild batch features and labels with dbt (tests included) and load the latest snapshots into Redis."""
     from fraud_platform.pipeline import instance_for, refresh_batch_side
 
     settings = _settings()
     began = time.perf_counter()
-    result = refresh_batch_side(instance_for(settings))
+    result = refresh_batch_side(
+        instance_for(settings), snapshot_date.date().isoformat() if snapshot_date else ""
+    )
     metadata, checks = _materialised(result)
     online, labels = metadata["online/batch_features"], metadata["transaction_labels"]
     click.echo(
@@ -317,9 +328,6 @@ def _replay_days(zone: LandingZone, day: date | None, first: date | None, last: 
             f"no landed transactions from {low} to {high}; landed days: {landed[0]} to {landed[-1]}"
         )
     return selected
-
-
-_DAY = click.DateTime(formats=["%Y-%m-%d"])
 
 
 @main.command()

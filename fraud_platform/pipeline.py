@@ -51,17 +51,22 @@ def register_landing_days(instance: dg.DagsterInstance, zone: LandingZone) -> li
     return new_days
 
 
-def run_job(instance: dg.DagsterInstance, name: str) -> dg.ExecuteInProcessResult:
+def run_job(
+    instance: dg.DagsterInstance, name: str, ops_config: dict | None = None
+) -> dg.ExecuteInProcessResult:
     """Run one job of the code location in this process, recorded in `instance`."""
     from fraud_platform.definitions import defs
 
     job = defs().resolve_job_def(name)
-    return job.execute_in_process(instance=instance, run_config=QUIET_CONSOLE, raise_on_error=False)
+    run_config = {**QUIET_CONSOLE, "ops": ops_config} if ops_config else QUIET_CONSOLE
+    return job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
 
 
-def refresh_batch_side(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """dbt features and labels (with their tests), the real-time feature backfill, then the online load."""
-    return run_job(instance, "batch_refresh")
+def refresh_batch_side(instance: dg.DagsterInstance, snapshot_date: str = "") -> dg.ExecuteInProcessResult:
+    """dbt features and labels (with their tests), the real-time feature backfill, then the online load of
+    the latest snapshots (or of `snapshot_date`'s: the ones that serve the day after it)."""
+    online_config = {"online__batch_features": {"config": {"snapshot_date": snapshot_date}}}
+    return run_job(instance, "batch_refresh", online_config if snapshot_date else None)
 
 
 def train_model(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:

@@ -12,8 +12,9 @@ import pytest
 
 from fraud_platform.config import Settings
 from fraud_platform.defs.automation import landing_sensor
+from fraud_platform.defs.online import online_batch_features
 from fraud_platform.defs.raw import LANDING_DAYS
-from fraud_platform.defs.resources import LandingResource
+from fraud_platform.defs.resources import LandingResource, build_resources
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.online_store import OnlineStore
 from fraud_platform.lib.redis_server import LocalRedisServer
@@ -204,6 +205,36 @@ def test_online_store_serves_the_latest_snapshot(
     assert merchant["fraud_count_30d"] == 1.0 and merchant["fraud_rate_30d"] == 1.0
     unknown = store.card_features("never-seen")
     assert all(math.isnan(value) for value in unknown.values())
+
+
+def _load_online(settings: Settings, instance: dg.DagsterInstance, snapshot_date: str) -> bool:
+    config = {"ops": {"online__batch_features": {"config": {"snapshot_date": snapshot_date}}}}
+    result = dg.materialize(
+        [online_batch_features],
+        instance=instance,
+        resources=build_resources(settings),
+        run_config=config,
+        raise_on_error=False,
+    )
+    return result.success
+
+
+@pytest.mark.slow
+def test_an_earlier_snapshot_can_be_served_and_a_missing_one_is_refused(
+    batch_home: tuple[Settings, dg.DagsterInstance], redis_server: LocalRedisServer
+) -> None:
+    settings, instance = batch_home
+    store = OnlineStore(redis_server.client())
+    try:
+        assert _load_online(settings, instance, "2026-03-04")  # serves 5 March as it was served then
+        card = store.card_features("c1")
+        assert (card["txn_count_7d"], card["amount_mean_7d"]) == (3, 20.0)
+        assert not _load_online(settings, instance, "2025-01-01")  # no such snapshot: the run fails...
+        assert not _load_online(settings, instance, "4 March")
+        assert store.card_features("c1")["txn_count_7d"] == 3  # ...and the served generation stays
+    finally:
+        assert _load_online(settings, instance, "")  # back to the latest for the other tests
+    assert store.card_features("c1")["txn_count_7d"] == 1
 
 
 def _failed_checks(result: dg.ExecuteInProcessResult) -> set[tuple[str, str]]:

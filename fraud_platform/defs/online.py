@@ -1,4 +1,10 @@
-"""Online materialisation: the latest card and merchant snapshots loaded into Redis for the stream."""
+"""Online materialisation: the latest card and merchant snapshots loaded into Redis for the stream.
+
+The snapshot of day D serves the transactions of day D + 1. By default the latest day's snapshot is loaded;
+`snapshot_date` loads an earlier one (to replay a past day with exactly what it would have been served).
+"""
+
+from datetime import date
 
 import dagster as dg
 import numpy as np
@@ -15,12 +21,32 @@ from fraud_platform.features.batch import (
 from fraud_platform.lib.online_store import load_batch_features
 
 
-def latest_snapshot_sql(table: str, key: str, features_sql: str) -> str:
-    """SQL for the rows of a daily snapshot table on its latest day, with the given feature columns."""
+def snapshot_sql(table: str, key: str, features_sql: str, snapshot_date: str = "") -> str:
+    """SQL for the rows of a daily snapshot table on one day (the latest when `snapshot_date` is empty)."""
+    if snapshot_date:
+        return (
+            f"SELECT {key}, as_of_date AS snapshot_date, {features_sql} FROM {table} AS snapshot "
+            f"WHERE as_of_date = DATE '{snapshot_date}' ORDER BY {key}"
+        )
     return (
         f"SELECT {key}, max(as_of_date) OVER () AS snapshot_date, {features_sql} FROM {table} AS snapshot "
         f"QUALIFY as_of_date = max(as_of_date) OVER () ORDER BY {key}"
     )
+
+
+class OnlineSnapshotConfig(dg.Config):
+    """Which day's snapshot to load: YYYY-MM-DD, or empty for the latest."""
+
+    snapshot_date: str = ""
+
+    def checked_date(self) -> str:
+        """The date, validated (a bad one is a clear error, not an SQL error)."""
+        if self.snapshot_date:
+            try:
+                date.fromisoformat(self.snapshot_date)
+            except ValueError:
+                raise dg.Failure(f"snapshot_date={self.snapshot_date!r}: expected YYYY-MM-DD") from None
+        return self.snapshot_date
 
 
 def feature_matrix(table: pa.Table, names: tuple[str, ...]) -> np.ndarray:
@@ -39,15 +65,20 @@ def feature_matrix(table: pa.Table, names: tuple[str, ...]) -> np.ndarray:
         "switched atomically by generation."
     ),
 )
-def online_batch_features(warehouse: DuckDBResource, redis: RedisResource) -> dg.MaterializeResult:
-    """Load the latest daily snapshots into the online store in one generation."""
+def online_batch_features(
+    config: OnlineSnapshotConfig, warehouse: DuckDBResource, redis: RedisResource
+) -> dg.MaterializeResult:
+    """Load one day's snapshots (the latest by default) into the online store in one generation."""
+    day = config.checked_date()
     with warehouse.get_connection() as connection:
         cards = connection.sql(
-            latest_snapshot_sql("card_daily_features", "card_id", card_feature_sql("snapshot"))
+            snapshot_sql("card_daily_features", "card_id", card_feature_sql("snapshot"), day)
         ).to_arrow_table()
         merchants = connection.sql(
-            latest_snapshot_sql("merchant_daily_features", "merchant_id", merchant_feature_sql("snapshot"))
+            snapshot_sql("merchant_daily_features", "merchant_id", merchant_feature_sql("snapshot"), day)
         ).to_arrow_table()
+    if day and not cards.num_rows:
+        raise dg.Failure(f"card_daily_features has no snapshot of {day}: choose a day the warehouse holds")
     report = load_batch_features(
         redis.client(),
         cards.column("card_id").to_pylist(),
