@@ -231,7 +231,15 @@ def import_command(
 def _materialised(result: Any) -> tuple[dict[str, Any], str]:
     """Metadata per materialised asset, and a sentence on the run's asset checks; fail on a failed run."""
     if not result.success:
-        raise click.ClickException(f"run {result.run_id} failed: see it in the Dagster UI (dagster dev)")
+        reasons = "; ".join(
+            event.step_failure_data.error.message.strip().splitlines()[0]
+            for event in result.all_events
+            if event.is_step_failure and event.step_failure_data.error
+        )
+        raise click.ClickException(
+            f"run {result.run_id} failed{f': {reasons}' if reasons else ''}; the whole run is in the Dagster "
+            "UI (dagster dev)"
+        )
     metadata = {
         event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
         for event in result.get_asset_materialization_events()
@@ -288,6 +296,29 @@ def refresh(snapshot_date: Any) -> None:
 
 
 @main.command()
+@click.option(
+    "--snapshot-date",
+    type=_DAY,
+    help="The day whose snapshots to serve (they serve the day after it) [default: the latest].",
+)
+def online(snapshot_date: Any) -> None:
+    """Load card and merchant snapshots into Redis only (no dbt): the daily switch of what the stream serves."""
+    from fraud_platform.pipeline import instance_for, load_online
+
+    settings = _settings()
+    result = load_online(
+        settings, instance_for(settings), snapshot_date.date().isoformat() if snapshot_date else ""
+    )
+    metadata, _ = _materialised(result)
+    loaded = metadata["online/batch_features"]
+    click.echo(
+        f"snapshot {loaded['snapshot_date'].value} of {loaded['cards'].value:,} cards and "
+        f"{loaded['merchants'].value:,} merchants online as generation {loaded['generation'].value} "
+        f"({loaded['rows_per_second'].value:,.0f} rows/s)"
+    )
+
+
+@main.command()
 def train() -> None:
     """Build the training dataset, fit and register an XGBoost model, and challenge the champion."""
     from fraud_platform.pipeline import instance_for, train_model
@@ -311,6 +342,13 @@ def _empty_landing(zone: LandingZone) -> LandingError:
     return LandingError(
         f"the landing zone {zone.root} is empty: run 'fraud-platform simulate' or 'fraud-platform import FILE' first"
     )
+
+
+def _span(first: Any, last: Any) -> str:
+    """'D' or 'D1 to D2' (either end may be open) for messages."""
+    if first and last and first == last:
+        return str(first.date())
+    return f"{first.date() if first else 'the start'} to {last.date() if last else 'the end'}"
 
 
 def _replay_days(zone: LandingZone, day: date | None, first: date | None, last: date | None) -> list[str]:
@@ -478,21 +516,27 @@ def decisions_command(count: int) -> None:
 @click.option(
     "--day", type=_DAY, help="Only transactions of this day (YYYY-MM-DD) [default: every decision]."
 )
-def report(day: Any) -> None:
+@click.option("--from", "first", type=_DAY, help="Only transactions from this day on (YYYY-MM-DD).")
+@click.option("--to", "last", type=_DAY, help="Only transactions up to this day, inclusive (YYYY-MM-DD).")
+def report(day: Any, first: Any, last: Any) -> None:
     """How the scoring flow did: throughput, latency, decisions by type, and precision/recall of its
     decisions against the fraud truth in the warehouse (simulated data) or the labels (imported data)."""
     import duckdb
     import redis as redis_client
 
     from fraud_platform.lib.redis_server import redis_url
-    from fraud_platform.report import stream_report
+    from fraud_platform.report import DAY_MS, stream_report
     from fraud_platform.scoring.decisions import read_decisions
 
     settings = _settings()
+    if day and (first or last):
+        raise click.UsageError("give either --day or --from/--to, not both")
+    low, high = (day, day) if day else (first, last)
     events = read_decisions(redis_client.Redis.from_url(redis_url(settings)))
-    if day is not None:
-        first = int(day.replace(tzinfo=UTC).timestamp() * 1000)
-        events = [event for event in events if first <= event["event_time"] < first + 86_400_000]
+    if low or high:
+        begin = int(low.replace(tzinfo=UTC).timestamp() * 1000) if low else 0
+        end = int(high.replace(tzinfo=UTC).timestamp() * 1000) + DAY_MS if high else 2**62
+        events = [event for event in events if begin <= event["event_time"] < end]
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
         has_truth = connection.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = 'fraud_truth'"
@@ -508,7 +552,8 @@ def report(day: Any) -> None:
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     source = "fraud truth (simulation)" if has_truth else "labels"
-    click.echo(f"stream report{f' for {day.date()}' if day else ''}, judged against the {source}:")
+    span = "" if not (low or high) else f" for {_span(low, high)}"
+    click.echo(f"stream report{span}, judged against the {source}:")
     for line in summary.lines():
         click.echo(f"  {line}")
 

@@ -62,11 +62,29 @@ def run_job(
     return job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
 
 
+def _online_config(snapshot_date: str) -> dict:
+    return {"online__batch_features": {"config": {"snapshot_date": snapshot_date}}}
+
+
 def refresh_batch_side(instance: dg.DagsterInstance, snapshot_date: str = "") -> dg.ExecuteInProcessResult:
     """dbt features and labels (with their tests), the real-time feature backfill, then the online load of
     the latest snapshots (or of `snapshot_date`'s: the ones that serve the day after it)."""
-    online_config = {"online__batch_features": {"config": {"snapshot_date": snapshot_date}}}
-    return run_job(instance, "batch_refresh", online_config if snapshot_date else None)
+    return run_job(instance, "batch_refresh", _online_config(snapshot_date) if snapshot_date else None)
+
+
+def load_online(
+    settings: Settings, instance: dg.DagsterInstance, snapshot_date: str = ""
+) -> dg.ExecuteInProcessResult:
+    """Only the online load: the snapshots of `snapshot_date` (the latest when empty) into Redis."""
+    from fraud_platform.defs.online import online_batch_features
+
+    return dg.materialize(
+        [online_batch_features],
+        instance=instance,
+        resources=build_resources(settings),
+        run_config={**QUIET_CONSOLE, "ops": _online_config(snapshot_date)},
+        raise_on_error=False,
+    )
 
 
 def train_model(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:

@@ -9,16 +9,17 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 
+from fraud_platform.cli import main
 from fraud_platform.config import Settings
 from fraud_platform.defs.automation import landing_sensor
-from fraud_platform.defs.online import online_batch_features
 from fraud_platform.defs.raw import LANDING_DAYS
-from fraud_platform.defs.resources import LandingResource, build_resources
+from fraud_platform.defs.resources import LandingResource
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.online_store import OnlineStore
 from fraud_platform.lib.redis_server import LocalRedisServer
-from fraud_platform.pipeline import instance_for, load_landing, refresh_batch_side
+from fraud_platform.pipeline import instance_for, load_landing, load_online, refresh_batch_side
 
 
 def _at(day: int, hour: int) -> datetime:
@@ -208,15 +209,7 @@ def test_online_store_serves_the_latest_snapshot(
 
 
 def _load_online(settings: Settings, instance: dg.DagsterInstance, snapshot_date: str) -> bool:
-    config = {"ops": {"online__batch_features": {"config": {"snapshot_date": snapshot_date}}}}
-    result = dg.materialize(
-        [online_batch_features],
-        instance=instance,
-        resources=build_resources(settings),
-        run_config=config,
-        raise_on_error=False,
-    )
-    return result.success
+    return load_online(settings, instance, snapshot_date).success
 
 
 @pytest.mark.slow
@@ -232,6 +225,9 @@ def test_an_earlier_snapshot_can_be_served_and_a_missing_one_is_refused(
         assert not _load_online(settings, instance, "2025-01-01")  # no such snapshot: the run fails...
         assert not _load_online(settings, instance, "4 March")
         assert store.card_features("c1")["txn_count_7d"] == 3  # ...and the served generation stays
+        refused = CliRunner().invoke(main, ["online", "--snapshot-date", "2025-01-01"])
+        assert refused.exit_code == 1
+        assert "card_daily_features has no snapshot of 2025-01-01" in refused.output
     finally:
         assert _load_online(settings, instance, "")  # back to the latest for the other tests
     assert store.card_features("c1")["txn_count_7d"] == 1

@@ -2,12 +2,15 @@
 
 import pytest
 
-from fraud_platform.report import stream_report
+from fraud_platform.report import DAY_MS, busy_seconds, stream_report
 
 
-def _event(transaction: str, decision: str, received: int, decided: int, model: str = "3") -> dict:
+def _event(
+    transaction: str, decision: str, received: int, decided: int, model: str = "3", day: int = 0
+) -> dict:
     return {
         "transaction_id": transaction,
+        "event_time": day * DAY_MS + 500,
         "decision": decision,
         "received_time": received,
         "decision_time": decided,
@@ -33,6 +36,18 @@ def test_report_matches_a_hand_computation() -> None:
     assert (report.alert_precision, report.alert_recall) == (2 / 3, 2 / 3)
     assert (report.decline_precision, report.decline_recall) == (1.0, 1 / 3)
     assert any("alerts (review + decline) precision 66.7%" in line for line in report.lines())
+
+
+def test_throughput_counts_the_time_spent_deciding_each_day() -> None:
+    # Day 0 decided in one run (2 s), day 1 in a later one (1 s): the minute between the runs is not counted.
+    events = [
+        _event("t1", "approve", 1_000, 1_010),
+        _event("t2", "approve", 2_000, 3_000),
+        _event("t3", "approve", 60_000, 60_500, day=1),
+        _event("t4", "approve", 60_200, 61_000, day=1),
+    ]
+    assert busy_seconds(events) == 3.0
+    assert stream_report(events, {}).throughput == 4 / 3
 
 
 def test_no_decisions_is_a_clear_error() -> None:
