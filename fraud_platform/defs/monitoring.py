@@ -445,7 +445,7 @@ def monitoring_mlflow_runs(
                 **shared,
             },
             figures,
-            {"dagster_run_id": context.run_id},
+            {"dagster_run_id": context.run.run_id},
         )
         for record in records
     }
