@@ -293,6 +293,15 @@ def _check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheck
     return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
 
 
+def _sensor_tick(
+    instance: dg.DagsterInstance, cursor: str | None = None, settings: MonitoringSettings | None = None
+) -> dg.SensorResult:
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"monitoring": settings or MonitoringSettings()}
+    )
+    return monitoring_retrain_sensor(context)
+
+
 def test_seeded_drift_trips_its_check_and_the_retrain_request(drift_home: dict) -> None:
     instance, resources = drift_home["instance"], drift_home["resources"]
     quiet = dg.materialize([monitoring_drift], instance=instance, resources=resources, partition_key=QUIET)
@@ -301,12 +310,8 @@ def test_seeded_drift_trips_its_check_and_the_retrain_request(drift_home: dict) 
     metadata = quiet.asset_materializations_for_node(monitoring_drift.op.name)[0].metadata
     assert metadata["served_rows"].value == 1_200 and metadata["max_psi"].value < 0.1
     assert metadata["reference_model_version"].value == drift_home["version"]
-    context = dg.build_sensor_context(instance=instance)
-    quiet_tick = monitoring_retrain_sensor(context)
-    assert (
-        not quiet_tick.run_requests
-        and "no drift or performance check failed" in quiet_tick.skip_reason.skip_message
-    )
+    quiet_tick = _sensor_tick(instance)
+    assert not quiet_tick.run_requests and "no check failed at ERROR" in quiet_tick.skip_reason.skip_message
 
     drifted = dg.materialize(
         [monitoring_drift], instance=instance, resources=resources, partition_key=DRIFTED
@@ -325,18 +330,16 @@ def test_seeded_drift_trips_its_check_and_the_retrain_request(drift_home: dict) 
         )
     assert stored[SHIFTED] >= 0.25 and max(v for k, v in stored.items() if k != SHIFTED) < 0.1
 
-    tick = monitoring_retrain_sensor(dg.build_sensor_context(instance=instance, cursor=quiet_tick.cursor))
+    tick = _sensor_tick(instance, quiet_tick.cursor)
     (request,) = tick.run_requests
     assert request.job_name in (None, "train_model")
     assert request.tags[RETRAIN_REASON_TAG] == reason
-    again = monitoring_retrain_sensor(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
+    again = _sensor_tick(instance, tick.cursor)
     assert not again.run_requests  # the same failure is not requested twice
 
     # Re-monitoring the quiet day adds nothing, and the drifted day's rows are replaced, not duplicated.
     dg.materialize([monitoring_drift], instance=instance, resources=resources, partition_key=QUIET)
-    assert not monitoring_retrain_sensor(
-        dg.build_sensor_context(instance=instance, cursor=tick.cursor)
-    ).run_requests
+    assert not _sensor_tick(instance, tick.cursor).run_requests
     with duckdb.connect(str(resources["warehouse"].database), read_only=True) as connection:
         (rows,) = connection.execute(
             "SELECT count(*) FROM monitoring.drift WHERE day = ?", [QUIET]
@@ -480,3 +483,7 @@ def test_skew_counts_exactly_the_corrupted_served_vectors(streamed: dict) -> Non
             ).fetchall()
         )
     assert stored["txn_count_24h"] == 4 and stored["card_amount_mean_30d"] == 3 and sum(stored.values()) == 7
+    # Skew requests retraining only when configured to (by default it is a serving bug to fix).
+    assert not _sensor_tick(instance).run_requests
+    (request,) = _sensor_tick(instance, settings=MonitoringSettings(retrain_on_skew=True)).run_requests
+    assert request.tags[RETRAIN_REASON_TAG] == check.metadata["reason"].value

@@ -58,13 +58,15 @@ SKEW = dg.AssetKey(["monitoring", "skew"])
 MLFLOW_RUNS = dg.AssetKey(["monitoring", "mlflow_runs"])
 DECISIONS_ASSET = dg.AssetKey(["raw", "decisions"])
 RETRAIN_REASON_TAG = "fraud_platform/retrain_reason"
-# Failing at ERROR, these request retraining; skew does not (a new model would be trained on the offline
-# values and served the same wrong ones: skew is a serving bug to fix, not a reason to retrain).
+# Failing at ERROR, these request retraining. Skew does only with `retrain_on_skew` (off by default: a new
+# model would be trained on the offline values and served the same wrong ones, so skew is a serving bug to
+# fix, not a reason to retrain; the check still fails and shows in the UI).
 RETRAIN_CHECKS = (
     dg.AssetCheckKey(DRIFT, "feature_psi"),
     dg.AssetCheckKey(DRIFT, "score_psi"),
     dg.AssetCheckKey(PERFORMANCE, "realised_vs_validation"),
 )
+SKEW_CHECK = dg.AssetCheckKey(SKEW, "skew_rate")
 _SEVERITY = {judge.WARN: dg.AssetCheckSeverity.WARN, judge.ERROR: dg.AssetCheckSeverity.ERROR}
 _HISTORY_DAYS = 60
 # Tracking URIs of an MLflow server, which keeps artefacts in its own store (as `registry.configure`).
@@ -95,6 +97,11 @@ class MonitoringSettings(dg.ConfigurableResource):
     min_labelled_share: float = 0.9
     skew_sample_size: int = 500
     reference_rows: int = 20_000
+    retrain_on_skew: bool = False
+
+    def retrain_checks(self) -> tuple[dg.AssetCheckKey, ...]:
+        """The checks whose ERROR failures request retraining."""
+        return (*RETRAIN_CHECKS, SKEW_CHECK) if self.retrain_on_skew else RETRAIN_CHECKS
 
     def thresholds(self) -> judge.Thresholds:
         """The check thresholds (validated)."""
@@ -493,9 +500,11 @@ def daily_monitoring(context: dg.ScheduleEvaluationContext) -> list[dg.RunReques
 @dg.sensor(
     job=training_job,
     minimum_interval_seconds=60,
-    description="Retrain when a drift or realised-performance check fails at ERROR.",
+    description="Retrain when a drift or realised-performance check (and, if configured, skew) fails at ERROR.",
 )
-def monitoring_retrain_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+def monitoring_retrain_sensor(
+    context: dg.SensorEvaluationContext, monitoring: MonitoringSettings
+) -> dg.SensorResult:
     """Request `train_model` for the ERROR failures of the retraining checks newer than the cursor.
 
     Per check and day only the newest evaluation counts (a day that passed when re-run is not a reason);
@@ -503,7 +512,7 @@ def monitoring_retrain_sensor(context: dg.SensorEvaluationContext) -> dg.SensorR
     """
     seen = int(context.cursor or 0)
     newest: dict[tuple[dg.AssetCheckKey, str], tuple[int, bool, str]] = {}
-    for key in RETRAIN_CHECKS:
+    for key in monitoring.retrain_checks():
         records = context.instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
         for record in records:
             evaluation = record.evaluation
@@ -521,7 +530,10 @@ def monitoring_retrain_sensor(context: dg.SensorEvaluationContext) -> dg.SensorR
     cursor = str(max([seen, *(entry[0] for entry in newest.values())]))
     reasons = sorted((entry for entry in newest.values() if entry[1]), key=lambda entry: entry[0])
     if not reasons:
-        return dg.SensorResult(skip_reason="no drift or performance check failed at ERROR", cursor=cursor)
+        return dg.SensorResult(
+            skip_reason=f"no check failed at ERROR among {', '.join(k.name for k in monitoring.retrain_checks())}",
+            cursor=cursor,
+        )
     request = dg.RunRequest(
         run_key=f"monitoring-{reasons[-1][0]}",
         tags={RETRAIN_REASON_TAG: "; ".join(reason for _, _, reason in reasons)[:1_000]},
