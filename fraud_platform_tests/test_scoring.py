@@ -29,11 +29,11 @@ from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.pipeline import instance_for, load_landing
 from fraud_platform.scoring.decisions import read_decisions
 from fraud_platform.scoring.metrics import METRICS_KEY
-from fraud_platform.scoring.models import RULES_VERSION, ModelWatcher, NoServableModel
+from fraud_platform.scoring.models import RULES_VERSION, ModelWatcher, NoServableModel, ServingModel
 from fraud_platform.scoring.scorer import APPROVE, DECLINE, REVIEW
 from fraud_platform.training import registry
 from fraud_platform.training.baseline import rules_score
-from fraud_platform.training.model import score
+from fraud_platform.training.model import TrainingConfig, fit, score
 from fraud_platform_tests.scoring_support import (
     expected_features,
     load_random_batch_features,
@@ -41,6 +41,7 @@ from fraud_platform_tests.scoring_support import (
     scoring_settings,
     set_champion,
 )
+from fraud_platform_tests.test_registry import synthetic_data
 
 REVIEW_AT, DECLINE_AT = 0.2, 0.6
 
@@ -219,3 +220,14 @@ def test_an_unreachable_registry_keeps_the_current_model(
 
 def mlflow_client(settings: Settings) -> MlflowClient:
     return registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
+
+
+def test_reason_codes_name_the_features_that_pushed_the_score_up() -> None:
+    trained = fit(synthetic_data(3, signal=3.0), TrainingConfig(max_rounds=40))  # fraud shifts features 0-2
+    model = ServingModel("1", trained.thresholds, trained.booster)
+    rows = np.zeros((3, len(MODEL_FEATURES)), np.float32)
+    for row in range(3):
+        rows[row, row] = 6.0  # one strongly fraud-like feature per row
+    reasons = model.reasons(rows)
+    assert [row_reasons[0] for row_reasons in reasons] == list(MODEL_FEATURES[:3])
+    assert all(len(row_reasons) <= 3 for row_reasons in reasons)

@@ -60,9 +60,8 @@ class ServingModel:
         if self.booster is None or len(features) == 0:
             return [() for _ in range(len(features))]
         matrix = xgb.DMatrix(features, feature_names=list(MODEL_FEATURES), missing=np.nan)
-        contributions = self.booster.predict(matrix, pred_contribs=True)[
-            :, :-1
-        ]  # the last column is the bias
+        contributions = self.booster.predict(matrix, pred_contribs=True, approx_contribs=True)
+        contributions = contributions[:, :-1]  # the last column is the bias
         top = np.argsort(-contributions, axis=1)[:, :REASON_CODES]
         return [
             tuple(MODEL_FEATURES[column] for column in columns if row_contributions[column] > 0)
