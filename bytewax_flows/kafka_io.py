@@ -57,7 +57,9 @@ def decode_message(item: KafkaItem) -> Transaction | DeadLetter:
             f"Kafka consumer error on {_where(item.msg)}: {item.err.str()}", item.msg.value or b""
         )
     if item.value is None:
-        return DeadLetter(f"Kafka message without a value at {_where(item)}", item.key or b"")
+        return dead_letter(
+            f"Kafka message without a value at {_where(item)} (payload: its key)", item.key or b""
+        )
     return decode_event(item.value)
 
 

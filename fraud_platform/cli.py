@@ -525,14 +525,23 @@ def report(day: Any, first: Any, last: Any) -> None:
     import redis as redis_client
 
     from fraud_platform.lib.redis_server import redis_url
-    from fraud_platform.report import DAY_MS, stream_report
+    from fraud_platform.lib.schema import DAY_MS
+    from fraud_platform.report import stream_report
     from fraud_platform.scoring.decisions import read_decisions
 
     settings = _settings()
     if day and (first or last):
         raise click.UsageError("give either --day or --from/--to, not both")
     low, high = (day, day) if day else (first, last)
-    events = read_decisions(redis_client.Redis.from_url(redis_url(settings)))
+    client = redis_client.Redis.from_url(redis_url(settings))
+    events = read_decisions(client)
+    if settings.stream_max_length and len(events) >= settings.stream_max_length:
+        click.echo(
+            f"warning: the decisions stream is trimmed to about {settings.stream_max_length:,} entries "
+            f"(FRAUD_PLATFORM_STREAM_MAX_LENGTH): older decisions are in the warehouse (raw.decisions), "
+            "not in this report",
+            err=True,
+        )
     if low or high:
         begin = int(low.replace(tzinfo=UTC).timestamp() * 1000) if low else 0
         end = int(high.replace(tzinfo=UTC).timestamp() * 1000) + DAY_MS if high else 2**62

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fraud_platform.lib.schema import DAY_MS
 from fraud_platform.scoring.scorer import APPROVE, DECLINE
 
 
@@ -52,13 +53,11 @@ class StreamReport:
         ]
 
 
-DAY_MS = 86_400_000
-
-
 def busy_seconds(events: Sequence[Mapping[str, Any]]) -> float:
     """Seconds spent deciding: for each UTC day of the events, from its first event received to its last
-    decision, summed. One run over many days tiles them; a replay decided day by day in separate runs (as the
-    main job's) does not count the time between the runs."""
+    decision, summed. A replay decided day by day in separate runs (as the main job's) does not count the
+    time between the runs. In one run over many days, spans of adjacent days overlap by as much as the
+    flow's lag between shards, counted twice: a small overstatement (an understated throughput)."""
     spans: dict[int, tuple[int, int]] = {}
     for event in events:
         day = event["event_time"] // DAY_MS

@@ -224,6 +224,7 @@ def test_an_earlier_snapshot_can_be_served_and_a_missing_one_is_refused(
         assert (card["txn_count_7d"], card["amount_mean_7d"]) == (3, 20.0)
         assert not _load_online(settings, instance, "2025-01-01")  # no such snapshot: the run fails...
         assert not _load_online(settings, instance, "4 March")
+        assert not _load_online(settings, instance, "20260304")  # ISO basic form: refused, not an SQL error
         assert store.card_features("c1")["txn_count_7d"] == 3  # ...and the served generation stays
         refused = CliRunner().invoke(main, ["online", "--snapshot-date", "2025-01-01"])
         assert refused.exit_code == 1

@@ -62,5 +62,5 @@ def test_a_quiet_feature_log_lands_its_decisions_without_new_traffic(tmp_path: P
     (batch,) = zone.batches()
     assert batch.parameters["decisions"] == 3
     log.add(_decisions(2, start=3))
-    assert log.close() is not None  # what is left is published at shutdown
+    log.close()  # what is left is published by the timer or, at the latest, at shutdown
     assert sorted(batch.parameters["decisions"] for batch in zone.batches()) == [2, 3]

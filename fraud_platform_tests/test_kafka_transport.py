@@ -193,7 +193,10 @@ def test_kafka_messages_and_errors_run_through_the_real_flow_steps(tmp_path: Pat
     np.testing.assert_equal(_features(rows), _features(redis_rows))  # the same from either transport
     reasons = [letter.reason for letter in letters]
     assert reasons[0] == "Kafka consumer error on p.transactions partition 2 offset -1001: broker down"
-    assert reasons[1] == "Kafka message without a value at p.transactions partition 0 offset 10000"
+    assert (
+        reasons[1]
+        == "Kafka message without a value at p.transactions partition 0 offset 10000 (payload: its key)"
+    )
     assert reasons[2].startswith("invalid JSON") and letters[2].payload == b"{not json"
     assert reasons[3] == DUPLICATE_REASON
     assert len(letters) == 4

@@ -332,7 +332,7 @@ def test_seeded_drift_trips_its_check_and_the_retrain_request(drift_home: dict) 
 
     tick = _sensor_tick(instance, quiet_tick.cursor)
     (request,) = tick.run_requests
-    assert request.job_name in (None, "train_model")
+    assert request.job_name is None and monitoring_retrain_sensor.job_name == "train_model"
     assert request.tags[RETRAIN_REASON_TAG] == reason
     again = _sensor_tick(instance, tick.cursor)
     assert not again.run_requests  # the same failure is not requested twice

@@ -2,7 +2,8 @@
 
 import pytest
 
-from fraud_platform.report import DAY_MS, busy_seconds, stream_report
+from fraud_platform.lib.schema import DAY_MS
+from fraud_platform.report import busy_seconds, stream_report
 
 
 def _event(

@@ -1,7 +1,7 @@
 """Faults of the stream, with the real processes: kill -9 of the scoring flow mid-stream and a restart from
 Bytewax recovery decides every transaction exactly once, with the features an uninterrupted run computes;
 a restart of the Redis server mid-stream is waited out and nothing is lost or decided twice. Neither fault
-puts the server's password into the flow's logs or the decisions stream."""
+puts the server's password into the flow's logs."""
 
 import os
 import signal
@@ -66,13 +66,6 @@ def _assert_decided_exactly_once(client: redis.Redis, history: pa.Table) -> None
     assert len(ids) == len(set(ids)) == history.num_rows  # every transaction once: none lost, none twice
 
 
-def _assert_no_secret(secret: str, output: str, client: redis.Redis) -> None:
-    """The server's password appears neither in the flow's logs nor in the decisions stream."""
-    assert secret not in output
-    entries = client.xrange(DECISIONS_STREAM)
-    assert entries and not any(secret.encode() in fields[b"decision"] for _, fields in entries)
-
-
 @pytest.mark.slow
 def test_kill_9_and_restart_decide_every_transaction_exactly_once(
     tmp_path: Path, redis_server: LocalRedisServer, clean_redis: redis.Redis
@@ -99,7 +92,7 @@ def test_kill_9_and_restart_decide_every_transaction_exactly_once(
     assert second.returncode == 0, output
 
     _assert_decided_exactly_once(clean_redis, history)
-    _assert_no_secret(redis_server.password, output, clean_redis)
+    assert redis_server.password not in output  # the flow never logs the server's URL
     # The per-card state after the restart equals an uninterrupted computation (the backfill).
     expected = backfill(history)
     newest = {}
@@ -133,6 +126,6 @@ def test_a_redis_restart_mid_stream_is_waited_out(tmp_path: Path) -> None:
         output, _ = flow.communicate(timeout=300)
         assert flow.returncode == 0, output
         _assert_decided_exactly_once(server.client(), history)
-        _assert_no_secret(server.password, output, server.client())  # not even in the connection errors
+        assert server.password not in output  # not even in the logged connection errors
     finally:
         server.stop()

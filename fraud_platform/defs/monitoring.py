@@ -69,8 +69,6 @@ RETRAIN_CHECKS = (
 SKEW_CHECK = dg.AssetCheckKey(SKEW, "skew_rate")
 _SEVERITY = {judge.WARN: dg.AssetCheckSeverity.WARN, judge.ERROR: dg.AssetCheckSeverity.ERROR}
 _HISTORY_DAYS = 60
-# Tracking URIs of an MLflow server, which keeps artefacts in its own store (as `registry.configure`).
-_TRACKING_SERVERS = ("http://", "https://", "databricks")
 _PERFORMANCE_COLUMNS = (
     "decisions",
     "labelled_share",
@@ -442,7 +440,7 @@ def monitoring_mlflow_runs(
     run_ids = {
         record.model_version: log_day(
             client,
-            None if mlflow.tracking_uri.startswith(_TRACKING_SERVERS) else Path(mlflow.artifact_root),
+            None if registry.is_tracking_server(mlflow.tracking_uri) else Path(mlflow.artifact_root),
             day,
             record.model_version,
             {
@@ -492,7 +490,7 @@ _RECENT_DAYS = 7
 )
 def daily_monitoring(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
     """One run per landed day of the last week."""
-    days = context.instance.get_dynamic_partitions(LANDING_DAYS.name)[-_RECENT_DAYS:]
+    days = sorted(context.instance.get_dynamic_partitions(LANDING_DAYS.name))[-_RECENT_DAYS:]  # newest
     stamp = context.scheduled_execution_time.date().isoformat() if context.scheduled_execution_time else "now"
     return [dg.RunRequest(run_key=f"{stamp}-{day}", partition_key=day) for day in days]
 

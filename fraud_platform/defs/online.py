@@ -4,7 +4,7 @@ The snapshot of day D serves the transactions of day D + 1. By default the lates
 `snapshot_date` loads an earlier one (to replay a past day with exactly what it would have been served).
 """
 
-from datetime import date
+from datetime import datetime
 
 import dagster as dg
 import numpy as np
@@ -41,12 +41,12 @@ class OnlineSnapshotConfig(dg.Config):
 
     def checked_date(self) -> str:
         """The date, validated (a bad one is a clear error, not an SQL error)."""
-        if self.snapshot_date:
-            try:
-                date.fromisoformat(self.snapshot_date)
-            except ValueError:
-                raise dg.Failure(f"snapshot_date={self.snapshot_date!r}: expected YYYY-MM-DD") from None
-        return self.snapshot_date
+        if not self.snapshot_date:
+            return ""
+        try:
+            return datetime.strptime(self.snapshot_date, "%Y-%m-%d").date().isoformat()
+        except ValueError:
+            raise dg.Failure(f"snapshot_date={self.snapshot_date!r}: expected YYYY-MM-DD") from None
 
 
 def feature_matrix(table: pa.Table, names: tuple[str, ...]) -> np.ndarray:
@@ -77,8 +77,9 @@ def online_batch_features(
         merchants = connection.sql(
             snapshot_sql("merchant_daily_features", "merchant_id", merchant_feature_sql("snapshot"), day)
         ).to_arrow_table()
-    if day and not cards.num_rows:
-        raise dg.Failure(f"card_daily_features has no snapshot of {day}: choose a day the warehouse holds")
+    for table, rows in (("card_daily_features", cards), ("merchant_daily_features", merchants)):
+        if day and not rows.num_rows:
+            raise dg.Failure(f"{table} has no snapshot of {day}: choose a day the warehouse holds")
     report = load_batch_features(
         redis.client(),
         cards.column("card_id").to_pylist(),

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from fraud_platform.features.realtime import Feature, TransactionLike
+from fraud_platform.lib.schema import DAY_MS
 
 ENTITY = "transaction"
 NIGHT_END_HOUR_UTC = 6
 _HOUR_MS = 3_600_000
-_DAY_MS = 86_400_000
 _NAN = math.nan
 
 ON_DEMAND_FEATURES: tuple[Feature, ...] = (
@@ -60,7 +60,7 @@ def on_demand_matrix(
         to_mean = np.where(means != 0, amounts / means, np.nan)
         zscore = np.where(stds != 0, (amounts - means) / stds, np.nan)
     hour = millis // _HOUR_MS % 24
-    weekday = (millis // _DAY_MS + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
+    weekday = (millis // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
     return np.column_stack(
         [to_mean, zscore, (hour < NIGHT_END_HOUR_UTC).astype(np.float64), (weekday >= 5).astype(np.float64)]
     )

@@ -28,11 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fraud_platform.lib.schema import CONTEXT_TABLES, TRANSACTIONS
+from fraud_platform.lib.schema import CONTEXT_TABLES, DAY_MS, TRANSACTIONS
 
 _BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MANIFEST = "manifest.json"
-_DAY_MS = 86_400_000
 
 
 class LandingError(RuntimeError):
@@ -198,7 +197,7 @@ def _write_days(transactions: pa.Table, directory: Path) -> dict[str, int]:
         return {}
     transactions = transactions.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
     millis = pc.cast(transactions.column("timestamp"), pa.int64()).to_numpy() // 1000
-    day_numbers = millis // _DAY_MS
+    day_numbers = millis // DAY_MS
     boundaries = np.flatnonzero(np.diff(day_numbers)) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(day_numbers)]])

@@ -133,6 +133,7 @@ class LocalRedisServer:
         }
         text = "".join(f"{name} {_quoted(value)}\n" for name, value in directives.items())
         descriptor = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # also when an older file had a wider mode
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
 

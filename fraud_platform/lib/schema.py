@@ -72,6 +72,7 @@ OPTIONAL_FIELDS = ("lat", "lon", "channel", "mcc")
 EVENT_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+DAY_MS = 86_400_000  # a UTC day in epoch milliseconds, the unit of `Transaction.timestamp_ms`
 
 TRANSACTIONS = pa.schema(
     [

@@ -14,10 +14,10 @@ from datetime import date, datetime
 import duckdb
 import numpy as np
 
+from fraud_platform.lib.schema import DAY_MS
 from fraud_platform.monitoring.store import require_tables
 
 DAY_SQL = "CAST(timezone('UTC', {column}) AS DATE)"
-_DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def label_maturity(
     ).fetchall()[0]
     known = np.array([np.nan if value is None else value for value in known_ms], dtype=np.float64)
     fraud = np.array([bool(value) for value in is_fraud], dtype=bool)
-    day_end_ms = (date.fromisoformat(day) - date(1970, 1, 1)).days * _DAY_MS + _DAY_MS
+    day_end_ms = (date.fromisoformat(day) - date(1970, 1, 1)).days * DAY_MS + DAY_MS
     as_of_ms = as_of.timestamp() * 1000
     ages = range(0, horizon_days + 1)
     return [
@@ -149,11 +149,11 @@ def label_maturity(
             day,
             age,
             len(known),
-            int((known <= day_end_ms + age * _DAY_MS).sum()),
-            int((fraud & (known <= day_end_ms + age * _DAY_MS)).sum()),
+            int((known <= day_end_ms + age * DAY_MS).sum()),
+            int((fraud & (known <= day_end_ms + age * DAY_MS)).sum()),
         )
         for age in ages
-        if day_end_ms + age * _DAY_MS <= as_of_ms or age == 0
+        if day_end_ms + age * DAY_MS <= as_of_ms or age == 0
     ]
 
 

@@ -15,14 +15,18 @@ from fraud_platform.training.registry import MODEL_NAME
 
 EXPERIMENT = "fraud-monitoring"
 VALIDATION_PREFIX = "validation_"
+_NOT_A_VERSION = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 def validation_metrics(client: MlflowClient, version: str) -> dict[str, float]:
-    """The validation metrics a registered version was trained with ({} for an unknown version, e.g. rules)."""
+    """The validation metrics a registered version was trained with ({} for a version the registry does not
+    have, e.g. the rules baseline's). A registry that cannot be reached raises: an outage is not a pass."""
     try:
         run_id = client.get_model_version(MODEL_NAME, version).run_id
-    except MlflowException:
-        return {}
+    except MlflowException as error:
+        if error.error_code in _NOT_A_VERSION:
+            return {}
+        raise
     metrics = client.get_run(run_id).data.metrics
     return {
         key.removeprefix(VALIDATION_PREFIX): value

@@ -196,7 +196,8 @@ class FeatureLog:
                 if self._due():
                     try:
                         self._publish()
-                    except OSError:  # e.g. a full disk: the decisions stay buffered for the next attempt
+                    except Exception:  # e.g. a full disk: the decisions stay buffered; the next add() or
+                        # close() publishes them or raises in the flow, so a failure is never silent
                         logger.exception("feature log: publishing %d decisions failed", len(self._buffer))
 
     def _publish(self) -> str | None:

@@ -76,6 +76,11 @@ class LoadedModel:
     contract: ModelContract
 
 
+def is_tracking_server(tracking_uri: str) -> bool:
+    """True for an MLflow tracking server (http, https, databricks), which keeps artefacts in its own store."""
+    return tracking_uri.startswith(("http://", "https://", "databricks"))
+
+
 def configure(tracking_uri: str, artifact_root: Path) -> MlflowClient:
     """Point MLflow at the store and make sure the experiment exists.
 
@@ -84,7 +89,7 @@ def configure(tracking_uri: str, artifact_root: Path) -> MlflowClient:
     """
     mlflow.set_tracking_uri(tracking_uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        if tracking_uri.startswith(("http://", "https://", "databricks")):
+        if is_tracking_server(tracking_uri):
             mlflow.create_experiment(EXPERIMENT)
         else:
             artifact_root.mkdir(parents=True, exist_ok=True)
