@@ -526,6 +526,7 @@ def report(day: Any, first: Any, last: Any) -> None:
 
     from fraud_platform.lib.redis_server import redis_url
     from fraud_platform.lib.schema import DAY_MS
+    from fraud_platform.monitoring.store import table_exists
     from fraud_platform.report import stream_report
     from fraud_platform.scoring.decisions import read_decisions
 
@@ -547,9 +548,7 @@ def report(day: Any, first: Any, last: Any) -> None:
         end = int(high.replace(tzinfo=UTC).timestamp() * 1000) + DAY_MS if high else 2**62
         events = [event for event in events if begin <= event["event_time"] < end]
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
-        has_truth = connection.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = 'fraud_truth'"
-        ).fetchone()[0]
+        has_truth = table_exists(connection, "fraud_truth", "raw")
         truth_sql = (
             "SELECT transaction_id, is_fraud FROM raw.fraud_truth WHERE is_fraud"
             if has_truth
@@ -578,6 +577,7 @@ def monitor(day: Any, first: Any, last: Any) -> None:
     import duckdb
 
     from fraud_platform.defs.monitoring import MonitoringSettings
+    from fraud_platform.monitoring.served import decision_days
     from fraud_platform.monitoring.summary import summary_lines
     from fraud_platform.pipeline import instance_for, monitor_days
 
@@ -588,19 +588,7 @@ def monitor(day: Any, first: Any, last: Any) -> None:
             f"no warehouse at {settings.warehouse_path}: run 'fraud-platform load' first"
         )
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
-        has_decisions = connection.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = 'decisions'"
-        ).fetchone()[0]
-        decided = (
-            [
-                str(row[0])
-                for row in connection.execute(
-                    "SELECT DISTINCT CAST(timezone('UTC', event_time) AS DATE) AS day FROM raw.decisions ORDER BY day"
-                ).fetchall()
-            ]
-            if has_decisions
-            else []
-        )
+        decided = decision_days(connection)
     if day or first or last:
         days = _replay_days(
             LandingZone(settings.landing_dir),

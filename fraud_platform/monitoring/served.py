@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
 from fraud_platform.monitoring.performance import DAY_SQL
-from fraud_platform.monitoring.store import require_tables
+from fraud_platform.monitoring.store import require_tables, table_exists
 
 DATASET_TABLE = "training.dataset"
 
@@ -28,6 +28,15 @@ class ServedDay:
 
     def __len__(self) -> int:
         return len(self.transaction_ids)
+
+
+def decision_days(connection: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every UTC day (YYYY-MM-DD) with decisions in raw.decisions, oldest first ([] before the first load)."""
+    if not table_exists(connection, "decisions", "raw"):
+        return []
+    day = DAY_SQL.format(column="event_time")
+    rows = connection.execute(f"SELECT DISTINCT {day} AS day FROM raw.decisions ORDER BY day").fetchall()
+    return [str(row[0]) for row in rows]
 
 
 def served_day(connection: duckdb.DuckDBPyConnection, day: str, limit: int | None = None) -> ServedDay:
