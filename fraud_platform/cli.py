@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class PlatformGroup(click.Group):
 
 
 _DAY = click.DateTime(formats=["%Y-%m-%d"])
+_EPOCH = date(1970, 1, 1)
 
 
 def _settings() -> Settings:
@@ -344,26 +345,31 @@ def _empty_landing(zone: LandingZone) -> LandingError:
     )
 
 
-def _span(first: Any, last: Any) -> str:
-    """'D' or 'D1 to D2' (either end may be open) for messages."""
-    if first and last and first == last:
-        return str(first.date())
-    return f"{first.date() if first else 'the start'} to {last.date() if last else 'the end'}"
-
-
-def _replay_days(zone: LandingZone, day: date | None, first: date | None, last: date | None) -> list[str]:
-    """The landed days selected by --day or --from/--to (all landed days when none is given)."""
+def _day_range(day: Any, first: Any, last: Any) -> tuple[date | None, date | None]:
+    """The first and last day (inclusive, None: open) chosen by --day or --from/--to."""
     if day and (first or last):
         raise click.UsageError("give either --day or --from/--to, not both")
+    low, high = (day, day) if day else (first, last)
+    return (low and low.date()), (high and high.date())
+
+
+def _span(low: date | None, high: date | None) -> str:
+    """'D' or 'D1 to D2' (either end may be open) for messages."""
+    if low and low == high:
+        return str(low)
+    return f"{low or 'the start'} to {high or 'the end'}"
+
+
+def _replay_days(zone: LandingZone, low: date | None, high: date | None) -> list[str]:
+    """The landed days from `low` to `high` inclusive (all landed days when both are open)."""
     landed = zone.days()
     if not landed:
         raise _empty_landing(zone)
-    low = (day or first or date.min).isoformat()
-    high = (day or last or date.max).isoformat()
-    selected = [landed_day for landed_day in landed if low <= landed_day <= high]
+    first, last = (low or date.min).isoformat(), (high or date.max).isoformat()
+    selected = [landed_day for landed_day in landed if first <= landed_day <= last]
     if not selected:
         raise LandingError(
-            f"no landed transactions from {low} to {high}; landed days: {landed[0]} to {landed[-1]}"
+            f"no landed transactions from {first} to {last}; landed days: {landed[0]} to {landed[-1]}"
         )
     return selected
 
@@ -411,7 +417,7 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
             "FRAUD_PLATFORM_KAFKA_TOPIC_PREFIX (or delete the topics with your Kafka tools)"
         )
     zone = LandingZone(settings.landing_dir)
-    days = _replay_days(zone, day and day.date(), first and first.date(), last and last.date())
+    days = _replay_days(zone, *_day_range(day, first, last))
     total = sum(manifest.days.get(landed_day, 0) for manifest in zone.batches() for landed_day in days)
     target: redis_client.Redis | KafkaPublisher
     try:
@@ -531,9 +537,7 @@ def report(day: Any, first: Any, last: Any) -> None:
     from fraud_platform.scoring.decisions import read_decisions
 
     settings = _settings()
-    if day and (first or last):
-        raise click.UsageError("give either --day or --from/--to, not both")
-    low, high = (day, day) if day else (first, last)
+    low, high = _day_range(day, first, last)
     client = redis_client.Redis.from_url(redis_url(settings))
     events = read_decisions(client)
     if settings.stream_max_length and len(events) >= settings.stream_max_length:
@@ -544,8 +548,8 @@ def report(day: Any, first: Any, last: Any) -> None:
             err=True,
         )
     if low or high:
-        begin = int(low.replace(tzinfo=UTC).timestamp() * 1000) if low else 0
-        end = int(high.replace(tzinfo=UTC).timestamp() * 1000) + DAY_MS if high else 2**62
+        begin = (low - _EPOCH).days * DAY_MS if low else 0
+        end = ((high - _EPOCH).days + 1) * DAY_MS if high else 2**62
         events = [event for event in events if begin <= event["event_time"] < end]
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
         has_truth = table_exists(connection, "fraud_truth", "raw")
@@ -590,12 +594,7 @@ def monitor(day: Any, first: Any, last: Any) -> None:
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
         decided = decision_days(connection)
     if day or first or last:
-        days = _replay_days(
-            LandingZone(settings.landing_dir),
-            day and day.date(),
-            first and first.date(),
-            last and last.date(),
-        )
+        days = _replay_days(LandingZone(settings.landing_dir), *_day_range(day, first, last))
     else:
         days = decided
     if not days:
