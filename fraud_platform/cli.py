@@ -69,7 +69,7 @@ def main() -> None:
 @main.command()
 def init() -> None:
     """Create the project home, the landing zone and DAGSTER_HOME with its dagster.yaml."""
-    from fraud_platform.pipeline import prepare_home
+    from fraud_platform.home import prepare_home
 
     settings = _settings()
     prepare_home(settings)

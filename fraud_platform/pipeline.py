@@ -7,32 +7,11 @@ import dagster as dg
 from fraud_platform.config import DAGSTER_HOME_VAR, Settings
 from fraud_platform.defs.raw import LANDING_DAYS, RAW_ASSETS, RAW_CHECKS
 from fraud_platform.defs.resources import build_resources
+from fraud_platform.home import prepare_home
 from fraud_platform.lib.landing import LandingError, LandingZone
-
-DAGSTER_YAML = """\
-# Written by `fraud-platform init`. Local instance: sqlite storage in this directory.
-telemetry:
-  enabled: false
-concurrency:
-  runs:
-    # DuckDB allows one writing process per warehouse file.
-    max_concurrent_runs: 1
-"""
-
 
 # Runs started from the command line log warnings only; the full event log is in the Dagster UI.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-def prepare_home(settings: Settings) -> None:
-    """Create the project home, the landing zone and DAGSTER_HOME with its dagster.yaml (idempotent)."""
-    for directory in (settings.home, settings.landing_dir, settings.dagster_home, settings.redis_dir):
-        directory.mkdir(parents=True, exist_ok=True)
-    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
-    dagster_yaml = settings.dagster_home / "dagster.yaml"
-    if not dagster_yaml.exists():
-        dagster_yaml.write_text(DAGSTER_YAML)
 
 
 def instance_for(settings: Settings) -> dg.DagsterInstance:
