@@ -1,0 +1,115 @@
+"""The Redis stream source's adaptive micro-batches against a real server: what is waiting comes at once (a
+few entries make a small batch), a backlog comes in full batches, and only an idle worker waits on XREAD
+BLOCK. Which reads blocked is read from the server's slow log (every command logged with its arguments)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from bytewax_flows.redis_io import RedisStreamSource
+from fraud_platform.lib.bus import EVENT_FIELD
+from fraud_platform.lib.keys import transactions_stream
+from fraud_platform.lib.redis_server import LocalRedisServer
+
+BATCH = 100
+QUIET, BUSY = transactions_stream(0), transactions_stream(1)
+
+
+def add(client: redis.Redis, stream: str, count: int, first: int = 0) -> None:
+    pipeline = client.pipeline(transaction=False)
+    for index in range(first, first + count):
+        pipeline.xadd(stream, {EVENT_FIELD: f"event {index}"})
+    pipeline.execute()
+
+
+@pytest.fixture
+def command_log(clean_redis: redis.Redis) -> Iterator[redis.Redis]:
+    """The server logs every command with its arguments while the test runs."""
+    threshold = clean_redis.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"]
+    clean_redis.config_set("slowlog-log-slower-than", 0)
+    clean_redis.slowlog_reset()
+    yield clean_redis
+    clean_redis.config_set("slowlog-log-slower-than", threshold)
+
+
+def blocking_reads(client: redis.Redis, stream: str) -> list[bool]:
+    """For each XREAD of `stream` since the log was reset, oldest first: whether it asked to block."""
+    commands = [entry["command"].split() for entry in reversed(client.slowlog_get(1_000))]
+    return [
+        any(part.upper() == b"BLOCK" for part in command)
+        for command in commands
+        if command[0].upper() == b"XREAD" and stream.encode() in command
+    ]
+
+
+def test_few_waiting_entries_come_at_once_and_a_backlog_in_full_batches(
+    clean_redis: redis.Redis, redis_server: LocalRedisServer
+) -> None:
+    source = RedisStreamSource(redis_server.url, [QUIET], batch_size=BATCH, block_ms=1)
+    partition = source.build_part("in", QUIET, None)
+    try:
+        add(clean_redis, QUIET, 3)
+        assert partition.next_batch() == [b"event 0", b"event 1", b"event 2"]  # not held to fill a batch
+        assert partition.next_batch() == []
+        add(clean_redis, QUIET, 2 * BATCH + 30, first=3)
+        sizes = [len(partition.next_batch()) for _ in range(4)]
+        assert sizes == [BATCH, BATCH, 30, 0]
+        assert partition.snapshot() == clean_redis.xrevrange(QUIET, count=1)[0][0].decode()
+    finally:
+        partition.close()
+
+
+def test_a_resumed_partition_reads_right_after_its_snapshot(
+    clean_redis: redis.Redis, redis_server: LocalRedisServer
+) -> None:
+    add(clean_redis, QUIET, 5)
+    source = RedisStreamSource(redis_server.url, [QUIET], batch_size=2)
+    first = source.build_part("in", QUIET, None)
+    assert first.next_batch() == [b"event 0", b"event 1"]
+    snapshot = first.snapshot()
+    first.close()
+    resumed = RedisStreamSource(redis_server.url, [QUIET], batch_size=BATCH).build_part("in", QUIET, snapshot)
+    try:
+        assert resumed.next_batch() == [b"event 2", b"event 3", b"event 4"]
+    finally:
+        resumed.close()
+
+
+def test_only_an_idle_worker_waits(command_log: redis.Redis, redis_server: LocalRedisServer) -> None:
+    source = RedisStreamSource(redis_server.url, [QUIET, BUSY], batch_size=BATCH, block_ms=1)
+    waiting = source.build_part("in", QUIET, None)  # the worker's first partition: the one that may wait
+    polling = source.build_part("in", BUSY, None)
+    try:
+        assert waiting.next_batch() == []  # nothing read yet anywhere: an idle worker waits
+        add(command_log, BUSY, 5)
+        assert len(polling.next_batch()) == 5
+        assert waiting.next_batch() == []  # the worker is busy: its empty shard does not hold it up
+        assert polling.next_batch() == []
+        assert waiting.next_batch() == []  # a whole round without entries: idle again, waits
+        assert polling.next_batch() == []
+        add(command_log, QUIET, BATCH + 1)
+        assert len(waiting.next_batch()) == BATCH  # idle before, and entries were waiting: at once
+        assert len(waiting.next_batch()) == 1  # it read entries itself: no wait
+        assert blocking_reads(command_log, QUIET) == [True, False, True, True, False]
+        assert blocking_reads(command_log, BUSY) == [False, False, False]  # never blocks
+    finally:
+        waiting.close()
+        polling.close()
+
+
+def test_partitions_that_stop_when_drained_never_wait(
+    command_log: redis.Redis, redis_server: LocalRedisServer
+) -> None:
+    add(command_log, QUIET, 3)
+    source = RedisStreamSource(redis_server.url, [QUIET], batch_size=2, block_ms=1, exit_when_drained=True)
+    partition = source.build_part("in", QUIET, None)
+    try:
+        assert [len(partition.next_batch()), len(partition.next_batch())] == [2, 1]
+        with pytest.raises(StopIteration):
+            partition.next_batch()
+        assert blocking_reads(command_log, QUIET) == [False, False]
+    finally:
+        partition.close()
