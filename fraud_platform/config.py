@@ -28,6 +28,7 @@ RETRAIN_LABELS_VAR = "FRAUD_PLATFORM_RETRAIN_MIN_NEW_LABELS"
 STREAM_MAX_LENGTH_VAR = "FRAUD_PLATFORM_STREAM_MAX_LENGTH"
 MODEL_REFRESH_VAR = "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS"
 SCORING_MODE_VAR = "FRAUD_PLATFORM_SCORING_MODE"
+SCORING_THREADS_VAR = "FRAUD_PLATFORM_SCORING_THREADS"
 FEATURE_LOG_FLUSH_VAR = "FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS"
 TRANSPORT_VAR = "FRAUD_PLATFORM_TRANSPORT"
 KAFKA_BROKERS_VAR = "FRAUD_PLATFORM_KAFKA_BROKERS"
@@ -43,6 +44,9 @@ DEFAULT_RETRAIN_MIN_NEW_LABELS = 1_000
 DEFAULT_STREAM_MAX_LENGTH = 10_000_000  # entries per shard, about 2 GB of Redis memory at ~216 bytes each
 DEFAULT_MODEL_REFRESH_SECONDS = 30
 DEFAULT_FEATURE_LOG_FLUSH_SECONDS = 60
+# XGBoost threads of a serving process: 1 keeps small batches off contended cores (docs/benchmarks.md); 0 is
+# XGBoost's own default, every core.
+DEFAULT_SCORING_THREADS = 1
 SCORING_MODES = ("model", "rules")
 TRANSPORTS = ("redis", "kafka")
 DEFAULT_KAFKA_TOPIC_PREFIX = "fraud-platform"
@@ -85,6 +89,7 @@ class Settings:
     stream_max_length: int
     model_refresh_seconds: int = DEFAULT_MODEL_REFRESH_SECONDS
     scoring_mode: str = SCORING_MODES[0]
+    scoring_threads: int = DEFAULT_SCORING_THREADS
     feature_log_flush_seconds: int = DEFAULT_FEATURE_LOG_FLUSH_SECONDS
     transport: str = TRANSPORTS[0]
     kafka_brokers: tuple[str, ...] = ()
@@ -132,6 +137,7 @@ class Settings:
             stream_max_length=_integer(env, STREAM_MAX_LENGTH_VAR, DEFAULT_STREAM_MAX_LENGTH, 0, 10**12),
             model_refresh_seconds=_integer(env, MODEL_REFRESH_VAR, DEFAULT_MODEL_REFRESH_SECONDS, 1, 86_400),
             scoring_mode=_choice(env, SCORING_MODE_VAR, SCORING_MODES),
+            scoring_threads=_integer(env, SCORING_THREADS_VAR, DEFAULT_SCORING_THREADS, 0, 256),
             feature_log_flush_seconds=_integer(
                 env, FEATURE_LOG_FLUSH_VAR, DEFAULT_FEATURE_LOG_FLUSH_SECONDS, 1, 86_400
             ),
@@ -158,6 +164,7 @@ class Settings:
             STREAM_MAX_LENGTH_VAR: str(self.stream_max_length),
             MODEL_REFRESH_VAR: str(self.model_refresh_seconds),
             SCORING_MODE_VAR: self.scoring_mode,
+            SCORING_THREADS_VAR: str(self.scoring_threads),
             FEATURE_LOG_FLUSH_VAR: str(self.feature_log_flush_seconds),
             TRANSPORT_VAR: self.transport,
             KAFKA_TOPIC_PREFIX_VAR: self.kafka_topic_prefix,

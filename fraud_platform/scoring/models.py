@@ -6,6 +6,12 @@ batches, so no event is dropped or scored twice. A version whose contract this c
 (error log line, `models_refused` counter) and the current model kept; an unreachable registry keeps the
 current model too (warning, `registry_errors` counter). With `scoring_mode="rules"` the rules baseline
 serves and nothing is read from the registry.
+
+Threads are chosen on purpose (FRAUD_PLATFORM_SCORING_THREADS, `Settings.scoring_threads`): XGBoost would
+otherwise use every core's OpenMP thread for every call, and on a busy machine a parallel region waits for
+its slowest thread (docs/benchmarks.md). Batches under WIDE_BATCH_ROWS rows are scored with one thread,
+larger ones (a backlog) with the configured number; 0 leaves XGBoost's default. `ModelWatcher.start()`
+also bounds the OpenMP and BLAS thread pools the process has loaded (threadpoolctl).
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xgboost as xgb
 from mlflow import MlflowClient
+from threadpoolctl import threadpool_limits
 
-from fraud_platform.config import SCORING_MODE_VAR, Settings
+from fraud_platform.config import DEFAULT_SCORING_THREADS, SCORING_MODE_VAR, SCORING_THREADS_VAR, Settings
 from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.training import registry
 from fraud_platform.training.baseline import rules_score
@@ -31,6 +38,9 @@ RULES_VERSION = "rules-v1"
 # rules_score is a share of four rules: review from two rules' worth of evidence, decline from three.
 RULES_THRESHOLDS = Thresholds(decline=0.75, review=0.5)
 REASON_CODES = 3
+# Batches of this many rows or more get the configured threads; smaller ones one thread, where OpenMP's
+# fork and join cost more than they save (measured: bench/bench_scoring.py, docs/benchmarks.md).
+WIDE_BATCH_ROWS = 1_000
 
 
 class NoServableModel(RuntimeError):
@@ -39,17 +49,44 @@ class NoServableModel(RuntimeError):
 
 @dataclass(frozen=True)
 class ServingModel:
-    """What scores a batch: a booster with its thresholds, or the rules baseline (booster None)."""
+    """What scores a batch: a booster with its thresholds, or the rules baseline (booster None).
+
+    `threads`: XGBoost threads for batches of WIDE_BATCH_ROWS rows or more (smaller ones use one); 0 leaves
+    XGBoost's default (every core) for every call. The booster's `nthread` is set here, on purpose."""
 
     version: str
     thresholds: Thresholds
     booster: xgb.Booster | None = None
+    threads: int = DEFAULT_SCORING_THREADS
+    _wide: xgb.Booster | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"ServingModel threads={self.threads}: must be 0 (XGBoost's default) or more")
+        if self.booster is None:
+            return
+        self.booster.set_param({"nthread": 1 if self.threads else 0})
+        if self.threads > 1:  # a copy for large batches: no thread count is switched between calls
+            wide = self.booster.copy()
+            wide.set_param({"nthread": self.threads})
+            object.__setattr__(self, "_wide", wide)
+
+    def booster_for(self, rows: int) -> xgb.Booster | None:
+        """The booster that scores a batch of `rows` rows (None for the rules baseline)."""
+        return self._wide if self._wide is not None and rows >= WIDE_BATCH_ROWS else self.booster
+
+    def threads_for(self, rows: int) -> int:
+        """XGBoost threads for a batch of `rows` rows (0: XGBoost's default, every core)."""
+        if not self.threads:
+            return 0
+        return self.threads if rows >= WIDE_BATCH_ROWS else 1
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Scores of a float32 matrix in MODEL_FEATURES order, one vectorised call."""
-        if self.booster is None:
+        booster = self.booster_for(len(features))
+        if booster is None:
             return rules_score(features).astype(np.float32)
-        return score(self.booster, features)
+        return score(booster, features)
 
     def reasons(self, features: np.ndarray) -> list[tuple[str, ...]]:
         """Up to REASON_CODES feature names per row, those pushing the score up most.
@@ -57,10 +94,12 @@ class ServingModel:
         XGBoost's approximate contributions (Saabas: 62 us per row on 200 trees, exact TreeSHAP 407 us,
         docs/benchmarks.md); still called only for the rows that are reviewed or declined. The rules
         baseline gives none."""
-        if self.booster is None or len(features) == 0:
+        booster = self.booster_for(len(features))
+        if booster is None or len(features) == 0:
             return [() for _ in range(len(features))]
-        matrix = xgb.DMatrix(features, feature_names=list(MODEL_FEATURES), missing=np.nan)
-        contributions = self.booster.predict(matrix, pred_contribs=True, approx_contribs=True)
+        threads = self.threads_for(len(features)) or None  # None: XGBoost's default
+        matrix = xgb.DMatrix(features, feature_names=list(MODEL_FEATURES), missing=np.nan, nthread=threads)
+        contributions = booster.predict(matrix, pred_contribs=True, approx_contribs=True)
         contributions = contributions[:, :-1]  # the last column is the bias
         top = np.argsort(-contributions, axis=1)[:, :REASON_CODES]
         return [
@@ -86,7 +125,9 @@ class ModelWatcher:
         self._next_check = 0.0
 
     def start(self) -> ServingModel:
-        """Load the model to serve first; raise NoServableModel with what to do when there is none."""
+        """Bound the native thread pools, load the model to serve first; raise NoServableModel with what to
+        do when there is none."""
+        bound_native_threads(self.settings.scoring_threads)
         if self.settings.scoring_mode == "rules":
             logger.warning("%s=rules: scoring with the rules baseline (%s)", SCORING_MODE_VAR, RULES_VERSION)
             self._model = RULES_MODEL
@@ -108,7 +149,7 @@ class ModelWatcher:
                 f"champion version {champion.version} cannot be served: {error}; retrain with "
                 f"`fraud-platform train`, or set {SCORING_MODE_VAR}=rules"
             ) from None
-        self._model = _serving(loaded)
+        self._model = _serving(loaded, self.settings.scoring_threads)
         self._next_check = self.clock() + self.settings.model_refresh_seconds
         logger.info("serving model %s version %s", registry.MODEL_NAME, self._model.version)
         return self._model
@@ -148,9 +189,20 @@ class ModelWatcher:
             self.models_refused += 1
             logger.error("REFUSED champion version %s: %s; keeping model version %s", version, error, current)
             return
-        self._model = _serving(loaded)
+        self._model = _serving(loaded, self.settings.scoring_threads)
         logger.info("swapped the serving model: version %s -> %s", current, version)
 
 
-def _serving(loaded: registry.LoadedModel) -> ServingModel:
-    return ServingModel(loaded.version, loaded.contract.thresholds, loaded.booster)
+def bound_native_threads(threads: int) -> None:
+    """Limit the OpenMP and BLAS thread pools of the libraries loaded so far to `threads` (0: leave them).
+
+    BLAS limits are process-wide; OpenMP's is the calling thread's default (libgomp keeps it per thread),
+    which is why ServingModel also gives XGBoost its thread count explicitly on every call."""
+    if threads < 0:
+        raise ValueError(f"{SCORING_THREADS_VAR}={threads}: must be 0 (the libraries' default) or more")
+    if threads:
+        threadpool_limits(limits=threads)
+
+
+def _serving(loaded: registry.LoadedModel, threads: int) -> ServingModel:
+    return ServingModel(loaded.version, loaded.contract.thresholds, loaded.booster, threads)
