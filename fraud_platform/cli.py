@@ -6,6 +6,7 @@ Heavy libraries (Dagster, pandas) are imported inside the commands that need the
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import warnings
@@ -83,6 +84,51 @@ def env() -> None:
 
     for name, value in _settings().environment().items():
         click.echo(f"export {name}={shlex.quote(value)}")
+
+
+_UI_PORTS = {"dagster": 3000, "mlflow": 5000}
+
+
+@main.command(short_help="Start the Dagster or MLflow UI on 127.0.0.1 with the platform's configuration.")
+@click.argument("app", type=click.Choice(sorted(_UI_PORTS)))
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help="Port on 127.0.0.1 [default: 3000 dagster, 5000 mlflow]."
+)
+def ui(app: str, port: int | None) -> None:
+    """Start `dagster dev` or `mlflow ui` on 127.0.0.1 with the platform's configuration (DAGSTER_HOME, the
+    tracking URI, label maturity and the rest of `fraud-platform env`); Ctrl-C stops it.
+
+    The UI replaces this process, so signals reach it directly. The Dagster UI needs the dbt manifest that
+    `source scripts/setup.sh` builds."""
+    from fraud_platform.config import project_root
+    from fraud_platform.home import prepare_home
+
+    settings = _settings()
+    prepare_home(settings)
+    root = project_root()
+    port = port or _UI_PORTS[app]
+    python = sys.executable
+    if app == "dagster":
+        command = ["dagster", "dev", "-w", str(root / "workspace.yaml")]
+    else:
+        artifacts = settings.mlflow_artifact_root.resolve().as_uri()
+        command = ["mlflow", "ui", "--backend-store-uri", settings.mlflow_tracking_uri]
+        command += ["--default-artifact-root", artifacts, "--workers", "1"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    environment = {
+        **os.environ,
+        **settings.environment(),
+        "DO_NOT_TRACK": "1",
+        "DBT_PROFILES_DIR": str(root / "dbt_project"),
+        "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
+    }
+    click.echo(f"{app} UI on http://127.0.0.1:{port} (Ctrl-C stops it)", err=True)
+    os.chdir(root)
+    # A shell without job control starts `&` jobs with SIGINT ignored, and an ignored signal stays ignored
+    # across exec: `dagster dev` would then ignore Ctrl-C, `kill -INT` and even SIGTERM (it turns SIGTERM into
+    # an interrupt). Default handling, so the UI stops however it was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.execve(python, [python, "-m", *command], environment)
 
 
 @main.group()

@@ -1,8 +1,12 @@
 """The `fraud-platform` command line, in process (CliRunner) and end to end (real processes)."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import duckdb
@@ -11,6 +15,7 @@ from click.testing import CliRunner
 
 from fraud_platform.cli import main
 from fraud_platform.config import Settings
+from fraud_platform.lib.redis_server import free_port
 
 
 def test_every_command_explains_itself() -> None:
@@ -98,3 +103,42 @@ def test_simulate_load_and_dagster_cli_end_to_end(platform_env: Settings) -> Non
     assert transactions > 200 * 10 * 0.5
     assert cards == 200
     assert orphans == 0
+
+
+def test_ui_mlflow_serves_the_platforms_store_on_loopback_and_stops_on_ctrl_c(platform_env: Settings) -> None:
+    port = free_port()
+    cli = str(Path(sys.executable).parent / "fraud-platform")
+    # Its own process group, as a terminal's foreground job: Ctrl-C (SIGINT) goes to the UI and its workers.
+    ui = subprocess.Popen(
+        [cli, "ui", "mlflow", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert ui.poll() is None, f"the UI exited at start:\n{ui.communicate()[0]}"
+            assert time.monotonic() < deadline, "the MLflow UI did not answer /health"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+            data=b'{"max_results": 10}',
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.load(response)["experiments"][0]["name"] == "Default"
+        # The platform's store, not a ./mlflow.db in some working directory.
+        assert Path(platform_env.mlflow_tracking_uri.removeprefix("sqlite:///")).is_file()
+        os.killpg(ui.pid, signal.SIGINT)
+        ui.wait(timeout=60)
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait()
