@@ -1,13 +1,20 @@
 """Where decisions go: the decisions stream (idempotent by transaction_id) and the feature log (landing zone).
 
 * `write_decisions`: one Lua script call per chunk of 1,000 decisions. For each decision it sets a marker
-  `decided:<transaction_id>` (SET NX EX ttl) and appends the decision to `DECISIONS_STREAM` only when the
-  marker is new, so replaying events (a restart without recovery, a replay of a day) adds no duplicate.
-  With `max_length` > 0 the stream is trimmed to about that many entries (MAXLEN ~): consumers that need
-  every decision read the feature log in the warehouse; the stream is the live view.
-  The script runs atomically: there is no window in which a marker exists without its decision. It touches
-  keys of many slots, so on Redis Cluster it needs the stream and markers routed to one node (or a
-  per-slot split); the single server and Valkey/Redis with replicas are fine as they are.
+  `decided:<transaction_id>` holding the decision's JSON (SET NX EX ttl) and appends the decision to
+  `DECISIONS_STREAM` only when the marker is new, so replaying events (a restart without recovery, a replay of
+  a day) adds no duplicate; the marker is also where the authorization API reads a transaction's first
+  decision (idempotent re-sends). With `max_length` > 0 the stream is trimmed to about that many entries
+  (MAXLEN ~): consumers that need every decision read the feature log in the warehouse; the stream is the
+  live view.
+  The same call answers the API's waiting requests: a request adds the transaction_id to the set `awaiting`
+  and its reply list to the transaction's waiters list `awaiting:<transaction_id>` (`HANDOFF_SCRIPT`, run by
+  the API as it puts the event on the bus); the script pushes the first decision to every registered reply
+  list and removes the transaction from both. While no request waits, this costs one SCARD per call.
+  The script runs atomically: there is no window in which a marker exists without its decision, or in which
+  a waiter registers after the decision and misses it. It touches keys of many slots, so on Redis Cluster it
+  needs the stream and markers routed to one node (or a per-slot split); the single server and Valkey/Redis
+  with replicas are fine as they are.
 * `FeatureLog`: decisions with the transaction and the served feature vector, buffered and published to the
   landing zone as one batch (transactions + context table `decisions`, source "stream") when
   `flush_events` decisions are buffered, when the oldest has waited `flush_seconds` (a timer thread sees
@@ -18,10 +25,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -38,36 +47,89 @@ from fraud_platform.lib.schema import DECISIONS, TIMESTAMP, TRANSACTIONS
 from fraud_platform.scoring.scorer import Decision
 
 logger = logging.getLogger(__name__)
+MODEL_INDEX = {name: index for index, name in enumerate(MODEL_FEATURES)}
 
 DECISION_FIELD = "decision"
 MARKER_PREFIX = "decided:"
 CHUNK = 1_000
-# KEYS[1] the stream, KEYS[i > 1] markers; ARGV[1] the marker TTL, ARGV[2] the stream's maximum length
-# (0: untrimmed), ARGV[i + 1] the decision of KEYS[i].
+WAITING_KEY = "awaiting"  # the set of transaction_ids with API requests waiting for their decision
+WAITERS_PREFIX = "awaiting:"
+REPLY_PREFIX = "reply:"  # + transaction_id + ":" + a token: one reply list per waiting request
+# A reply list nobody reads any more (its request gave up at its deadline) disappears after this.
+REPLY_TTL_SECONDS = 60
+# KEYS[1] the stream, KEYS[2] WAITING_KEY, KEYS[i + 2] the i-th decision's marker; ARGV[1] the marker TTL,
+# ARGV[2] the stream's maximum length (0: untrimmed), ARGV[3] the reply lists' TTL, ARGV[4] WAITERS_PREFIX,
+# then per decision ARGV[2i + 3] its transaction_id and ARGV[2i + 4] its JSON. Without API requests waiting
+# (an empty WAITING_KEY) the replies cost one SCARD per call; the waiters lists' names are built here, so
+# the keys of the (rare) decisions someone waits for are not sent with every call.
 _WRITE_SCRIPT = """
 local added = 0
 local max_length = tonumber(ARGV[2])
-for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+local waiting = redis.call('SCARD', KEYS[2]) > 0
+for i = 1, #KEYS - 2 do
+  local marker, decision = KEYS[i + 2], ARGV[2 * i + 4]
+  if redis.call('SET', marker, decision, 'NX', 'EX', ARGV[1]) then
     if max_length > 0 then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', max_length, '*', 'decision', ARGV[i + 1])
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', max_length, '*', 'decision', decision)
     else
-      redis.call('XADD', KEYS[1], '*', 'decision', ARGV[i + 1])
+      redis.call('XADD', KEYS[1], '*', 'decision', decision)
     end
     added = added + 1
+  end
+  if waiting and redis.call('SREM', KEYS[2], ARGV[2 * i + 3]) == 1 then
+    local first, waiters = redis.call('GET', marker), ARGV[4] .. ARGV[2 * i + 3]
+    for _, reply in ipairs(redis.call('LRANGE', waiters, 0, -1)) do
+      redis.call('LPUSH', reply, first)
+      redis.call('EXPIRE', reply, ARGV[3])
+    end
+    redis.call('DEL', waiters)
   end
 end
 return added
 """
+# The API's hand-off, atomic against _WRITE_SCRIPT: KEYS[1] the marker, KEYS[2] WAITING_KEY, KEYS[3] the
+# waiters list, KEYS[4] the card's shard of the transactions stream; ARGV[1] the transaction_id, ARGV[2] the
+# reply list to register, ARGV[3] the waiters list's TTL, ARGV[4...] the XADD arguments after the stream name
+# (`bus.xadd_arguments`). Returns the stored first decision when the transaction was decided already (nothing
+# is published); else registers the reply list, puts the event on the bus and returns nil.
+HANDOFF_SCRIPT = """
+local decided = redis.call('GET', KEYS[1])
+if decided then
+  return decided
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('XADD', KEYS[4], unpack(ARGV, 4))
+return false
+"""
 
 
 def marker_key(transaction_id: str) -> str:
-    """The key that records that a transaction was decided."""
+    """The key that records that a transaction was decided: its first decision's JSON."""
     return MARKER_PREFIX + transaction_id
 
 
+def waiters_key(transaction_id: str) -> str:
+    """The list of reply lists waiting for a transaction's decision (the API's requests)."""
+    return WAITERS_PREFIX + transaction_id
+
+
+def _reason_details(decision: Decision) -> list[dict[str, Any]]:
+    """Each reason with its served value (None: missing) and contribution (None: not computed)."""
+    shares = decision.contributions or (None,) * len(decision.reasons)
+    details = []
+    for name, share in zip(decision.reasons, shares, strict=True):
+        value = float(decision.features[MODEL_INDEX[name]])
+        details.append(
+            {"feature": name, "value": None if math.isnan(value) else value, "contribution": share}
+        )
+    return details
+
+
 def decision_event(decision: Decision) -> bytes:
-    """The decision as the JSON of its stream entry (times in epoch ms)."""
+    """The decision as the JSON of its stream entry (times in epoch ms); `reason_details` gives each reason's
+    served value (null: missing) and its contribution to the score (log-odds)."""
     return orjson.dumps(
         {
             "transaction_id": decision.transaction_id,
@@ -75,7 +137,9 @@ def decision_event(decision: Decision) -> bytes:
             "score": decision.score,
             "decision": decision.decision,
             "reasons": decision.reasons,
+            "reason_details": _reason_details(decision),
             "model_version": decision.model_version,
+            "feature_definition_version": FEATURE_DEFINITION_VERSION,
             "event_time": decision.event_ms,
             "received_time": decision.received_ms,
             "decision_time": decision.decision_ms,
@@ -86,15 +150,28 @@ def decision_event(decision: Decision) -> bytes:
 def write_decisions(
     client: redis.Redis, decisions: Sequence[Decision], marker_ttl_seconds: int, max_length: int = 0
 ) -> int:
-    """Append the decisions not written before to the decisions stream; return how many were new."""
+    """Append the decisions not written before to the decisions stream and answer the API requests waiting
+    for them (with the first decision); return how many were new."""
     script = client.register_script(_WRITE_SCRIPT)
     added = 0
     for start in range(0, len(decisions), CHUNK):
         chunk = decisions[start : start + CHUNK]
         added += int(
             script(
-                keys=[DECISIONS_STREAM, *(marker_key(decision.transaction_id) for decision in chunk)],
-                args=[marker_ttl_seconds, max_length, *(decision_event(decision) for decision in chunk)],
+                keys=[
+                    DECISIONS_STREAM,
+                    WAITING_KEY,
+                    *(marker_key(decision.transaction_id) for decision in chunk),
+                ],
+                args=[
+                    marker_ttl_seconds,
+                    max_length,
+                    REPLY_TTL_SECONDS,
+                    WAITERS_PREFIX,
+                    *chain.from_iterable(
+                        (decision.transaction_id, decision_event(decision)) for decision in chunk
+                    ),
+                ],
             )
         )
     return added

@@ -5,12 +5,14 @@
 Fields: `decisions_per_second` and `decisions` (over the last interval), `decisions_total`,
 `latency_p50_ms` / `latency_p99_ms` (from the moment the flow took the event in to its decision, over the
 last interval), `dead_letters` (length of the dead-letter stream), `model_version`, `models_refused`,
-`registry_errors`, `updated_at` (epoch ms).
+`registry_errors`, `updated_at` (epoch ms). A quiet flow reports every interval too (a heartbeat thread), so
+`updated_at` shows that the flow is alive: the authorization API's readiness check reads it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -44,16 +46,36 @@ class ScoringMetrics:
         self.total = 0
         self._latencies: list[int] = []
         self._since = clock()
+        self._lock = threading.RLock()  # the worker's batches and the heartbeat thread
+        threading.Thread(target=self._heartbeat, name="scoring-metrics", daemon=True).start()
 
     def record(self, decisions: Sequence[Decision]) -> None:
         """Count a written batch of decisions and report if an interval has passed."""
-        self.total += len(decisions)
-        self._latencies.extend(decision.decision_ms - decision.received_ms for decision in decisions)
-        if self.clock() - self._since >= self.interval:
-            self.report()
+        with self._lock:
+            self.total += len(decisions)
+            self._latencies.extend(decision.decision_ms - decision.received_ms for decision in decisions)
+            if self.clock() - self._since >= self.interval:
+                self.report()
+
+    def _heartbeat(self) -> None:
+        """Report at start and whenever an interval passed without a batch to report it."""
+        due = True
+        while True:
+            with self._lock:
+                if due or self.clock() - self._since >= self.interval:
+                    try:
+                        self._report()
+                    except Exception:  # e.g. Redis restarting: the next beat or batch reports again
+                        logger.exception("scoring metrics: the heartbeat report failed")
+            due = False
+            time.sleep(self.interval)
 
     def report(self) -> dict[str, str]:
         """Log the numbers of the interval just ended, store them in METRICS_KEY and start a new interval."""
+        with self._lock:
+            return self._report()
+
+    def _report(self) -> dict[str, str]:
         now = self.clock()
         elapsed = max(now - self._since, 1e-9)
         latencies = np.asarray(self._latencies, dtype=np.float64)

@@ -44,6 +44,7 @@ class Decision(NamedTuple):
     decision_ms: int
     txn: Transaction
     features: np.ndarray  # float32, MODEL_FEATURES order: the vector the model was served
+    contributions: tuple[float, ...] = ()  # each reason's contribution to the score (log-odds)
 
 
 def decide(scores: np.ndarray, thresholds: Thresholds) -> np.ndarray:
@@ -85,8 +86,8 @@ class Scorer:
         scores = model.scores(features)
         decisions = decide(scores, model.thresholds)
         flagged = np.flatnonzero(decisions != APPROVE)
-        reasons: list[tuple[str, ...]] = [()] * len(txns)
-        for row, row_reasons in zip(flagged.tolist(), model.reasons(features[flagged]), strict=True):
+        reasons: list[tuple[tuple[str, float], ...]] = [()] * len(txns)
+        for row, row_reasons in zip(flagged.tolist(), model.explain(features[flagged]), strict=True):
             reasons[row] = row_reasons
         decided_ms = time.time_ns() // 1_000_000
         return [
@@ -95,13 +96,14 @@ class Scorer:
                 txn.card_id,
                 row_score,
                 decision,
-                reasons[row],
+                tuple(name for name, _ in reasons[row]),
                 model.version,
                 txn.timestamp_ms,
                 received_ms[row],
                 decided_ms,
                 txn,
                 features[row],
+                tuple(share for _, share in reasons[row]),
             )
             for row, (txn, row_score, decision) in enumerate(
                 zip(txns, scores.tolist(), decisions.tolist(), strict=True)
