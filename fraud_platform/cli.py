@@ -546,18 +546,42 @@ def features_backfill(out: Path, processes: int | None) -> None:
 
 @main.command("decisions")
 @click.option("--count", type=click.IntRange(min=1), default=10, show_default=True, help="How many.")
-def decisions_command(count: int) -> None:
-    """The newest decisions of the scoring flow (oldest first) and its metrics (`metrics:scoring`)."""
+@click.option(
+    "--decision",
+    "kind",
+    type=click.Choice(["approve", "review", "decline"]),  # scorer.APPROVE, REVIEW, DECLINE (tested)
+    help="Only decisions of this kind.",
+)
+@click.option("--card", help="Only this card's decisions.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per line: the stream entries (times in epoch ms).",
+)
+def decisions_command(count: int, kind: str | None, card: str | None, as_json: bool) -> None:
+    """The newest decisions of the scoring flow as a table (oldest first), then its metrics.
+
+    The table: event time (ISO-8601 UTC), transaction, card, amount, decision, score and the top reasons with
+    the values the model was served. With --decision or --card the stream is searched back from its newest
+    entry. --json prints the matching entries only, for machines."""
     import orjson
     import redis as redis_client
 
+    from fraud_platform.decisions_view import newest_decisions, table
     from fraud_platform.lib.redis_server import redis_url
-    from fraud_platform.scoring.decisions import read_decisions
     from fraud_platform.scoring.metrics import METRICS_KEY
 
     client = redis_client.Redis.from_url(redis_url(_settings()))
-    for decision in reversed(read_decisions(client, count, newest=True)):
-        click.echo(orjson.dumps(decision).decode())
+    events = newest_decisions(client, count, decision=kind, card=card)
+    if as_json:
+        for event in events:
+            click.echo(orjson.dumps(event).decode())
+        return
+    if events:
+        click.echo("\n".join(table(events)))
+    else:
+        click.echo("no decisions" + (" matching the filters" if kind or card else " yet"))
     metrics = {key.decode(): value.decode() for key, value in client.hgetall(METRICS_KEY).items()}
     click.echo(
         " ".join(f"{key}={value}" for key, value in sorted(metrics.items())) or "no scoring metrics yet"

@@ -10,12 +10,17 @@ import urllib.request
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from fraud_platform.cli import main
 from fraud_platform.config import Settings
-from fraud_platform.lib.redis_server import free_port
+from fraud_platform.features.vector import MODEL_FEATURES
+from fraud_platform.lib.redis_server import LocalRedisServer, free_port
+from fraud_platform.lib.schema import Transaction
+from fraud_platform.scoring.decisions import write_decisions
+from fraud_platform.scoring.scorer import APPROVE, DECLINE, REVIEW, Decision
 
 
 def test_every_command_explains_itself() -> None:
@@ -142,3 +147,75 @@ def test_ui_mlflow_serves_the_platforms_store_on_loopback_and_stops_on_ctrl_c(pl
         if ui.poll() is None:
             os.killpg(ui.pid, signal.SIGKILL)
             ui.wait()
+
+
+def _decision(
+    index: int, card: str, kind: str, score: float, reasons: dict[str, float] | None = None
+) -> Decision:
+    features = np.full(len(MODEL_FEATURES), np.nan, np.float32)
+    for name, value in (reasons or {}).items():
+        features[MODEL_FEATURES.index(name)] = value
+    millis = 1_700_000_000_000 + index * 1_000
+    return Decision(
+        transaction_id=f"t{index}",
+        card_id=card,
+        score=score,
+        decision=kind,
+        reasons=tuple(reasons or ()),
+        model_version="3",
+        event_ms=millis,
+        received_ms=millis,
+        decision_ms=millis + 2,
+        txn=Transaction(f"t{index}", card, "m1", 12.5, "EUR", millis),
+        features=features,
+    )
+
+
+def test_decisions_as_a_table_filtered_and_as_json_lines(redis_server: LocalRedisServer) -> None:
+    client = redis_server.client()
+    client.flushdb()
+    reasons = {"txn_count_1h": 7.0, "amount_to_mean_30d": np.nan}
+    written = [
+        _decision(0, "c1", DECLINE, 0.97, {"speed_kmh_from_prev_txn": 912.25}),
+        _decision(1, "c2", REVIEW, 0.6, reasons),
+        # More than one page of newer decisions: finding the review pages back through the stream.
+        *(_decision(index, "c1" if index % 2 else "c3", APPROVE, 0.01) for index in range(2, 12_002)),
+    ]
+    write_decisions(client, written, marker_ttl_seconds=600)
+    runner = CliRunner()
+    env = {"REDIS_URL": redis_server.url}
+
+    newest = runner.invoke(main, ["decisions", "--count", "2"], env=env)
+    assert newest.exit_code == 0, newest.output
+    header, *rows, metrics = newest.output.splitlines()
+    assert header.split() == ["event", "time", "(UTC)", "transaction", "card", "amount", "decision", "score",
+                              "top", "reasons", "(value)"]  # fmt: skip
+    assert [row.split()[1] for row in rows] == ["t12000", "t12001"]  # oldest first
+    assert rows[0].split()[0] == "2023-11-15T01:33:20Z"  # 1_700_000_000 s + 12,000 s, ISO-8601 UTC
+    assert metrics == "no scoring metrics yet"
+
+    review = runner.invoke(main, ["decisions", "--decision", "review", "--count", "5"], env=env)
+    assert review.exit_code == 0, review.output
+    (row,) = review.output.splitlines()[1:-1]
+    assert row.split()[:3] == ["2023-11-14T22:13:21Z", "t1", "c2"]
+    assert row.split()[4:6] == ["review", "0.600"]
+    assert row.endswith("txn_count_1h=7, amount_to_mean_30d=missing")
+
+    declined = runner.invoke(main, ["decisions", "--decision", "decline", "--card", "c1"], env=env)
+    assert "speed_kmh_from_prev_txn=912.2" in declined.output
+
+    as_json = runner.invoke(main, ["decisions", "--card", "c1", "--count", "3", "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    lines = [json.loads(line) for line in as_json.output.splitlines()]
+    assert [line["transaction_id"] for line in lines] == ["t11997", "t11999", "t12001"]
+    assert {line["card_id"] for line in lines} == {"c1"} and lines[0]["event_time"] == 1_700_011_997_000
+
+    nothing = runner.invoke(main, ["decisions", "--card", "nobody"], env=env)
+    assert nothing.output.splitlines()[0] == "no decisions matching the filters"
+    wrong = runner.invoke(main, ["decisions", "--decision", "maybe"], env=env)
+    assert wrong.exit_code == 2 and "'maybe' is not one of 'approve', 'review', 'decline'" in wrong.output
+
+
+def test_the_decision_filter_offers_the_scorers_decisions() -> None:
+    choices = next(param for param in main.commands["decisions"].params if param.name == "kind").type
+    assert tuple(choices.choices) == (APPROVE, REVIEW, DECLINE)
