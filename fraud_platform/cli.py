@@ -589,6 +589,17 @@ def decisions_command(count: int, kind: str | None, card: str | None, as_json: b
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address (not loopback: API key).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port to bind.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Server processes.")
+def serve(host: str, port: int, workers: int) -> None:
+    """The authorization API (docs/api.md): POST /v1/authorize answered by the running scoring flow."""
+    from fraud_platform.api.server import serve as serve_api
+
+    serve_api(host, port, workers)
+
+
+@main.command()
 @click.option(
     "--day", type=_DAY, help="Only transactions of this day (YYYY-MM-DD) [default: every decision]."
 )

@@ -181,6 +181,15 @@ class KafkaPublisher:
         return published
 
 
+def xadd_arguments(
+    card_id: str, payload: bytes, shards: int, max_length: int = 0
+) -> tuple[str | int | bytes, ...]:
+    """What follows XADD for one event payload on Redis: its card's shard of the transactions stream, the trim
+    (`max_length` > 0) and the entry."""
+    trim = ("MAXLEN", "~", max_length) if max_length > 0 else ()
+    return (transactions_stream(shard_of(card_id, shards)), *trim, "*", EVENT_FIELD, payload)
+
+
 def publish(
     target: redis.Redis | KafkaPublisher,
     events: Iterable[Mapping[str, Any]],
@@ -198,12 +207,11 @@ def publish(
     """
     if isinstance(target, KafkaPublisher):
         return target.publish(events)
-    trim = ("MAXLEN", "~", max_length) if max_length > 0 else ()
     published = 0
     pipeline = target.pipeline(transaction=False)
     for event in events:
-        stream = transactions_stream(shard_of(str(event.get("card_id", "")), shards))
-        pipeline.execute_command("XADD", stream, *trim, "*", EVENT_FIELD, orjson.dumps(event))
+        card_id = str(event.get("card_id", ""))
+        pipeline.execute_command("XADD", *xadd_arguments(card_id, orjson.dumps(event), shards, max_length))
         published += 1
         if len(pipeline) >= PIPELINE_SIZE:
             pipeline.execute()
