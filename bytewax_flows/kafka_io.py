@@ -33,7 +33,15 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from bytewax_flows.redis_io import stream_client
 from fraud_platform.config import Settings
-from fraud_platform.lib.bus import DeadLetter, dead_letter, decode_event, kafka_properties, kafka_topics
+from fraud_platform.lib.bus import (
+    DEFAULT_EVENT_WINDOW,
+    DeadLetter,
+    EventWindow,
+    dead_letter,
+    decode_event,
+    kafka_properties,
+    kafka_topics,
+)
 from fraud_platform.lib.schema import Transaction
 
 if TYPE_CHECKING:
@@ -47,9 +55,12 @@ def _where(message: KafkaSourceMessage[Any, Any]) -> str:
     return f"{message.topic} partition {message.partition} offset {message.offset}"
 
 
-def decode_message(item: KafkaItem) -> Transaction | DeadLetter:
-    """A Kafka message's event parsed and validated (`bus.decode_event`); a consumer error or a message
-    without a value becomes a DeadLetter with the reason. A fatal client error raises RuntimeError."""
+def decode_message(
+    item: KafkaItem, window: EventWindow = DEFAULT_EVENT_WINDOW, now_ms: int | None = None
+) -> Transaction | DeadLetter:
+    """A Kafka message's event parsed and validated (`bus.decode_event` with `window` and `now_ms`); a
+    consumer error or a message without a value becomes a DeadLetter with the reason. A fatal client error
+    raises RuntimeError."""
     if isinstance(item, KafkaError):
         if item.err.fatal():
             raise RuntimeError(f"fatal Kafka consumer error on {_where(item.msg)}: {item.err.str()}")
@@ -60,7 +71,7 @@ def decode_message(item: KafkaItem) -> Transaction | DeadLetter:
         return dead_letter(
             f"Kafka message without a value at {_where(item)} (payload: its key)", item.key or b""
         )
-    return decode_event(item.value)
+    return decode_event(item.value, window, now_ms)
 
 
 def next_offset(previous: int | None, batch: list[KafkaItem]) -> int | None:

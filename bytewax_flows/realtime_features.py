@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import gc
 import time
+from functools import partial
 from typing import NamedTuple, TypeGuard
 
 from bytewax import operators as op
@@ -33,7 +34,14 @@ from bytewax_flows.kafka_io import KafkaDeadLetterSink, KafkaItem, TransactionsS
 from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource
 from fraud_platform.config import Settings
 from fraud_platform.features.realtime import CardState, DuplicateTransaction, FeatureRow, update
-from fraud_platform.lib.bus import DUPLICATE_REASON, DeadLetter, decode_event, transaction_event
+from fraud_platform.lib.bus import (
+    DEFAULT_EVENT_WINDOW,
+    DUPLICATE_REASON,
+    DeadLetter,
+    EventWindow,
+    decode_event,
+    transaction_event,
+)
 from fraud_platform.lib.keys import transactions_stream
 from fraud_platform.lib.redis_server import redis_url
 from fraud_platform.lib.schema import Transaction
@@ -76,7 +84,15 @@ def build_flow(
     lateness_ms = settings.allowed_lateness_seconds * 1000
 
     flow = Dataflow(FLOW_ID)
-    feature_steps(flow, source, dead_letter_sink, card_sink, lateness_ms, sink)
+    feature_steps(
+        flow,
+        source,
+        dead_letter_sink,
+        card_sink,
+        lateness_ms,
+        sink,
+        event_window=EventWindow.from_settings(settings),
+    )
     return flow
 
 
@@ -100,12 +116,15 @@ def feature_steps(
     card_sink: Sink[FeatureRow],
     allowed_lateness_ms: int,
     row_sink: Sink[FeatureRow] | None = None,
+    *,
+    event_window: EventWindow = DEFAULT_EVENT_WINDOW,
 ) -> Stream[Served | FeatureRow]:
     """The feature part every flow shares: events in, card features and dead letters out. Returns every
-    transaction's served row with the transaction (`Served`) and the corrections (what scoring consumes)."""
+    transaction's served row with the transaction (`Served`) and the corrections (what scoring consumes).
+    `event_window`: how far a timestamp may lie from its clock (`bus.EventWindow`)."""
     payloads = op.input("transactions", flow, source)
     # bytes | None: the JSON of one event (Redis); KafkaSourceMessage | KafkaError (Kafka)
-    decoded = op.flat_map_batch("decode", payloads, _decode_all)
+    decoded = op.flat_map_batch("decode", payloads, partial(_decode_all, event_window))
     # Transaction | DeadLetter
     checked = op.branch("split_invalid", decoded, _is_transaction)
     # checked.trues: Transaction; checked.falses: DeadLetter
@@ -169,9 +188,14 @@ class CardFeatures(StatefulBatchLogic[Transaction, Served | FeatureRow | DeadLet
         return copy.deepcopy(self.state)
 
 
-def _decode_all(items: list[bytes | None] | list[KafkaItem]) -> list[Transaction | DeadLetter]:
+def _decode_all(
+    window: EventWindow, items: list[bytes | None] | list[KafkaItem]
+) -> list[Transaction | DeadLetter]:
+    now_ms = time.time_ns() // 1_000_000  # the wall clock of live events, once per batch
     return [
-        decode_event(item) if item is None or isinstance(item, bytes) else decode_message(item)
+        decode_event(item, window, now_ms)
+        if item is None or isinstance(item, bytes)
+        else decode_message(item, window, now_ms)
         for item in items
     ]
 

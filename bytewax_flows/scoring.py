@@ -31,7 +31,7 @@ from bytewax_flows.realtime_features import GC_THRESHOLDS, Served, feature_steps
 from bytewax_flows.redis_io import CardFeatureSink, stream_client
 from fraud_platform.config import Settings
 from fraud_platform.features.realtime import FeatureRow
-from fraud_platform.lib.bus import DeadLetter
+from fraud_platform.lib.bus import DeadLetter, EventWindow
 from fraud_platform.lib.online_store import OnlineStore
 from fraud_platform.lib.redis_server import redis_url
 from fraud_platform.scoring.decisions import FeatureLog, write_decisions
@@ -84,7 +84,12 @@ def build_flow(
 
     flow = Dataflow(FLOW_ID)
     features = feature_steps(
-        flow, source, dead_letter_sink, card_sink, settings.allowed_lateness_seconds * 1000
+        flow,
+        source,
+        dead_letter_sink,
+        card_sink,
+        settings.allowed_lateness_seconds * 1000,
+        event_window=EventWindow.from_settings(settings),
     )
     # Served | FeatureRow: each transaction's served row with the transaction; corrections
     decisions = op.flat_map_batch("score", features, lambda items: _score_served(scorer, items))

@@ -1,7 +1,9 @@
 """Every setting of the platform, read from environment variables with defaults under one home directory.
 
 `Settings.from_env()` validates everything at once and raises `ConfigError` naming the variable at fault,
-so a bad value stops a command at start rather than deep inside a run.
+so a bad value stops a command at start rather than deep inside a run. A value with leading or trailing
+whitespace is refused (a quoted `" 6503"` is a mistake, not a port). `masked_url` hides the password of a
+URL wherever one is shown.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ MODEL_REFRESH_VAR = "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS"
 SCORING_MODE_VAR = "FRAUD_PLATFORM_SCORING_MODE"
 SCORING_THREADS_VAR = "FRAUD_PLATFORM_SCORING_THREADS"
 FEATURE_LOG_FLUSH_VAR = "FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS"
+MAX_EVENT_AGE_VAR = "FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS"
+MAX_EVENT_FUTURE_VAR = "FRAUD_PLATFORM_MAX_EVENT_FUTURE_SECONDS"
 TRANSPORT_VAR = "FRAUD_PLATFORM_TRANSPORT"
 KAFKA_BROKERS_VAR = "FRAUD_PLATFORM_KAFKA_BROKERS"
 KAFKA_TOPIC_PREFIX_VAR = "FRAUD_PLATFORM_KAFKA_TOPIC_PREFIX"
@@ -44,6 +48,10 @@ DEFAULT_RETRAIN_MIN_NEW_LABELS = 1_000
 DEFAULT_STREAM_MAX_LENGTH = 10_000_000  # entries per shard, about 2 GB of Redis memory at ~216 bytes each
 DEFAULT_MODEL_REFRESH_SECONDS = 30
 DEFAULT_FEATURE_LOG_FLUSH_SECONDS = 60
+# The stream's plausibility window for an event's timestamp around its clock (the wall clock for live events,
+# the replayed time for replays): late clearing takes days, a producer's clock may be minutes ahead.
+DEFAULT_MAX_EVENT_AGE_DAYS = 30
+DEFAULT_MAX_EVENT_FUTURE_SECONDS = 300
 # XGBoost threads of a serving process: 1 keeps small batches off contended cores (docs/benchmarks.md); 0 is
 # XGBoost's own default, every core.
 DEFAULT_SCORING_THREADS = 1
@@ -56,6 +64,7 @@ MANAGED_KAFKA_PROPERTIES = ("bootstrap.servers", "group.id", "enable.auto.commit
 _KAFKA_PROPERTY = re.compile(r"[a-z][a-z0-9_.]*")
 # Kafka topic names: [A-Za-z0-9._-], at most 249 characters; the longest suffix is ".transactions".
 _TOPIC_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _MLFLOW_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
 
@@ -91,6 +100,8 @@ class Settings:
     scoring_mode: str = SCORING_MODES[0]
     scoring_threads: int = DEFAULT_SCORING_THREADS
     feature_log_flush_seconds: int = DEFAULT_FEATURE_LOG_FLUSH_SECONDS
+    max_event_age_days: int = DEFAULT_MAX_EVENT_AGE_DAYS
+    max_event_future_seconds: int = DEFAULT_MAX_EVENT_FUTURE_SECONDS
     transport: str = TRANSPORTS[0]
     kafka_brokers: tuple[str, ...] = ()
     kafka_topic_prefix: str = DEFAULT_KAFKA_TOPIC_PREFIX
@@ -112,10 +123,10 @@ class Settings:
         """Read and validate every setting; raise ConfigError naming the first bad variable."""
         env = os.environ if environ is None else environ
         home = _path(env, HOME_VAR, project_root() / ".fraud_platform", directory=True)
-        redis_url = env.get(REDIS_URL_VAR) or None
+        redis_url = _text(env, REDIS_URL_VAR)
         if redis_url is not None:
             _check_url(REDIS_URL_VAR, redis_url, _REDIS_SCHEMES)
-        mlflow_uri = env.get(MLFLOW_URI_VAR) or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        mlflow_uri = _text(env, MLFLOW_URI_VAR) or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
         _check_url(MLFLOW_URI_VAR, mlflow_uri, _MLFLOW_SCHEMES)
         return cls(
             home=home,
@@ -140,6 +151,10 @@ class Settings:
             scoring_threads=_integer(env, SCORING_THREADS_VAR, DEFAULT_SCORING_THREADS, 0, 256),
             feature_log_flush_seconds=_integer(
                 env, FEATURE_LOG_FLUSH_VAR, DEFAULT_FEATURE_LOG_FLUSH_SECONDS, 1, 86_400
+            ),
+            max_event_age_days=_integer(env, MAX_EVENT_AGE_VAR, DEFAULT_MAX_EVENT_AGE_DAYS, 1, 36_500),
+            max_event_future_seconds=_integer(
+                env, MAX_EVENT_FUTURE_VAR, DEFAULT_MAX_EVENT_FUTURE_SECONDS, 0, 365 * 86_400
             ),
             **_kafka(env),
         )
@@ -166,6 +181,8 @@ class Settings:
             SCORING_MODE_VAR: self.scoring_mode,
             SCORING_THREADS_VAR: str(self.scoring_threads),
             FEATURE_LOG_FLUSH_VAR: str(self.feature_log_flush_seconds),
+            MAX_EVENT_AGE_VAR: str(self.max_event_age_days),
+            MAX_EVENT_FUTURE_VAR: str(self.max_event_future_seconds),
             TRANSPORT_VAR: self.transport,
             KAFKA_TOPIC_PREFIX_VAR: self.kafka_topic_prefix,
         }
@@ -176,8 +193,28 @@ class Settings:
         return variables
 
 
+def masked_url(url: str) -> str:
+    """The URL with its password (user info or a `password=` query parameter) replaced by ***, for messages
+    and `fraud-platform env`."""
+    password = urlparse(url).password
+    if password is not None:
+        url = url.replace(f":{password}@", ":***@", 1)
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value (None when unset or empty); a value with stray whitespace is refused."""
+    text = env.get(name)
+    if not text:
+        return None
+    if text != text.strip():
+        raise ConfigError(f"{name}={text!r}: remove the leading or trailing whitespace")
+    return text
+
+
 def _path(env: Mapping[str, str], name: str, default: Path, *, directory: bool) -> Path:
-    path = Path(env[name]).expanduser() if env.get(name) else default
+    text = _text(env, name)
+    path = Path(text).expanduser() if text else default
     if not path.is_absolute():
         path = Path.cwd() / path
     if directory and path.exists() and not path.is_dir():
@@ -188,7 +225,7 @@ def _path(env: Mapping[str, str], name: str, default: Path, *, directory: bool) 
 
 
 def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = env.get(name)
+    text = _text(env, name)
     if not text:
         return default
     try:
@@ -202,7 +239,7 @@ def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: in
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     """The variable's value, one of `choices` (the first is the default)."""
-    text = env.get(name)
+    text = _text(env, name)
     if not text:
         return choices[0]
     if text not in choices:
@@ -214,13 +251,13 @@ def _kafka(env: Mapping[str, str]) -> dict[str, object]:
     """The transport and, for Kafka, the brokers, topic prefix and extra librdkafka properties."""
     transport = _choice(env, TRANSPORT_VAR, TRANSPORTS)
     brokers = tuple(
-        _broker(part.strip()) for part in env.get(KAFKA_BROKERS_VAR, "").split(",") if part.strip()
+        _broker(part.strip()) for part in (_text(env, KAFKA_BROKERS_VAR) or "").split(",") if part.strip()
     )
     if transport == "kafka" and not brokers:
         raise ConfigError(
             f"{KAFKA_BROKERS_VAR}: required when {TRANSPORT_VAR}=kafka (comma-separated host:port)"
         )
-    prefix = env.get(KAFKA_TOPIC_PREFIX_VAR) or DEFAULT_KAFKA_TOPIC_PREFIX
+    prefix = _text(env, KAFKA_TOPIC_PREFIX_VAR) or DEFAULT_KAFKA_TOPIC_PREFIX
     if not _TOPIC_PREFIX.fullmatch(prefix):
         raise ConfigError(
             f"{KAFKA_TOPIC_PREFIX_VAR}={prefix!r}: use 1 to 200 of the characters A-Z a-z 0-9 . _ -"

@@ -259,7 +259,7 @@ def test_raw_checks_fail_on_seeded_bad_data(platform_env: Settings) -> None:
     zone.write_batch("bad", bad, source="test")
     assert _failed_checks(load_landing(settings, instance)) >= {
         ("raw/transactions", "transaction_id_unique"),
-        ("raw/transactions", "amount_positive"),
+        ("raw/transactions", "amount_not_negative"),
     }
 
 

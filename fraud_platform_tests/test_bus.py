@@ -18,9 +18,12 @@ from fraud_platform.features.backfill import VERSION_COLUMN, backfill
 from fraud_platform.features.realtime import FEATURE_DEFINITION_VERSION
 from fraud_platform.lib.bus import (
     DEAD_LETTER_PAYLOAD_BYTES,
+    DEFAULT_EVENT_WINDOW,
     EVENT_FIELD,
     MAX_EVENT_BYTES,
+    REPLAY_CLOCK_FIELD,
     DeadLetter,
+    EventWindow,
     decode_event,
     events_from_table,
     landing_days,
@@ -51,20 +54,112 @@ GOOD = {
     "channel": "pos",
     "mcc": "5411",
 }
+GOOD_MS = 1_767_607_200_000  # GOOD's timestamp
+NOW_MS = GOOD_MS + 60_000  # the wall clock of the tests that judge GOOD as a live event
+DAY_MS = 86_400_000
 
 
 def test_a_good_event_decodes_to_the_schemas_transaction() -> None:
-    decoded = decode_event(orjson.dumps(GOOD))
+    decoded = decode_event(orjson.dumps(GOOD), now_ms=NOW_MS)
     assert decoded == parse_transaction(GOOD)
-    assert decode_event(orjson.dumps({**GOOD, "timestamp": decoded.timestamp_ms})) == decoded
-    assert decode_event(transaction_event(decoded)) == decoded
+    assert decoded.timestamp_ms == GOOD_MS
+    assert decode_event(orjson.dumps({**GOOD, "timestamp": GOOD_MS}), now_ms=NOW_MS) == decoded
+    assert decode_event(transaction_event(decoded)) == decoded  # stamped with its own time: any wall clock
+    assert orjson.loads(transaction_event(decoded))[REPLAY_CLOCK_FIELD] == GOOD_MS
+    escaped = {**GOOD, "merchant_id": 'm"1', "note": "any other field"}  # quotes in text, not repeated keys
+    assert decode_event(orjson.dumps(escaped), now_ms=NOW_MS).merchant_id == 'm"1'
 
 
-def _reason(event: object) -> str:
-    letter = decode_event(orjson.dumps(event))
+def _reason(event: object, window: EventWindow = DEFAULT_EVENT_WINDOW) -> str:
+    letter = decode_event(orjson.dumps(event), window, NOW_MS)
     assert isinstance(letter, DeadLetter)
     assert letter.payload == orjson.dumps(event)
     return letter.reason
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            {"timestamp": "2099-12-31T00:00:00Z"},
+            "field 'timestamp' (2099-12-31T00:00:00Z) is 27,022.6 days ahead",
+        ),
+        (
+            {"timestamp": NOW_MS + 301_000},
+            "is 301 s ahead of the wall clock, more than FRAUD_PLATFORM_MAX_EVENT_FUTURE",
+        ),
+        (
+            {"timestamp": "2000-01-01T00:00:00Z"},
+            "(2000-01-01T00:00:00Z) is 9,501.4 days behind the wall clock",
+        ),
+        (
+            {"timestamp": GOOD_MS - 31 * DAY_MS},
+            "behind the wall clock, more than FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS=30",
+        ),
+        (
+            {"timestamp": "2000-01-01T00:00:00Z", REPLAY_CLOCK_FIELD: GOOD_MS},
+            "is 9,501.4 days behind the replay clock (2026-01-05T10:00:00Z)",
+        ),
+        ({REPLAY_CLOCK_FIELD: NOW_MS + DAY_MS}, "field 'replay_clock' must be epoch ms from 1990 up to now"),
+        ({REPLAY_CLOCK_FIELD: "2026-01-05"}, "field 'replay_clock' must be epoch ms from 1990 up to now"),
+        ({REPLAY_CLOCK_FIELD: True}, "field 'replay_clock' must be epoch ms from 1990 up to now, got True"),
+    ],
+)
+def test_a_timestamp_far_from_its_clock_becomes_a_dead_letter(change: dict, reason: str) -> None:
+    assert reason in _reason({**GOOD, **change})
+
+
+def test_the_window_follows_the_settings_and_a_replay_carries_its_own_clock() -> None:
+    settings = Settings.from_env(
+        {"FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS": "2", "FRAUD_PLATFORM_MAX_EVENT_FUTURE_SECONDS": "0"}
+    )
+    window = EventWindow.from_settings(settings)
+    assert window == EventWindow(2 * DAY_MS, 0)
+    three_days = {**GOOD, "timestamp": NOW_MS - 3 * DAY_MS}
+    assert "more than FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS=2" in _reason(three_days, window)
+    assert "more than FRAUD_PLATFORM_MAX_EVENT_FUTURE_SECONDS=0" in _reason(
+        {**GOOD, "timestamp": NOW_MS + 1}, window
+    )
+    assert isinstance(decode_event(orjson.dumps(three_days)), DeadLetter)  # judged by the real wall clock
+    # History replayed with its clock: accepted at any wall clock, judged against the replayed time.
+    replayed = {**GOOD, "timestamp": GOOD_MS - DAY_MS, REPLAY_CLOCK_FIELD: GOOD_MS}
+    assert decode_event(orjson.dumps(replayed), window).timestamp_ms == GOOD_MS - DAY_MS
+    assert decode_event(orjson.dumps(replayed), window, now_ms=GOOD_MS).timestamp_ms == GOOD_MS - DAY_MS
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (
+            b'{"transaction_id":"t1","card_id":"c1","merchant_id":"m1","amount":1,"currency":"USD",'
+            b'"timestamp":1767607200000,"card_id":"c2"}',
+            "key 'card_id' appears more than once in the JSON object",
+        ),
+        (  # the same value twice is still a repeated key
+            b'{"transaction_id":"t1","card_id":"c1","merchant_id":"m1","amount":1,"amount":1,"currency":"USD",'
+            b'"timestamp":1767607200000}',
+            "key 'amount' appears more than once",
+        ),
+        (  # whitespace before the colon
+            b'{"transaction_id":"t1","card_id":"c1","merchant_id":"m1","amount" : 1,"amount":99,'
+            b'"currency":"USD","timestamp":1767607200000}',
+            "key 'amount' appears more than once",
+        ),
+        (  # in a nested object of an extra field
+            b'{"transaction_id":"t1","card_id":"c1","merchant_id":"m1","amount":1,"currency":"USD",'
+            b'"timestamp":1767607200000,"extra":{"a":1,"a":2}}',
+            "key 'a' appears more than once",
+        ),
+        (
+            b'{"transaction_id":"t1","card_id":"c1","merchant_id":"m1","amount":1,"currency":"USD",'
+            b'"timestamp":1767607200000,"x":' + b"[" * 1_020 + b'"s"' + b"]" * 1_020 + b"}",
+            "JSON nested too deeply for an event",
+        ),
+    ],
+)
+def test_repeated_keys_become_dead_letters(payload: bytes, reason: str) -> None:
+    letter = decode_event(payload, now_ms=NOW_MS)
+    assert isinstance(letter, DeadLetter) and letter.reason.startswith(reason)
 
 
 @pytest.mark.parametrize(
@@ -77,8 +172,13 @@ def _reason(event: object) -> str:
         ({"amount": None}, "missing field 'amount'"),
         ({"amount": "twelve"}, "field 'amount' must be a number"),
         ({"amount": True}, "field 'amount' must be a number, got bool"),
-        ({"amount": "1e999"}, "field 'amount' must be finite"),
-        ({"amount": 0}, "field 'amount' must be > 0"),
+        ({"amount": "1e999"}, "field 'amount' must be a number (ASCII digits"),
+        ({"amount": "1_000"}, "field 'amount' must be a number (ASCII digits"),
+        ({"amount": "\u0661\u0662\u0663"}, "field 'amount' must be a number (ASCII digits"),
+        ({"amount": "\uff14\uff12"}, "field 'amount' must be a number (ASCII digits"),
+        ({"amount": -0.01}, "field 'amount' must be >= 0"),
+        ({"card_id": "c\x001"}, "field 'card_id' must be printable text: character U+0000 at position 1"),
+        ({"transaction_id": "t1\n"}, "field 'transaction_id' must be printable text: character U+000A"),
         ({"amount": 2_000_000}, "field 'amount' exceeds 1e+06"),
         ({"currency": None}, "missing field 'currency'"),
         ({"currency": "XXX"}, "field 'currency' is not a known ISO 4217 code"),
@@ -108,7 +208,7 @@ def test_every_schema_error_becomes_a_dead_letter_with_its_reason(change: dict, 
     ],
 )
 def test_unreadable_payloads_become_dead_letters(payload: bytes, reason: str) -> None:
-    letter = decode_event(payload)
+    letter = decode_event(payload, now_ms=NOW_MS)
     assert isinstance(letter, DeadLetter) and letter.reason.startswith(reason) and letter.payload == payload
 
 
@@ -126,6 +226,7 @@ def test_landing_rows_become_events_the_stream_accepts() -> None:
     events = list(events_from_table(table))
     assert len(events) == table.num_rows
     for event, row in zip(events, table.to_pylist(), strict=True):
+        assert event[REPLAY_CLOCK_FIELD] == event["timestamp"]  # history replays at its own time
         decoded = decode_event(orjson.dumps(event))
         assert isinstance(decoded, Transaction)
         assert decoded.timestamp_ms == int(row["timestamp"].timestamp() * 1000)

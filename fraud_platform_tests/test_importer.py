@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraud_platform.lib.importer import ImportFileError, import_file, parse_column_map
+from fraud_platform.lib.importer import ImportFileError, ImportRejected, import_file, parse_column_map
 from fraud_platform.lib.landing import LandingError, LandingZone
 from fraud_platform.lib.schema import EVENT_FIELDS
 
@@ -171,7 +171,7 @@ def test_parquet_with_native_types_and_default_currency(
     path = tmp_path / "native.parquet"
     pq.write_table(table, path)
 
-    result = import_file(path, landing, reject_dir=reject_dir, default_currency="gbp")
+    result = import_file(path, landing, reject_dir=reject_dir, default_currency="gbp", max_reject_share=1)
 
     assert (result.loaded, result.rejected) == (2, 1)
     rows = landed(landing, result.batch_id).sort_by("transaction_id").to_pylist()
@@ -218,6 +218,9 @@ BAD_ROWS: list[tuple[list[object], str]] = [
     (["x9", "c1", "m1", "1", "EUR", at(DAY1, 1).isoformat(), "", "", "", "54a1", "0"], "'mcc'"),
     (["x10", "c1", "m1", "1", "EUR", at(DAY1, 1).isoformat(), "", "", "phone", "", "0"], "'channel'"),
     (["x11", "c1", "m1", "1", "EUR", at(DAY1, 1).isoformat(), "10.0", "", "", "", "0"], "'lon'"),
+    (["x12", "c1", "m1", "1_000", "EUR", at(DAY1, 1).isoformat(), "", "", "", "", "0"], "'amount'"),
+    (["x13", "c\x001", "m1", "1", "EUR", at(DAY1, 1).isoformat(), "", "", "", "", "0"], "printable"),
+    (["x14", "c1", "m1", "1", "EUR", "2099-01-01T00:00:00Z", "", "", "", "", "0"], "a day after now"),
 ]
 
 
@@ -238,7 +241,7 @@ def test_bad_rows_go_to_the_reject_file_with_row_and_reason(
     rows.append(good_row("g3", 12, fraud="true"))
     path = write_csv(tmp_path / "mixed.csv", HEADER, rows)
 
-    result = import_file(path, landing, label_column="fraud", reject_dir=reject_dir)
+    result = import_file(path, landing, label_column="fraud", reject_dir=reject_dir, max_reject_share=1)
 
     assert (result.loaded, result.rejected) == (3, len(expected))
     assert result.loaded + result.rejected == len(rows)
@@ -273,7 +276,12 @@ def test_labels_become_chargebacks_reported_at_their_dates(
     path = write_csv(tmp_path / "labelled.csv", header, rows)
 
     result = import_file(
-        path, landing, label_column="is_fraud", chargeback_date_column="claim_date", reject_dir=reject_dir
+        path,
+        landing,
+        label_column="is_fraud",
+        chargeback_date_column="claim_date",
+        reject_dir=reject_dir,
+        max_reject_share=1,
     )
 
     assert (result.loaded, result.rejected) == (4, 3)
@@ -376,7 +384,7 @@ def test_importing_the_same_file_twice_is_refused_and_the_first_batch_stays(
     path = write_csv(
         tmp_path / "once.csv", HEADER, [good_row("t1"), good_row("t2"), good_row("t3", fraud="x")]
     )
-    first = import_file(path, landing, label_column="fraud", reject_dir=reject_dir)
+    first = import_file(path, landing, label_column="fraud", reject_dir=reject_dir, max_reject_share=1)
     before = listing(landing.root), first.reject_file.read_bytes()
 
     with pytest.raises(LandingError, match="already landed"):
@@ -385,12 +393,16 @@ def test_importing_the_same_file_twice_is_refused_and_the_first_batch_stays(
     assert (listing(landing.root), first.reject_file.read_bytes()) == before
     assert landing.manifest(first.batch_id).transactions == 2
 
-    again = import_file(path, landing, label_column="fraud", reject_dir=reject_dir, batch_id="again")
+    with pytest.raises(ImportRejected, match="nothing imported: every row rejected"):
+        import_file(path, landing, label_column="fraud", reject_dir=reject_dir, batch_id="again")
+    assert listing(landing.root) == before[0] and not (reject_dir / "again.rejects.csv").exists()
 
-    assert (again.loaded, again.rejected, again.days) == (0, 3, {})
-    assert listing(landing.root) == before[0]  # nothing valid: nothing lands, only the rejects are written
+    nothing_new = write_csv(tmp_path / "twice.csv", HEADER, [good_row("t1"), good_row("t2")])
+    again = import_file(nothing_new, landing, reject_dir=reject_dir, batch_id="again")
+    assert (again.loaded, again.rejected, again.days) == (0, 2, {})  # every row landed before: nothing new
+    assert listing(landing.root) == before[0]
     reasons = [reject["reason"] for reject in read_rejects(again.reject_file)]
-    assert reasons[:2] == ["transaction_id already landed"] * 2 and "'fraud'" in reasons[2]
+    assert reasons == ["transaction_id already landed"] * 2
 
 
 def test_a_failing_publish_lands_nothing_and_leaves_no_reject_file(
@@ -399,7 +411,14 @@ def test_a_failing_publish_lands_nothing_and_leaves_no_reject_file(
     path = write_csv(tmp_path / "some.csv", HEADER, [good_row("t1"), good_row("t2", fraud="?")])
 
     with pytest.raises(LandingError, match="batch id"):
-        import_file(path, landing, label_column="fraud", reject_dir=reject_dir, batch_id="not a valid id")
+        import_file(
+            path,
+            landing,
+            label_column="fraud",
+            reject_dir=reject_dir,
+            batch_id="not a valid id",
+            max_reject_share=1,
+        )
 
     assert landing.batches() == [] and listing(reject_dir) == []
 
@@ -476,10 +495,114 @@ def test_every_row_is_either_loaded_or_rejected(rows: list[list[object]]) -> Non
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         landing = LandingZone(root / "landing")
-        result = import_file(write_csv(root / "f.csv", HEADER, rows), landing, reject_dir=root / "rejects")
+        path = write_csv(root / "f.csv", HEADER, rows)
+        if not first_rows:
+            with pytest.raises(ImportRejected, match="every row rejected"):
+                import_file(path, landing, reject_dir=root / "rejects", max_reject_share=1)
+            return
+        result = import_file(path, landing, reject_dir=root / "rejects", max_reject_share=1)
         assert result.loaded + result.rejected == len(rows)
         assert result.loaded == len(first_rows)
         rejected = {int(row["row"]) for row in read_rejects(result.reject_file)} if result.rejected else set()
         assert rejected == set(range(1, len(rows) + 1)) - set(first_rows.values())
         ids = landed(landing, result.batch_id).column("transaction_id").to_pylist() if result.loaded else []
         assert sorted(ids) == sorted(first_rows)
+
+
+def test_naive_timestamps_are_read_in_the_zone_given_or_refused_once(
+    tmp_path: Path, landing: LandingZone, reject_dir: Path
+) -> None:
+    rows = [good_row(f"n{hour}", hour) for hour in range(3)]
+    for row in rows:
+        row[HEADER.index("timestamp")] = row[HEADER.index("timestamp")].removesuffix("+00:00")  # naive
+    path = write_csv(tmp_path / "naive.csv", HEADER, rows)
+    with pytest.raises(ImportFileError, match=r"timestamps have no time zone .*--timezone ZONE") as refused:
+        import_file(path, landing, reject_dir=reject_dir)
+    assert "\n" not in str(refused.value)  # one line for the file, not a reject per row
+    assert listing(landing.root) == [] and not reject_dir.exists()
+    with pytest.raises(ImportFileError, match="'Mars/Olympus' is not an IANA zone name"):
+        import_file(path, landing, reject_dir=reject_dir, timezone="Mars/Olympus")
+
+    result = import_file(path, landing, reject_dir=reject_dir, timezone="America/New_York")  # UTC-5 in March
+    assert (result.loaded, result.rejected) == (3, 0)
+    stamps = landed(landing, result.batch_id).sort_by("transaction_id").column("timestamp").to_pylist()
+    assert stamps == [at(DAY1, hour + 5) for hour in range(3)]
+
+    table = pa.table(
+        {
+            "transaction_id": ["p1"],
+            "card_id": ["c1"],
+            "merchant_id": ["m1"],
+            "amount": [3.0],
+            "currency": ["EUR"],
+            "timestamp": pa.array([datetime(2024, 3, 2, 9)], pa.timestamp("us")),
+        }
+    )
+    parquet = tmp_path / "naive.parquet"
+    pq.write_table(table, parquet)
+    with pytest.raises(ImportFileError, match="timestamps have no time zone"):
+        import_file(parquet, landing, reject_dir=reject_dir)
+    result = import_file(parquet, landing, reject_dir=reject_dir, timezone="UTC")
+    assert landed(landing, result.batch_id).column("timestamp").to_pylist() == [at(DAY2, 9)]
+
+
+def test_zero_amounts_are_accepted_and_negative_ones_rejected(
+    tmp_path: Path, landing: LandingZone, reject_dir: Path
+) -> None:
+    rows = [good_row(f"v{index}") for index in range(4)]
+    rows[0][HEADER.index("amount")] = "0"  # an account verification
+    rows[1][HEADER.index("amount")] = "0.00"
+    rows[2][HEADER.index("amount")] = "-0.01"
+    path = write_csv(tmp_path / "verifications.csv", HEADER, rows)
+    result = import_file(path, landing, reject_dir=reject_dir, max_reject_share=0.5)
+    assert (result.loaded, result.rejected) == (3, 1)
+    amounts = dict(
+        zip(
+            *landed(landing, result.batch_id).select(["transaction_id", "amount"]).to_pydict().values(),
+            strict=True,
+        )
+    )
+    assert amounts == {"v0": 0.0, "v1": 0.0, "v3": 12.5}
+    [reject] = read_rejects(result.reject_file)
+    assert reject["reason"] == "field 'amount' must be >= 0, got -0.01"
+
+
+def test_a_file_rejected_beyond_the_share_lands_nothing_and_says_why(
+    tmp_path: Path, landing: LandingZone, reject_dir: Path
+) -> None:
+    rows = [good_row(f"g{index}") for index in range(6)] + [row for row, _ in BAD_ROWS[1:3]] * 2
+    path = write_csv(tmp_path / "misread.csv", HEADER, rows)
+    with pytest.raises(ImportRejected) as raised:
+        import_file(path, landing, reject_dir=reject_dir)  # 4 of 10 rejected: more than the default 10 %
+    lines = str(raised.value).splitlines()
+    assert lines[0] == f"{path}: 4 of 10 rows rejected; by reason:"
+    assert lines[1:3] == [
+        "           2  field 'amount' must be a number (ASCII digits, optional sign and decimal point)",
+        "           2  field 'amount' must be >= 0",
+    ]
+    assert lines[3] == "first rejected rows:" and lines[4].startswith(
+        "  row 7: field 'amount' must be a number"
+    )
+    assert "transaction_id='x3'" in lines[4]
+    assert lines[-1].startswith(
+        "nothing imported: 40.0% of the rows rejected, more than the allowed 10.0% (--max-reject-share)"
+    )
+    assert listing(landing.root) == [] and not reject_dir.exists()
+    assert import_file(path, landing, reject_dir=reject_dir, max_reject_share=0.4).loaded == 6  # allowed
+
+
+def test_a_file_whose_every_row_is_rejected_fails_with_counts_per_reason(
+    tmp_path: Path, landing: LandingZone, reject_dir: Path
+) -> None:
+    rows = [good_row(f"z{index}") for index in range(1_000)]
+    for row in rows:
+        row[HEADER.index("amount")] = "1.234,50"  # a decimal comma: the file needs another reading
+    path = write_csv(tmp_path / "commas.csv", HEADER, rows)
+    with pytest.raises(ImportRejected) as raised:
+        import_file(path, landing, reject_dir=reject_dir, max_reject_share=1)
+    message = str(raised.value)
+    assert "1,000 of 1,000 rows rejected; by reason:" in message
+    assert "1,000  field 'amount' must be a number (ASCII digits, optional sign and decimal point)" in message
+    assert message.count("  row ") == 5  # a few sample rows, not a reject file of every row
+    assert message.splitlines()[-1].startswith("nothing imported: every row rejected")
+    assert not reject_dir.exists() and listing(landing.root) == []

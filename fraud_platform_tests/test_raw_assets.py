@@ -57,7 +57,7 @@ def test_definitions_load_the_whole_code_location(platform_env: Settings) -> Non
     assert groups["online/batch_features"] == "online"
     assert all(graph.get(key).description for key in graph.get_all_asset_keys())
     check_names = {key.name for key in graph.asset_check_keys}
-    assert {"transaction_id_unique", "amount_positive", "card_known", "transaction_known"} <= check_names
+    assert {"transaction_id_unique", "amount_not_negative", "card_known", "transaction_known"} <= check_names
     assert any(name.startswith("unique_combination_card_daily_features") for name in check_names)  # dbt tests
     assert definitions.resolve_sensor_def("landing_sensor") is not None
     assert definitions.resolve_schedule_def("daily_batch_refresh").cron_schedule == "0 2 * * *"

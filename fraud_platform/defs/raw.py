@@ -203,15 +203,15 @@ RAW_CHECKS = [
     _unique_key_check("transactions", "transaction_id"),
     _bad_rows_check(
         "transactions",
-        "amount_positive",
-        "Every amount is > 0.",
-        "SELECT transaction_id FROM raw.transactions WHERE NOT amount > 0",
+        "amount_not_negative",
+        "Every amount is >= 0 (0: an account verification).",
+        "SELECT transaction_id FROM raw.transactions WHERE NOT amount >= 0",
     ),
     _bad_rows_check(
         "transactions",
         "timestamp_in_range",
-        "Every timestamp lies in 2000-2099 and on the UTC day of its partition.",
-        "SELECT transaction_id FROM raw.transactions WHERE timestamp < TIMESTAMPTZ '2000-01-01 00:00:00+00' "
+        "Every timestamp lies in 1990-2099 and on the UTC day of its partition.",
+        "SELECT transaction_id FROM raw.transactions WHERE timestamp < TIMESTAMPTZ '1990-01-01 00:00:00+00' "
         "OR timestamp >= TIMESTAMPTZ '2100-01-01 00:00:00+00' "
         "OR CAST(timezone('UTC', timestamp) AS DATE) <> day",
     ),

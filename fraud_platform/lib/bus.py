@@ -4,6 +4,12 @@ Redis layout (names from `fraud_platform.lib.keys`): a card's events go to shard
 the stream `stream:transactions:<shard>`; each entry has one field, `event`, the event as JSON (the input of
 `schema.parse_transaction`: timestamp as epoch ms or ISO-8601 with a zone). An event that cannot be used goes
 to `stream:dead-letter` with fields `reason` and `payload` (the raw bytes, cut to DEAD_LETTER_PAYLOAD_BYTES).
+
+Beyond the schema, `decode_event` refuses a JSON object with a repeated key (a JSON parser keeps the last one
+silently) and an event whose timestamp is implausible for its clock (`EventWindow`): a live event's clock is
+the wall clock; an event of a replay carries the replayed time in the field `replay_clock` (epoch ms), which
+the platform's own producers of history set (`events_from_table`, `transaction_event`), so history replays
+as it happened. A replay clock itself must lie between 1990 and now.
 Streams are trimmed to about FRAUD_PLATFORM_STREAM_MAX_LENGTH entries per shard on publish (0: never); a
 consumer resumes from its own position (the Bytewax source snapshots it).
 
@@ -16,9 +22,11 @@ offsets in its recovery snapshots, not in a consumer group. docs/scale-out.md ha
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -27,11 +35,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 
-from fraud_platform.config import Settings
+from fraud_platform.config import (
+    DEFAULT_MAX_EVENT_AGE_DAYS,
+    DEFAULT_MAX_EVENT_FUTURE_SECONDS,
+    MAX_EVENT_AGE_VAR,
+    MAX_EVENT_FUTURE_VAR,
+    Settings,
+)
 from fraud_platform.lib.keys import DEAD_LETTER_STREAM, shard_of, transactions_stream
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.schema import (
+    DAY_MS,
     EVENT_FIELDS,
+    MIN_TIMESTAMP_MS,
+    TIMESTAMP_RANGE,
     TRANSACTIONS,
     InvalidTransaction,
     Transaction,
@@ -48,6 +65,7 @@ DEAD_LETTER_PAYLOAD_BYTES = 4 * 1024
 DUPLICATE_REASON = "duplicate transaction_id"
 PIPELINE_SIZE = 1_000
 STREAM_START = "0-0"  # the id before every entry
+REPLAY_CLOCK_FIELD = "replay_clock"
 _EVENT_KEY = EVENT_FIELD.encode()
 
 
@@ -63,8 +81,85 @@ def dead_letter(reason: str, payload: bytes) -> DeadLetter:
     return DeadLetter(reason, payload[:DEAD_LETTER_PAYLOAD_BYTES])
 
 
-def decode_event(payload: bytes | None) -> Transaction | DeadLetter:
-    """Parse and validate one stream payload; every problem becomes a DeadLetter with the reason."""
+@dataclass(frozen=True, slots=True)
+class EventWindow:
+    """How far an event's timestamp may lie behind or ahead of its clock (milliseconds)."""
+
+    max_age_ms: int = DEFAULT_MAX_EVENT_AGE_DAYS * DAY_MS
+    max_future_ms: int = DEFAULT_MAX_EVENT_FUTURE_SECONDS * 1000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventWindow:
+        """FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS and FRAUD_PLATFORM_MAX_EVENT_FUTURE_SECONDS."""
+        return cls(settings.max_event_age_days * DAY_MS, settings.max_event_future_seconds * 1000)
+
+    def violation(self, timestamp_ms: int, replay_clock: Any, now_ms: int) -> str | None:
+        """Why `timestamp_ms` is implausible against the replay clock (None: live, the wall clock `now_ms`),
+        or None when it is plausible."""
+        if replay_clock is None:
+            clock, name = now_ms, "wall clock"
+        elif type(replay_clock) is int and MIN_TIMESTAMP_MS <= replay_clock <= now_ms + self.max_future_ms:
+            clock, name = replay_clock, f"replay clock ({_utc(replay_clock)})"
+        else:
+            return (
+                f"field '{REPLAY_CLOCK_FIELD}' must be epoch ms from {TIMESTAMP_RANGE[:4]} up to now, "
+                f"got {replay_clock!r:.40}"
+            )
+        if timestamp_ms > clock + self.max_future_ms:
+            return (
+                f"field 'timestamp' ({_utc(timestamp_ms)}) is {_duration(timestamp_ms - clock)} ahead of the "
+                f"{name}, more than {MAX_EVENT_FUTURE_VAR}={self.max_future_ms // 1000}"
+            )
+        if timestamp_ms < clock - self.max_age_ms:
+            return (
+                f"field 'timestamp' ({_utc(timestamp_ms)}) is {_duration(clock - timestamp_ms)} behind the "
+                f"{name}, more than {MAX_EVENT_AGE_VAR}={self.max_age_ms // DAY_MS}"
+            )
+        return None
+
+
+DEFAULT_EVENT_WINDOW = EventWindow()
+
+
+def _utc(millis: int) -> str:
+    return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _duration(millis: int) -> str:
+    return f"{millis / DAY_MS:,.1f} days" if millis >= DAY_MS else f"{millis / 1000:,.0f} s"
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _RepeatedKey(next(key for index, key in enumerate(keys) if key in keys[:index]))
+    return dict(pairs)
+
+
+def repeated_key(payload: bytes) -> str | None:
+    """The first key repeated within one JSON object of the payload (at any depth), or None.
+
+    Raises RecursionError for a payload nested deeper than Python's parser goes."""
+    try:
+        json.loads(payload, object_pairs_hook=_unique_pairs)
+    except _RepeatedKey as error:
+        return str(error)
+    except ValueError:  # orjson read it: nothing this parser refuses can hide a repeated key
+        return None
+    return None
+
+
+def decode_event(
+    payload: bytes | None, window: EventWindow = DEFAULT_EVENT_WINDOW, now_ms: int | None = None
+) -> Transaction | DeadLetter:
+    """Parse and validate one stream payload; every problem becomes a DeadLetter with the reason.
+
+    The timestamp is judged by `window` against the event's replay clock or the wall clock (`now_ms`,
+    default: the current time)."""
     if payload is None:
         return DeadLetter(f"stream entry has no '{EVENT_FIELD}' field", b"")
     if len(payload) > MAX_EVENT_BYTES:
@@ -72,27 +167,52 @@ def decode_event(payload: bytes | None) -> Transaction | DeadLetter:
             f"event of {len(payload):,} bytes exceeds the limit of {MAX_EVENT_BYTES:,}", payload
         )
     try:
-        return parse_transaction(orjson.loads(payload))
+        raw = orjson.loads(payload)
+        keys = len(raw) if type(raw) is dict else 0
+        clock = raw.pop(REPLAY_CLOCK_FIELD, None) if keys else None
+        txn = parse_transaction(raw)
     except orjson.JSONDecodeError as error:
         return dead_letter(f"invalid JSON: {error}", payload)
     except InvalidTransaction as error:
         return dead_letter(str(error), payload)
+    # Each key and each text value is two quotes: a count that matches the plain event's proves no key is
+    # repeated; anything else (escaped quotes, other fields, nested values, repeats) gets the full check.
+    texts = 4 + (txn.channel is not None) + (txn.mcc is not None)
+    if payload.count(b'"') != 2 * (keys + texts):
+        try:
+            key = repeated_key(payload)
+        except RecursionError:
+            return dead_letter("JSON nested too deeply for an event", payload)
+        if key is not None:
+            return dead_letter(f"key '{key:.40}' appears more than once in the JSON object", payload)
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
+    if clock is None and now_ms - window.max_age_ms <= txn.timestamp_ms <= now_ms + window.max_future_ms:
+        return txn  # the live common case, without a call
+    reason = window.violation(txn.timestamp_ms, clock, now_ms)
+    return txn if reason is None else dead_letter(reason, payload)
 
 
 def transaction_event(txn: Transaction) -> bytes:
-    """A validated transaction back as an event payload (timestamp in epoch ms, absent fields left out)."""
+    """A validated transaction back as an event payload (timestamp in epoch ms, absent fields left out).
+
+    It was judged against its clock where it came in (the API, the stream), so it is stamped with its own
+    time as replay clock: the flow does not judge it again against a later wall clock."""
     event = {field: getattr(txn, field) for field in EVENT_FIELDS if field != "timestamp"}
-    event["timestamp"] = txn.timestamp_ms
+    event["timestamp"] = event[REPLAY_CLOCK_FIELD] = txn.timestamp_ms
     return orjson.dumps({key: value for key, value in event.items() if value is not None})
 
 
 def events_from_table(table: pa.Table) -> Iterator[dict[str, Any]]:
-    """Landing rows (schema.TRANSACTIONS) as events: timestamp in epoch ms, empty optional fields left out."""
+    """Landing rows (schema.TRANSACTIONS) as events: timestamp in epoch ms, empty optional fields left out,
+    stamped with the replay clock (`REPLAY_CLOCK_FIELD`): history replays at its own time."""
     millis = pc.divide(
         pc.cast(pc.cast(table.column("timestamp"), TRANSACTIONS.field("timestamp").type), pa.int64()), 1000
     )
     table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", millis)
-    for batch in table.select(list(EVENT_FIELDS)).to_batches(max_chunksize=PIPELINE_SIZE * 10):
+    table = table.append_column(REPLAY_CLOCK_FIELD, millis)
+    columns = [*EVENT_FIELDS, REPLAY_CLOCK_FIELD]
+    for batch in table.select(columns).to_batches(max_chunksize=PIPELINE_SIZE * 10):
         for row in batch.to_pylist():
             yield {key: value for key, value in row.items() if value is not None}
 

@@ -1,11 +1,18 @@
 """Import of a user's own transaction file (CSV or parquet) into the landing zone.
 
 Every row is validated with `schema.parse_transaction`, the function the stream uses, so a row that lands is
-exactly an event the stream would accept. Rows that fail, that repeat a transaction id of the file or that
-are already landed go to a reject CSV with their source row number and the reason: nothing is silently
-dropped (loaded + rejected == rows in the file). The good rows, the context tables (given, or derived from
-the transactions) and the chargebacks implied by an optional fraud-label column are published by one
-`LandingZone.write_batch` call, so either all of them land or none does.
+exactly an event the stream would accept (strict ASCII decimals, printable ids, 1990 to a day after now for
+timestamps: a file is history, so the stream's window around the wall clock does not apply). Rows that fail,
+that repeat a transaction id of the file or that are already landed go to a reject CSV with their source row
+number and the reason: nothing is silently dropped (loaded + rejected == rows in the file). The good rows, the
+context tables (given, or derived from the transactions) and the chargebacks implied by an optional
+fraud-label column are published by one `LandingZone.write_batch` call, so either all of them land or none
+does.
+
+Whole-file problems are one error, not a reject per row: timestamps without a zone when no `timezone` is
+given (ImportFileError), and a file whose rows are rejected (invalid or repeated, not counting rows already
+landed) beyond `max_reject_share`, or entirely (ImportRejected: counts per reason and sample rows, nothing
+lands and no reject file is written).
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from itertools import count, repeat
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -35,10 +43,12 @@ from fraud_platform.lib.schema import (
     CARDS,
     CHARGEBACKS,
     CURRENCIES,
+    DAY_MS,
     EVENT_FIELDS,
     MERCHANTS,
     REQUIRED_FIELDS,
     TIMESTAMP,
+    TIMESTAMP_RANGE,
     TRANSACTIONS,
     InvalidTransaction,
     Transaction,
@@ -63,10 +73,21 @@ _MIN_CHUNK_ROWS = 1_000
 _ROW = "_row"  # 0-based data row of a validated transaction in the source file
 _REPORTED_AT = "_reported_at"  # when its fraud label became known; null for rows not labelled fraud
 _MAX_LISTED_COLUMNS = 40
+ALREADY_LANDED = "transaction_id already landed"
+# Above this share of rejected rows the file is taken as misread (mapping, format), not as a few bad rows.
+DEFAULT_MAX_REJECT_SHARE = 0.1
+_SAMPLE_REJECTS = 5
+_LISTED_REASONS = 10
+_REASON_DETAIL = re.compile(r"(?:, got |, first at |: ).*", re.DOTALL)
 
 
 class ImportFileError(ValueError):
     """The file cannot be imported at all (not a table, unreadable, bad mapping or arguments)."""
+
+
+class ImportRejected(ImportFileError):
+    """Too many of the file's rows were rejected; the message has counts per reason and sample rows, and its
+    last line the verdict."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,8 @@ def import_file(
     reject_dir: Path,
     batch_id: str | None = None,
     default_currency: str | None = None,
+    timezone: str | None = None,
+    max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
     progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
     """Validate a CSV or parquet transaction file and land its good rows as one batch.
@@ -115,6 +138,8 @@ def import_file(
     `column_map` maps file columns to schema fields or to the roles "label" / "chargeback_date" (the same as
     `label_column` / `chargeback_date_column`); a file column already named like a schema field is used as
     is. `default_currency` fills the currency of rows that have none (no column, or an empty cell).
+    `timezone` (an IANA name such as "UTC" or "Europe/Paris") is the zone of timestamps written without one;
+    there is no default: such timestamps without it are one ImportFileError for the file.
 
     Labels: a row labelled 1 (or true) becomes a chargeback reported at its chargeback date (a date without a
     time counts from the end of that day, UTC). Without a chargeback-date column the label is taken as known
@@ -126,8 +151,10 @@ def import_file(
 
     The batch id defaults to one derived from the file name and content hash, so importing the same file again
     is refused (LandingError) before any row is validated. Rejected rows are written to
-    `<reject_dir>/<batch_id>.rejects.csv` before the batch is published. When no row is valid nothing lands
-    and only the reject file is written. Raises ImportFileError for whole-file problems.
+    `<reject_dir>/<batch_id>.rejects.csv` before the batch is published. When every row was landed before,
+    nothing lands (loaded 0, `nothing_new`). Raises ImportRejected when rows other than already landed ones
+    are rejected beyond `max_reject_share` (0 to 1) of the file or when no row is loaded, and ImportFileError
+    for other whole-file problems.
     """
     path = Path(path)
     reject_dir = Path(reject_dir)
@@ -135,8 +162,13 @@ def import_file(
     if table.num_rows == 0:
         raise ImportFileError(f"{path}: no data rows, only a header")
     currency = _check_currency(default_currency)
+    zone = _zone(timezone)
+    if not 0 <= max_reject_share <= 1:
+        raise ImportFileError(f"the maximum reject share must be between 0 and 1, got {max_reject_share:g}")
     roles = _resolve_roles(path, table.column_names, column_map or {}, label_column, chargeback_date_column)
     _require_fields(path, table.column_names, roles, currency)
+    if zone is None:
+        _require_zones(path, table.column(roles["timestamp"]))
     given = {
         name: _read_context(Path(file), schema, name)
         for name, file, schema in (("cards", cards_file, CARDS), ("merchants", merchants_file, MERCHANTS))
@@ -148,9 +180,10 @@ def import_file(
     if landing.has_batch(batch_id):
         raise LandingError(f"batch {batch_id!r} is already landed (was {path.name} imported before?)")
 
-    valid, rejects = _validate(table, roles, currency, progress)
+    valid, rejects = _validate(table, roles, currency, zone, progress)
     loaded, repeats = _drop_repeats(valid, landing.transaction_ids())
     rejects = sorted(rejects + repeats)
+    _check_rejects(path, table, rejects, loaded.num_rows, max_reject_share)
 
     derived = _derive_context(loaded, given, labelled=LABEL in roles) if loaded.num_rows else {}
     parameters = {
@@ -198,6 +231,66 @@ def _check_role(role: str, where: str) -> None:
         raise ImportFileError(
             f"{where}: {role!r} is not a column role; expected one of {', '.join(COLUMN_ROLES)}"
         )
+
+
+def _zone(name: str | None) -> tzinfo | None:
+    if name is None:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ImportFileError(
+            f"time zone {name!r} is not an IANA zone name (e.g. UTC, Europe/Paris, America/New_York)"
+        ) from None
+
+
+def _require_zones(path: Path, timestamps: pa.ChunkedArray) -> None:
+    """One error for the file when its first timestamp has no zone (rather than a reject per row)."""
+    valid = timestamps.drop_null()
+    first = next((value for value in valid.slice(0, 1).to_pylist() if value != ""), None)
+    try:
+        naive = isinstance(first, datetime) and first.tzinfo is None
+        naive = naive or (isinstance(first, str) and datetime.fromisoformat(first.strip()).tzinfo is None)
+    except ValueError:  # not ISO-8601 (epoch ms, or bad): the row checks say which
+        naive = False
+    if naive:
+        raise ImportFileError(
+            f"{path}: timestamps have no time zone (first: {str(first)!r:.40}); give the zone they are in with "
+            "--timezone ZONE (e.g. --timezone UTC), or write them with an offset"
+        )
+
+
+def _reason_kind(reason: str) -> str:
+    """A reject reason without the row's own value, so equal problems count together."""
+    return _REASON_DETAIL.sub("", reason)
+
+
+def _check_rejects(
+    path: Path, table: pa.Table, rejects: list[tuple[int, str]], loaded: int, max_share: float
+) -> None:
+    """ImportRejected when rows other than already landed ones are rejected beyond `max_share` of the file,
+    or when no row loads because of them."""
+    counted = [(row, reason) for row, reason in rejects if reason != ALREADY_LANDED]
+    if not counted or (loaded and len(counted) <= max_share * table.num_rows):
+        return
+    kinds = Counter(_reason_kind(reason) for _, reason in counted).most_common()
+    lines = [f"{path}: {len(counted):,} of {table.num_rows:,} rows rejected; by reason:"]
+    lines += [f"  {number:>10,}  {kind}" for kind, number in kinds[:_LISTED_REASONS]]
+    if len(kinds) > _LISTED_REASONS:
+        lines.append(f"  and {len(kinds) - _LISTED_REASONS} more reasons")
+    lines.append("first rejected rows:")
+    sample = table.take(pa.array([row for row, _ in counted[:_SAMPLE_REJECTS]], pa.int64())).to_pylist()
+    for (row, reason), values in zip(counted, sample, strict=False):
+        cells = ", ".join(f"{name}={value!r:.30}" for name, value in values.items())
+        lines.append(f"  row {row + 1}: {reason:.120} | {cells:.200}")
+    share = len(counted) / table.num_rows
+    lines.append(
+        "nothing imported: every row rejected; fix the mapping or the file and import again"
+        if not loaded
+        else f"nothing imported: {share:.1%} of the rows rejected, more than the allowed {max_share:.1%} "
+        "(--max-reject-share); fix the mapping or the file, or allow more"
+    )
+    raise ImportRejected("\n".join(lines))
 
 
 def _check_currency(currency: str | None) -> str | None:
@@ -325,9 +418,11 @@ def _validate(
     table: pa.Table,
     roles: Mapping[str, str],
     currency: str | None,
+    zone: tzinfo | None,
     progress: Callable[[int], None] | None,
 ) -> tuple[pa.Table, list[tuple[int, str]]]:
     """Parse every row, chunk by chunk: the valid rows as a table, the others as (row index, reason)."""
+    latest_ms = int(datetime.now(UTC).timestamp() * 1000) + DAY_MS
     fields = [field for field in EVENT_FIELDS if field in roles]
     label_column, date_column = roles.get(LABEL), roles.get(CHARGEBACK_DATE)
     step = max(_MIN_CHUNK_ROWS, -(-table.num_rows // _PROGRESS_CALLS))
@@ -349,7 +444,9 @@ def _validate(
             count(start), zip(*columns.values(), strict=True), labels, claims
         ):
             try:
-                transaction = parse_transaction(dict(zip(names, values, strict=True)))
+                transaction = parse_transaction(dict(zip(names, values, strict=True)), naive_zone=zone)
+                if transaction.timestamp_ms > latest_ms:
+                    raise InvalidTransaction("field 'timestamp' is more than a day after now")
                 fraud = label_column is not None and _is_fraud(label, label_column)
                 reported_ms = _reported_ms(transaction, fraud, claim, date_column)
             except InvalidTransaction as error:
@@ -404,7 +501,7 @@ def _claim_ms(value: Any, column: str) -> int:
     except (ValueError, OverflowError):
         raise InvalidTransaction(
             f"column {column!r} (chargeback date) must be a date, ISO-8601 time with a zone or epoch ms "
-            f"within 2000-2099, got {value!r:.40}"
+            f"within {TIMESTAMP_RANGE}, got {value!r:.40}"
         ) from None
 
 
@@ -436,7 +533,7 @@ def _drop_repeats(valid: pa.Table, landed: pa.ChunkedArray) -> tuple[pa.Table, l
     first_rows = rows[first_positions[codes]]
     already = pc.is_in(ids, value_set=landed.combine_chunks()).to_numpy(zero_copy_only=False)
     repeated = (first_rows != rows) & ~already
-    rejects = [(row, "transaction_id already landed") for row in rows[already].tolist()]
+    rejects = [(row, ALREADY_LANDED) for row in rows[already].tolist()]
     rejects += [
         (row, f"duplicate transaction_id in file, first at row {first + 1}")
         for row, first in zip(rows[repeated].tolist(), first_rows[repeated].tolist(), strict=True)

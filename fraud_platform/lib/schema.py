@@ -1,7 +1,11 @@
 """The transaction event schema and the context tables' schemas, shared by every producer and consumer.
 
 One validation function, `parse_transaction`, is used by the import of user files and by the stream, so a
-row that the batch side accepts is exactly an event that the stream accepts.
+row that the batch side accepts is exactly an event that the stream accepts. Numbers given as text must be
+plain ASCII decimals ("12.50", not "1_000", " 12", "nan" or digits of other scripts); identifiers must be printable text
+(no control, format or separator characters besides the space) of at most MAX_ID_LENGTH characters.
+Whether a valid timestamp is also plausible *now* is the caller's rule: the stream judges it against a clock
+(`bus.EventWindow`), the import against the file's own bounds.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -58,14 +63,17 @@ CURRENCIES = frozenset(
     ]
 )
 
-# Amounts above this are treated as corrupt input, not as a purchase.
+# Amounts above this are treated as corrupt input, not as a purchase; 0 is an account verification.
 MAX_AMOUNT = 1_000_000.0
-# Timestamps outside this range are absurd for a card transaction.
-MIN_TIMESTAMP_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+# Timestamps outside this range are absurd for a card transaction, whatever the clock.
+MIN_TIMESTAMP_MS = int(datetime(1990, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_TIMESTAMP_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
+TIMESTAMP_RANGE = "1990-2099"
 MAX_ID_LENGTH = 64
 
 _MCC = re.compile(r"^[0-9]{4}$")
+# A number as text: optional sign, ASCII digits, optional fraction. No exponent, separators or blanks.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 REQUIRED_FIELDS = ("transaction_id", "card_id", "merchant_id", "amount", "currency", "timestamp")
 OPTIONAL_FIELDS = ("lat", "lon", "channel", "mcc")
@@ -199,7 +207,13 @@ def _identifier(raw: Mapping[str, Any], field: str) -> str:
         raise InvalidTransaction(f"missing field '{field}'")
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidTransaction(f"field '{field}' must be a string, got {type(value).__name__}")
-    text = str(value).strip()
+    text = str(value)
+    if not text.isprintable():
+        position, character = next((i, c) for i, c in enumerate(text) if not c.isprintable())
+        raise InvalidTransaction(
+            f"field '{field}' must be printable text: character U+{ord(character):04X} at position {position}"
+        )
+    text = text.strip(" ")
     if not text or len(text) > MAX_ID_LENGTH:
         raise InvalidTransaction(f"field '{field}' must be 1 to {MAX_ID_LENGTH} characters")
     return text
@@ -207,22 +221,33 @@ def _identifier(raw: Mapping[str, Any], field: str) -> str:
 
 def _number(raw: Mapping[str, Any], field: str) -> float:
     value = raw.get(field)
-    if isinstance(value, bool):
-        raise InvalidTransaction(f"field '{field}' must be a number, got bool")
+    if isinstance(value, str):
+        if not _DECIMAL.fullmatch(value):
+            raise InvalidTransaction(
+                f"field '{field}' must be a number (ASCII digits, optional sign and decimal point), "
+                f"got {value!r:.40}"
+            )
+    elif isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise InvalidTransaction(f"field '{field}' must be a number, got {type(value).__name__}")
     try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidTransaction(f"field '{field}' must be a number, got {value!r:.40}") from None
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
     if not math.isfinite(number):
         raise InvalidTransaction(f"field '{field}' must be finite, got {value!r:.40}")
     return number
 
 
-def parse_timestamp_ms(value: Any) -> int:
-    """Epoch milliseconds from ISO-8601 text with a zone, epoch milliseconds, or a timezone-aware datetime."""
+def parse_timestamp_ms(value: Any, naive_zone: tzinfo | None = None) -> int:
+    """Epoch milliseconds from ISO-8601 text with a zone, epoch milliseconds, or a timezone-aware datetime.
+
+    `naive_zone` is the zone of a datetime or ISO-8601 text without one (the import's --timezone); without
+    it such a value is refused."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise InvalidTransaction("field 'timestamp' has no time zone")
+            if naive_zone is None:
+                raise InvalidTransaction("field 'timestamp' has no time zone")
+            value = value.replace(tzinfo=naive_zone)
         millis = int(value.timestamp() * 1000)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         if not math.isfinite(value):
@@ -230,7 +255,9 @@ def parse_timestamp_ms(value: Any) -> int:
         millis = int(value)
     elif isinstance(value, str):
         text = value.strip()
-        if text.isascii() and text.removeprefix("-").isdigit():
+        if not text.isascii():
+            raise InvalidTransaction(f"field 'timestamp' is not ISO-8601 or epoch ms: {text!r:.40}")
+        if text.removeprefix("-").isdigit():
             millis = int(text)
         else:
             try:
@@ -240,12 +267,14 @@ def parse_timestamp_ms(value: Any) -> int:
                     f"field 'timestamp' is not ISO-8601 or epoch ms: {text!r:.40}"
                 ) from None
             if parsed.tzinfo is None:
-                raise InvalidTransaction(f"field 'timestamp' has no time zone: {text!r:.40}")
+                if naive_zone is None:
+                    raise InvalidTransaction(f"field 'timestamp' has no time zone: {text!r:.40}")
+                parsed = parsed.replace(tzinfo=naive_zone)
             millis = int(parsed.timestamp() * 1000)
     else:
         raise InvalidTransaction(f"field 'timestamp' must be ISO-8601 text or epoch ms, got {value!r:.40}")
     if not MIN_TIMESTAMP_MS <= millis < MAX_TIMESTAMP_MS:
-        raise InvalidTransaction(f"field 'timestamp' is out of range (2000-2099): {value!r:.40}")
+        raise InvalidTransaction(f"field 'timestamp' is out of range ({TIMESTAMP_RANGE}): {value!r:.40}")
     return millis
 
 
@@ -262,8 +291,9 @@ def _plain_id(value: Any) -> bool:
     return (
         type(value) is str
         and 0 < len(value) <= MAX_ID_LENGTH
-        and not value[0].isspace()
-        and not value[-1].isspace()
+        and value.isprintable()
+        and value[0] != " "
+        and value[-1] != " "
     )
 
 
@@ -283,7 +313,6 @@ def _parse_plain(raw: dict[str, Any]) -> Transaction | None:
         and _plain_id(get("card_id"))
         and _plain_id(get("merchant_id"))
         and _plain_number(amount, 0.0, MAX_AMOUNT)
-        and amount > 0
         and type(timestamp) is int
         and MIN_TIMESTAMP_MS <= timestamp < MAX_TIMESTAMP_MS
         and currency in CURRENCIES
@@ -309,10 +338,11 @@ def _parse_plain(raw: dict[str, Any]) -> Transaction | None:
     )
 
 
-def parse_transaction(raw: Mapping[str, Any]) -> Transaction:
+def parse_transaction(raw: Mapping[str, Any], *, naive_zone: tzinfo | None = None) -> Transaction:
     """Validate one raw event (a decoded JSON object or a file row) into a Transaction.
 
-    Raises InvalidTransaction with a reason naming the offending field.
+    `naive_zone`: the zone of timestamps without one (see `parse_timestamp_ms`). Raises InvalidTransaction
+    with a reason naming the offending field.
     """
     if type(raw) is dict:
         plain = _parse_plain(raw)
@@ -323,8 +353,8 @@ def parse_transaction(raw: Mapping[str, Any]) -> Transaction:
     amount = _number(raw, "amount") if not _is_missing(raw.get("amount")) else None
     if amount is None:
         raise InvalidTransaction("missing field 'amount'")
-    if amount <= 0:
-        raise InvalidTransaction(f"field 'amount' must be > 0, got {amount:g}")
+    if amount < 0:
+        raise InvalidTransaction(f"field 'amount' must be >= 0, got {amount:g}")
     if amount > MAX_AMOUNT:
         raise InvalidTransaction(f"field 'amount' exceeds {MAX_AMOUNT:g}, got {amount:g}")
     currency = raw.get("currency")
@@ -358,7 +388,7 @@ def parse_transaction(raw: Mapping[str, Any]) -> Transaction:
         merchant_id=_identifier(raw, "merchant_id"),
         amount=amount,
         currency=currency.strip().upper(),
-        timestamp_ms=parse_timestamp_ms(raw.get("timestamp")),
+        timestamp_ms=parse_timestamp_ms(raw.get("timestamp"), naive_zone),
         lat=lat,
         lon=lon,
         channel=channel,
