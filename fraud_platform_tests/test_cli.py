@@ -11,15 +11,18 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from fraud_platform.cli import main
 from fraud_platform.config import Settings
 from fraud_platform.features.vector import MODEL_FEATURES
+from fraud_platform.lib.bus import STREAM_SOURCE
+from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.schema import Transaction
-from fraud_platform.scoring.decisions import write_decisions
+from fraud_platform.scoring.decisions import decision_tables, write_decisions
 from fraud_platform.scoring.scorer import APPROVE, DECLINE, REVIEW, Decision
 
 
@@ -219,3 +222,24 @@ def test_decisions_as_a_table_filtered_and_as_json_lines(redis_server: LocalRedi
 def test_the_decision_filter_offers_the_scorers_decisions() -> None:
     choices = next(param for param in main.commands["decisions"].params if param.name == "kind").type
     assert tuple(choices.choices) == (APPROVE, REVIEW, DECLINE)
+
+
+def test_backfill_reads_the_feature_logs_transactions_once(platform_env: Settings, tmp_path: Path) -> None:
+    zone = LandingZone(platform_env.landing_dir)
+    simulated, _ = decision_tables([_decision(index, f"c{index % 3}", APPROVE, 0.01) for index in range(10)])
+    zone.write_batch("simulated", simulated, source="simulator")
+    # The stream logged t4..t9 (landed already) and t10, t11 (decided only by the stream, e.g. via the API).
+    logged, decisions = decision_tables(
+        [_decision(index, f"c{index % 3}", APPROVE, 0.01) for index in range(4, 12)]
+    )
+    zone.write_batch("stream-1", logged, {"decisions": decisions}, source=STREAM_SOURCE)
+
+    out = tmp_path / "rt.parquet"
+    result = CliRunner().invoke(main, ["features", "backfill", "--out", str(out), "--processes", "1"])
+    assert result.exit_code == 0, result.output
+    assert "backfilled 12 transactions in" in result.output
+    assert "6 stream decisions in the feature log are landed transactions too: read once" in result.output
+    assert "duplicate" not in result.output and "repeated" not in result.output
+    assert sorted(pq.read_table(out).column("transaction_id").to_pylist()) == sorted(
+        f"t{i}" for i in range(12)
+    )
