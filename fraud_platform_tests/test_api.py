@@ -1,0 +1,297 @@
+"""The authorization API through a real `fraud-platform serve` process and a real HTTP client, with the real
+scoring flow (`bytewax.run`) deciding: the API is a gateway, the flow the only writer of card state and
+decisions. Its own Redis server, so one test can stop and restart it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+
+from fraud_platform.config import Settings
+from fraud_platform.features.backfill import backfill
+from fraud_platform.features.packing import REALTIME_LAYOUT
+from fraud_platform.features.realtime import FEATURE_NAMES
+from fraud_platform.features.vector import MODEL_FEATURES
+from fraud_platform.lib.bus import events_from_table
+from fraud_platform.lib.keys import card_realtime_key
+from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.redis_server import LocalRedisServer, free_port
+from fraud_platform.lib.schema import TRANSACTIONS
+from fraud_platform.lib.simulator import SimulationConfig, simulate
+from fraud_platform.scoring.decisions import read_decisions
+from fraud_platform.training import registry
+from fraud_platform.training.model import score
+from fraud_platform_tests.scoring_support import (
+    expected_features,
+    load_random_batch_features,
+    register_model,
+    scoring_flow_process,
+    scoring_settings,
+    set_champion,
+)
+
+DEADLINE_MS = 3_000  # generous: the machine running the tests is shared; the stand-in test relies on it
+CLIENT_TIMEOUT_S = 30.0  # far past the deadline: a request that hangs fails the test
+FRAUD_PLATFORM = str(Path(sys.executable).parent / "fraud-platform")
+
+
+@dataclass
+class Platform:
+    """A running flow and API server over their own Redis server."""
+
+    settings: Settings
+    server: LocalRedisServer
+    client: redis.Redis
+    url: str  # the API's base URL
+    model_version: str
+    history: pa.Table
+    cards: dict
+    merchants: dict
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the API server exited"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"the API never became ready: {httpx.get(f'{url}/readyz').text}")
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    home = tmp_path_factory.mktemp("api")
+    server = LocalRedisServer(home / "redis", free_port())
+    server.start()
+    settings = scoring_settings(home / "home", server.url)
+    version = register_model(settings, 1, review=0.2, decline=0.6)
+    set_champion(settings, version)
+    history = simulate(SimulationConfig(cards=40, days=2, seed=31, fraud_card_share=0.3)).transactions
+    client = server.client()
+    cards, merchants = load_random_batch_features(client, history, seed=3)
+    env = {
+        **os.environ,
+        **settings.environment(),
+        "FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS": "1",
+        "FRAUD_PLATFORM_API_DEADLINE_MS": str(DEADLINE_MS),
+    }
+    flow = scoring_flow_process(env, exit_when_drained=False, log=home / "flow.log")
+    port = free_port()
+    api = subprocess.Popen(
+        [FRAUD_PLATFORM, "serve", "--port", str(port)],
+        env=env,
+        stdout=(home / "api.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, api)
+        yield Platform(settings, server, client, url, version, history, cards, merchants)
+    finally:
+        for process in (api, flow):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        server.stop()
+
+
+def _events(table: pa.Table) -> list[dict]:
+    return list(
+        events_from_table(table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")]))
+    )
+
+
+def _post(url: str, body: object) -> httpx.Response:
+    return httpx.post(f"{url}/v1/authorize", json=body, timeout=CLIENT_TIMEOUT_S)
+
+
+def _logged_ids(settings: Settings, wanted: set[str], timeout: float = 60.0) -> list[str]:
+    """The transaction ids in the feature log once every wanted one has landed."""
+    zone = LandingZone(settings.landing_dir)
+    deadline = time.monotonic() + timeout
+    while True:
+        files = zone.context_files("decisions")
+        ids = [tid for path in files for tid in pq.read_table(path).column("transaction_id").to_pylist()]
+        if wanted <= set(ids) or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_decisions_equal_the_model_on_the_backfilled_rows_once_each(platform: Platform) -> None:
+    events = _events(platform.history)
+    answers = {}
+    for event in events:  # in event-time order, as the backfill sees them
+        response = _post(platform.url, event)
+        assert response.status_code == 200, response.text
+        answers[event["transaction_id"]] = response.json()
+
+    expected = expected_features(platform.history, platform.cards, platform.merchants)
+    ids = list(answers)
+    booster = registry.load(
+        registry.configure(platform.settings.mlflow_tracking_uri, platform.settings.mlflow_artifact_root),
+        platform.model_version,
+    ).booster
+    scores = score(booster, np.array([expected[tid] for tid in ids], np.float32))
+    assert not any(answer["stand_in"] for answer in answers.values())
+    assert [answers[tid]["score"] for tid in ids] == pytest.approx(scores.tolist(), rel=1e-5, abs=1e-6)
+    assert {answer["model_version"] for answer in answers.values()} == {platform.model_version}
+    flagged = [tid for tid in ids if answers[tid]["decision"] != "approve"]
+    assert flagged, "the thresholds flag some transactions: their reasons are checked"
+    for tid in flagged:
+        for reason in answers[tid]["reasons"]:
+            value = expected[tid][MODEL_FEATURES.index(reason["feature"])]
+            assert reason["value"] == pytest.approx(float(value), rel=1e-5, nan_ok=True) or np.isnan(value)
+            assert reason["contribution"] > 0
+
+    decided = [decision["transaction_id"] for decision in read_decisions(platform.client)]
+    assert sorted(tid for tid in decided if tid in answers) == sorted(ids)  # once each in the stream
+    logged = _logged_ids(platform.settings, set(ids))
+    assert sorted(tid for tid in logged if tid in answers) == sorted(ids)  # once each in the feature log
+
+
+@pytest.mark.slow
+def test_a_burst_for_one_card_counts_every_transaction_once(platform: Platform) -> None:
+    start = time.time_ns() // 1_000_000  # live events: judged against the wall clock
+    burst = [
+        {
+            "transaction_id": f"burst-{index}",
+            "card_id": "burst-card",
+            "merchant_id": f"m-{index % 3}",
+            "amount": 10.0 + index,
+            "currency": "EUR",
+            "timestamp": start + index * 1_000,
+        }
+        for index in range(25)
+    ]
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=platform.url, timeout=CLIENT_TIMEOUT_S) as client:
+            return await asyncio.gather(*(client.post("/v1/authorize", json=event) for event in burst))
+
+    responses = asyncio.run(send())
+    assert [response.status_code for response in responses] == [200] * len(burst)
+    assert not any(response.json()["stand_in"] for response in responses)
+
+    table = pa.Table.from_pylist(
+        [{**event, "timestamp": datetime.fromtimestamp(event["timestamp"] / 1000, UTC)} for event in burst],
+        schema=TRANSACTIONS,
+    )
+    rows = backfill(table, processes=1)
+    last = rows.slice(rows.num_rows - 1)
+    expected = [last.column(name)[0].as_py() for name in FEATURE_NAMES]
+    served = REALTIME_LAYOUT.unpack(platform.client.get(card_realtime_key("burst-card")))
+    assert served[FEATURE_NAMES.index("txn_count_10m")] == len(burst)  # each request saw the others
+    assert np.allclose(served, expected, equal_nan=True)
+    decided = [d["transaction_id"] for d in read_decisions(platform.client) if d["card_id"] == "burst-card"]
+    assert sorted(decided) == sorted(event["transaction_id"] for event in burst)
+
+
+@pytest.mark.slow
+def test_a_repeated_transaction_gets_its_first_decision(platform: Platform) -> None:
+    event = {**_events(platform.history)[0], "transaction_id": "repeat-1"}
+    first = _post(platform.url, event).json()
+    again = _post(
+        platform.url, {**event, "amount": 999_999.0}
+    ).json()  # same id, other content: still the first
+    assert again == first and not first["stand_in"]
+
+    concurrent = {**event, "transaction_id": "repeat-2"}
+
+    async def send_twice() -> list[dict]:
+        async with httpx.AsyncClient(base_url=platform.url, timeout=CLIENT_TIMEOUT_S) as client:
+            responses = await asyncio.gather(
+                *(client.post("/v1/authorize", json=concurrent) for _ in range(2))
+            )
+            return [response.json() for response in responses]
+
+    one, two = asyncio.run(send_twice())
+    assert one == two and not one["stand_in"]
+    decided = [d["transaction_id"] for d in read_decisions(platform.client)]
+    assert decided.count("repeat-1") == 1 and decided.count("repeat-2") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            {"card_id": "c", "merchant_id": "m", "amount": 1, "currency": "EUR", "timestamp": 1},
+            "transaction_id",
+        ),
+        (
+            {"transaction_id": "x", "card_id": "c", "merchant_id": "m", "amount": -5, "currency": "EUR"},
+            "amount",
+        ),
+        (
+            {"transaction_id": "x", "card_id": "c", "merchant_id": "m", "amount": 5, "currency": "XXX"},
+            "currency",
+        ),
+        ([1, 2], "body"),
+        ("not json", "body"),
+    ],
+)
+def test_a_malformed_body_gets_422_naming_the_field(platform: Platform, body: object, field: str) -> None:
+    if isinstance(body, str):
+        response = httpx.post(f"{platform.url}/v1/authorize", content=body, timeout=CLIENT_TIMEOUT_S)
+    else:
+        response = _post(platform.url, body)
+    assert response.status_code == 422, response.text
+    [detail] = response.json()["detail"]
+    assert detail["field"] == field
+    assert field == "body" or f"'{field}'" in detail["reason"]
+
+
+@pytest.mark.slow
+def test_stand_in_while_redis_is_down_and_decisions_once_it_is_back(platform: Platform) -> None:
+    event = {**_events(platform.history)[-1], "transaction_id": "outage-1"}
+    platform.server.stop()
+    try:
+        response = _post(platform.url, event)
+        assert response.status_code == 200
+        answer = response.json()
+        assert answer["stand_in"] is True and answer["decision"] == "review"  # the default stand-in
+        assert "Redis" in answer["stand_in_reason"]
+        assert httpx.get(f"{platform.url}/readyz", timeout=CLIENT_TIMEOUT_S).status_code == 503
+    finally:
+        platform.server.start()
+    deadline = time.monotonic() + 120
+    while True:  # the flow reconnects on its own (its client retries for about a minute)
+        answer = _post(platform.url, {**event, "transaction_id": "outage-2"}).json()
+        if not answer["stand_in"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert answer["stand_in"] is False and answer["model_version"] == platform.model_version
+
+
+def test_serve_refuses_a_public_address_without_an_api_key(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "FRAUD_PLATFORM_API_KEY"}
+    env["FRAUD_PLATFORM_HOME"] = str(tmp_path)
+    result = subprocess.run(
+        [FRAUD_PLATFORM, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "FRAUD_PLATFORM_API_KEY" in result.stderr
