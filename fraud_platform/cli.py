@@ -67,7 +67,7 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(short_help="Create the project home, the landing zone and DAGSTER_HOME.")
 def init() -> None:
     """Create the project home, the landing zone and DAGSTER_HOME with its dagster.yaml."""
     from fraud_platform.home import prepare_home
@@ -77,7 +77,7 @@ def init() -> None:
     click.echo(f"home ready: {settings.home} (DAGSTER_HOME={settings.dagster_home})")
 
 
-@main.command()
+@main.command(short_help="Print the configuration as shell exports.")
 def env() -> None:
     """Print the configuration as shell exports, e.g. `eval "$(fraud-platform env)"` before `dagster dev`."""
     import shlex
@@ -89,7 +89,7 @@ def env() -> None:
 _UI_PORTS = {"dagster": 3000, "mlflow": 5000}
 
 
-@main.command(short_help="Start the Dagster or MLflow UI on 127.0.0.1 with the platform's configuration.")
+@main.command(short_help="Start the Dagster or MLflow UI on 127.0.0.1.")
 @click.argument("app", type=click.Choice(sorted(_UI_PORTS)))
 @click.option(
     "--port", type=click.IntRange(1, 65535), help="Port on 127.0.0.1 [default: 3000 dagster, 5000 mlflow]."
@@ -131,7 +131,7 @@ def ui(app: str, port: int | None) -> None:
     os.execve(python, [python, "-m", *command], environment)
 
 
-@main.group()
+@main.group(short_help="Manage the project's local Redis-compatible server.")
 def redis() -> None:
     """Manage the project's local Redis-compatible server (not used when REDIS_URL is set)."""
 
@@ -143,7 +143,7 @@ def _local_server() -> LocalRedisServer:
     return LocalRedisServer.from_settings(settings)
 
 
-@redis.command("start")
+@redis.command("start", short_help="Start the local server (loopback, password; idempotent).")
 def redis_start() -> None:
     """Start the local server on loopback with a password and append-only persistence (idempotent)."""
     server = _local_server()
@@ -158,7 +158,7 @@ def redis_stop() -> None:
     click.echo("redis stopped" if stopped else "redis was not running")
 
 
-@redis.command("status")
+@redis.command("status", short_help="Whether the local server runs: pid, memory, keys.")
 def redis_status() -> None:
     """Say whether the local server runs, with its pid, memory and key count; exit 1 if it does not."""
     status = _local_server().status()
@@ -169,7 +169,7 @@ def redis_status() -> None:
     click.echo(f"redis running: pid {status.pid}, port {status.port}, {status.keys} keys, {memory} used")
 
 
-@main.command()
+@main.command(short_help="Simulate transactions with fraud into the landing zone.")
 @click.option("--cards", default=5_000, show_default=True, help="Number of cards (customers).")
 @click.option("--days", default=60, show_default=True, help="Number of days of history.")
 @click.option(
@@ -219,7 +219,7 @@ def simulate(cards: int, days: int, start: Any, seed: int) -> None:
     )
 
 
-@main.command("import")
+@main.command("import", short_help="Import a CSV or parquet file into the landing zone.")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
     "--map", "mappings", multiple=True, metavar="SRC=DST", help="Map a file column to a schema column."
@@ -299,7 +299,7 @@ def _materialised(result: Any) -> tuple[dict[str, Any], str]:
     return metadata, checks
 
 
-@main.command()
+@main.command(short_help="Load the landing zone into the DuckDB warehouse.")
 def load() -> None:
     """Load every landed day and context table into the DuckDB warehouse (raw assets, one Dagster run)."""
     from fraud_platform.pipeline import instance_for, load_landing
@@ -315,7 +315,7 @@ def load() -> None:
     )
 
 
-@main.command()
+@main.command(short_help="Rebuild batch features and labels, load them into Redis.")
 @click.option(
     "--snapshot-date",
     type=_DAY,
@@ -342,7 +342,7 @@ def refresh(snapshot_date: Any) -> None:
     )
 
 
-@main.command()
+@main.command(short_help="Load card and merchant snapshots into Redis (no dbt).")
 @click.option(
     "--snapshot-date",
     type=_DAY,
@@ -365,7 +365,7 @@ def online(snapshot_date: Any) -> None:
     )
 
 
-@main.command()
+@main.command(short_help="Build the training set, fit, register, challenge the champion.")
 def train() -> None:
     """Build the training dataset, fit and register an XGBoost model, and challenge the champion."""
     from fraud_platform.pipeline import instance_for, train_model
@@ -420,7 +420,7 @@ def _replay_days(zone: LandingZone, low: date | None, high: date | None) -> list
     return selected
 
 
-@main.command()
+@main.command(short_help="Publish landed transactions to the bus in event-time order.")
 @click.option(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
@@ -503,12 +503,12 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
     )
 
 
-@main.group()
+@main.group(short_help="Real-time card features computed offline.")
 def features() -> None:
     """Real-time card features computed offline by the stream's own code."""
 
 
-@features.command("backfill")
+@features.command("backfill", short_help="Backfill landed transactions' real-time features to parquet.")
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Parquet file to write."
 )
@@ -567,7 +567,7 @@ def features_backfill(out: Path, processes: int | None) -> None:
     )
 
 
-@main.command("decisions")
+@main.command("decisions", short_help="The newest decisions as a table (or JSON), then the metrics.")
 @click.option("--count", type=click.IntRange(min=1), default=10, show_default=True, help="How many.")
 @click.option(
     "--decision",
@@ -611,7 +611,7 @@ def decisions_command(count: int, kind: str | None, card: str | None, as_json: b
     )
 
 
-@main.command()
+@main.command(short_help="The authorization API: POST /v1/authorize.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address (not loopback: API key).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port to bind.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Server processes.")
@@ -622,7 +622,7 @@ def serve(host: str, port: int, workers: int) -> None:
     serve_api(host, port, workers)
 
 
-@main.command()
+@main.command(short_help="Throughput, latency and quality of the stream's decisions.")
 @click.option(
     "--day", type=_DAY, help="Only transactions of this day (YYYY-MM-DD) [default: every decision]."
 )
@@ -674,7 +674,7 @@ def report(day: Any, first: Any, last: Any) -> None:
         click.echo(f"  {line}")
 
 
-@main.command()
+@main.command(short_help="Materialise and summarise the monitoring group per day.")
 @click.option("--day", type=_DAY, help="Monitor one day (YYYY-MM-DD).")
 @click.option("--from", "first", type=_DAY, help="First day to monitor (YYYY-MM-DD).")
 @click.option("--to", "last", type=_DAY, help="Last day to monitor, inclusive (YYYY-MM-DD).")

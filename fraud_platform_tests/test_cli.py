@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import click
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
@@ -32,6 +34,16 @@ def test_every_command_explains_itself() -> None:
         result = runner.invoke(main, [*command, "--help"])
         assert result.exit_code == 0, result.output
         assert "Usage:" in result.output
+
+
+def test_command_summaries_are_whole_sentences_on_one_line() -> None:
+    groups = [[], *([name] for name, command in main.commands.items() if isinstance(command, click.Group))]
+    for group in groups:
+        output = CliRunner().invoke(main, [*group, "--help"], terminal_width=80).output
+        listing = [line for line in output.split("Commands:")[1].splitlines() if line.strip()]
+        for line in listing:  # click cuts a long first docstring line with "..." and wraps a long short_help
+            whole = re.fullmatch(r"  [a-z-]+ +[A-Z].*[.)]", line) and not line.endswith(("...", "e.g."))
+            assert whole, f"fraud-platform {' '.join(group)}: {line!r}"
 
 
 def test_bad_configuration_fails_at_start_naming_the_variable(platform_env: Settings) -> None:
