@@ -148,8 +148,9 @@ def answer(txn: Transaction, outcome: Outcome, stand_in: str) -> dict[str, Any]:
 
 
 def server_timing(outcome: Outcome) -> str:
-    """The Server-Timing header: hand-off and wait in the server, and the wait split into queue to the flow,
-    the flow, and the reply (from the decision's own times, 1 ms resolution)."""
+    """The Server-Timing header: hand-off and wait in the server, and from the hand-off on: queue (sent to the
+    flow taking it in), flow, and reply (decision to the server); those from the decision's own wall-clock
+    times, 1 ms resolution."""
     parts = [f"handoff;dur={outcome.handoff_ms:.3f}", f"wait;dur={outcome.wait_ms:.3f}"]
     event = outcome.decision
     if outcome.source == FLOW and event is not None:

@@ -56,7 +56,7 @@ class Outcome:
     stand_in_reason: str | None = None
     handoff_ms: float = 0.0
     wait_ms: float = 0.0
-    handed_off_at_ms: float = 0.0  # wall clock, epoch ms, when the event was on the bus
+    handed_off_at_ms: float = 0.0  # wall clock, epoch ms, when the hand-off (with the XADD) was sent
     replied_at_ms: float = 0.0  # wall clock, epoch ms, when the decision reached the gateway
 
 
@@ -99,6 +99,7 @@ class Gateway:
         stream, *entry = xadd_arguments(
             txn.card_id, transaction_event(txn), self.settings.stream_shards, self.settings.stream_max_length
         )
+        sent_at_ms = time.time() * 1000
         stored = await self._handoff(
             keys=[marker_key(tid), WAITING_KEY, waiters_key(tid), stream],
             args=[tid, reply, REPLY_TTL_SECONDS, *entry],
@@ -107,7 +108,6 @@ class Gateway:
         handoff_ms = (handed_off - began) * 1000
         if stored is not None:
             return Outcome(STORED, orjson.loads(stored), handoff_ms=handoff_ms)
-        handed_off_at_ms = time.time() * 1000
         remaining = self.deadline_s - (handed_off - began) - _BLPOP_MARGIN_S
         popped = await self.client.blpop([reply], timeout=max(remaining, 0.001))
         replied = time.perf_counter()
@@ -118,7 +118,7 @@ class Gateway:
             orjson.loads(popped[1]),
             handoff_ms=handoff_ms,
             wait_ms=(replied - handed_off) * 1000,
-            handed_off_at_ms=handed_off_at_ms,
+            handed_off_at_ms=sent_at_ms,
             replied_at_ms=time.time() * 1000,
         )
 
