@@ -3,7 +3,8 @@
 For each batch: the card and merchant batch features from Redis in one round trip (`OnlineStore`), the
 on-demand features through the function training uses, `assemble` (the training matrix builder), one
 vectorised score, approve / review / decline from the model's thresholds, and reason codes only for the
-reviewed and declined rows (exact contributions cost about 1 ms per row; approvals are most of the traffic).
+reviewed and declined rows (approximate contributions still cost tens of us per row, exact TreeSHAP about
+1 ms: `bench.bench_scoring`; approvals are most of the traffic). XGBoost's threads are the ServingModel's.
 """
 
 from __future__ import annotations
