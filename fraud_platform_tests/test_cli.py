@@ -117,6 +117,17 @@ def test_refresh_without_the_redis_server_ends_naming_it(platform_env: Settings,
     )
 
 
+def test_a_failed_run_ends_with_its_root_cause(
+    platform_env: Settings, redis_server: LocalRedisServer
+) -> None:
+    result = CliRunner().invoke(main, ["online"], env={"REDIS_URL": redis_server.url})  # no warehouse yet
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert "failed; the whole run is in the Dagster UI (dagster dev)" in lines[-2]
+    assert lines[-1].startswith("online__batch_features: Catalog Error: Table with name ")
+    assert "Error occurred while executing op" not in lines[-1]
+
+
 def test_import_command_timezone_rejects_and_nothing_new(platform_env: Settings, tmp_path: Path) -> None:
     header = "transaction_id,card_id,merchant_id,amount,currency,timestamp\n"
     naive = tmp_path / "naive.csv"
