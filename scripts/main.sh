@@ -7,7 +7,8 @@
 set -euo pipefail
 # Simulated history is months, not years: let labels mature after 30 days unless told otherwise.
 export FRAUD_PLATFORM_LABEL_MATURITY_DAYS="${FRAUD_PLATFORM_LABEL_MATURITY_DAYS:-30}"
-source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the project root: the paths below are relative to it
+source scripts/setup.sh
 CARDS=${CARDS:-5000}
 DAYS=${DAYS:-120}
 START=${START:-2026-01-01}
@@ -58,13 +59,16 @@ fraud-platform load
 fraud-platform monitor --from "$FIRST_LIVE" --to "$LAST_DAY"
 cat <<MSG
 
-Done. Look around:
-  Dagster UI:  export FRAUD_PLATFORM_LABEL_MATURITY_DAYS=$FRAUD_PLATFORM_LABEL_MATURITY_DAYS; source scripts/setup.sh && dagster dev
+Done. Look around (in $PWD, from any shell):
+  Dagster UI:  FRAUD_PLATFORM_LABEL_MATURITY_DAYS=$FRAUD_PLATFORM_LABEL_MATURITY_DAYS .venv/bin/fraud-platform ui dagster
                (http://127.0.0.1:3000: asset groups raw, batch_features, labels, realtime_features, online, training,
                monitoring: one partition per day of decisions, with checks, tables and charts)
-  MLflow UI:   source scripts/setup.sh && mlflow ui --backend-store-uri "$MLFLOW_TRACKING_URI"   (http://127.0.0.1:5000; experiment fraud-monitoring: one run per day and model version)
+  MLflow UI:   .venv/bin/fraud-platform ui mlflow   (http://127.0.0.1:5000; experiment fraud-monitoring: one run per
+               day and model version)
   Warehouse:   $FRAUD_PLATFORM_WAREHOUSE (DuckDB)
   Landing:     $FRAUD_PLATFORM_LANDING
-  Decisions:   fraud-platform decisions --count 20   (the decisions stream and the flow's metrics)
-  Redis:       fraud-platform redis status   (stop it with: fraud-platform redis stop)
+  Decisions:   .venv/bin/fraud-platform decisions --count 20   (a table of the newest decisions with their reasons,
+               and the flow's metrics; --decision review, --card ID, --json)
+  Redis:       .venv/bin/fraud-platform redis status   (stop it with: .venv/bin/fraud-platform redis stop)
+  Or first:    source scripts/setup.sh   (the venv on PATH, the configuration exported; your shell stays as it is)
 MSG
