@@ -168,8 +168,7 @@ def decode_event(
         )
     try:
         raw = orjson.loads(payload)
-        keys = len(raw) if type(raw) is dict else 0
-        clock = raw.pop(REPLAY_CLOCK_FIELD, None) if keys else None
+        keys, clock = (len(raw), raw.get(REPLAY_CLOCK_FIELD)) if type(raw) is dict else (0, None)
         txn = parse_transaction(raw)
     except orjson.JSONDecodeError as error:
         return dead_letter(f"invalid JSON: {error}", payload)
