@@ -526,6 +526,8 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
                 progress=advance,
                 max_length=settings.stream_max_length,
             )
+    except (redis_client.ConnectionError, redis_client.TimeoutError) as error:
+        raise unreachable(settings, error) from error
     except redis_client.RedisError as error:
         raise click.ClickException(f"Redis: {error}") from error
     except (KafkaException, UndeliveredMessage) as error:

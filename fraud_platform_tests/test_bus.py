@@ -38,7 +38,7 @@ from fraud_platform.lib.bus import (
 )
 from fraud_platform.lib.keys import shard_of, transactions_stream
 from fraud_platform.lib.landing import LandingZone
-from fraud_platform.lib.redis_server import LocalRedisServer
+from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.schema import Transaction, parse_transaction
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 
@@ -338,6 +338,16 @@ def test_the_replay_and_backfill_commands(
     assert set(written.column(VERSION_COLUMN).to_pylist()) == {FEATURE_DEFINITION_VERSION}
     for name in expected.column_names:  # NaN (a missing value) equals NaN
         np.testing.assert_array_equal(written.column(name).to_numpy(), expected.column(name).to_numpy())
+
+
+def test_a_replay_to_an_unreachable_redis_names_it_without_its_password(platform_env: Settings) -> None:
+    _land(platform_env, "b1", 4, datetime(2026, 1, 1, tzinfo=UTC))
+    url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"  # nothing listens there
+    result = CliRunner(env={"REDIS_URL": url}).invoke(main, ["replay", "--day", "2026-01-02"])
+    assert result.exit_code == 1 and "s3cret-pw" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: cannot reach REDIS_URL redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]}")
+    assert last.endswith("check that the server runs there and that REDIS_URL is right")
 
 
 def test_publish_trims_each_shard_to_about_the_maximum_length(clean_redis: redis.Redis) -> None:

@@ -247,7 +247,9 @@ def _zone(name: str | None) -> tzinfo | None:
 def _require_zones(path: Path, timestamps: pa.ChunkedArray) -> None:
     """One error for the file when its first timestamp has no zone (rather than a reject per row)."""
     valid = timestamps.drop_null()
-    first = next((value for value in valid.slice(0, 1).to_pylist() if value != ""), None)
+    if pa.types.is_string(valid.type):
+        valid = valid.filter(pc.not_equal(pc.utf8_trim_whitespace(valid), ""))
+    first = valid[0].as_py() if len(valid) else None
     try:
         naive = isinstance(first, datetime) and first.tzinfo is None
         naive = naive or (isinstance(first, str) and datetime.fromisoformat(first.strip()).tzinfo is None)
