@@ -19,7 +19,7 @@ from typing import Any
 import click
 import redis.exceptions as redis_errors
 
-from fraud_platform.config import ConfigError, Settings
+from fraud_platform.config import DEFAULT_MAX_REJECT_SHARE, ConfigError, Settings
 from fraud_platform.lib.landing import LandingError, LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer, RedisServerError, unreachable
 
@@ -257,7 +257,7 @@ def simulate(cards: int, days: int, start: Any, seed: int) -> None:
 @click.option(
     "--max-reject-share",
     type=click.FloatRange(0, 1),
-    default=0.1,
+    default=DEFAULT_MAX_REJECT_SHARE,
     show_default=True,
     help="Import nothing when more than this share of the rows is rejected (rows landed before not counted).",
 )

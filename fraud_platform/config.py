@@ -52,6 +52,8 @@ DEFAULT_FEATURE_LOG_FLUSH_SECONDS = 60
 # the replayed time for replays): late clearing takes days, a producer's clock may be minutes ahead.
 DEFAULT_MAX_EVENT_AGE_DAYS = 30
 DEFAULT_MAX_EVENT_FUTURE_SECONDS = 300
+# `fraud-platform import`: above this share of rejected rows a file is taken as misread, not as a few bad rows.
+DEFAULT_MAX_REJECT_SHARE = 0.1
 # XGBoost threads of a serving process: 1 keeps small batches off contended cores (docs/benchmarks.md); 0 is
 # XGBoost's own default, every core.
 DEFAULT_SCORING_THREADS = 1

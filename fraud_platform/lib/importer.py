@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from fraud_platform.config import DEFAULT_MAX_REJECT_SHARE
 from fraud_platform.lib.landing import LandingError, LandingZone, conform
 from fraud_platform.lib.schema import (
     CARDS,
@@ -74,8 +75,6 @@ _ROW = "_row"  # 0-based data row of a validated transaction in the source file
 _REPORTED_AT = "_reported_at"  # when its fraud label became known; null for rows not labelled fraud
 _MAX_LISTED_COLUMNS = 40
 ALREADY_LANDED = "transaction_id already landed"
-# Above this share of rejected rows the file is taken as misread (mapping, format), not as a few bad rows.
-DEFAULT_MAX_REJECT_SHARE = 0.1
 _SAMPLE_REJECTS = 5
 _LISTED_REASONS = 10
 _REASON_DETAIL = re.compile(r"(?:, got |, first at |: ).*", re.DOTALL)
