@@ -78,7 +78,7 @@ def register_real_model(settings: Settings, sample: np.ndarray) -> str:
     """200 trees of depth 6, thresholds at the review/decline shares of `sample`'s scores; the champion."""
     client = registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
     data = synthetic_data(7, signal=0.5, rows=20_000)
-    trained = fit(data, TrainingConfig(max_rounds=40))  # for the metrics the registry records
+    trained = fit(data, TrainingConfig(search_trials=1))  # for the metrics the registry records
     train = data.part("train")
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 6, "eta": 0.05, "seed": 7}
     matrix = xgb.DMatrix(train.features, label=train.labels, feature_names=list(MODEL_FEATURES))

@@ -400,23 +400,129 @@ def online(snapshot_date: Any) -> None:
 
 
 @main.command(short_help="Build the training set, fit, register, challenge the champion.")
-def train() -> None:
-    """Build the training dataset, fit and register an XGBoost model, and challenge the champion."""
+@click.option(
+    "--train-from", type=_DAY, help="First training day (YYYY-MM-DD) [default: the oldest labelled]."
+)
+@click.option("--train-to", type=_DAY, help="Last training day, inclusive (YYYY-MM-DD).")
+@click.option("--test-from", type=_DAY, help="First test day (YYYY-MM-DD); the days between are the gap.")
+@click.option("--test-to", type=_DAY, help="Last test day, inclusive (YYYY-MM-DD).")
+@click.option(
+    "--validation-days",
+    type=click.IntRange(min=1),
+    help="The newest N training days validate the search [default: FRAUD_PLATFORM_VALIDATION_DAYS or 20-30 %].",
+)
+@click.option(
+    "--search-trials",
+    type=click.IntRange(min=1),
+    help="Candidates to try [default: FRAUD_PLATFORM_SEARCH_TRIALS].",
+)
+@click.option(
+    "--search-seconds",
+    type=click.IntRange(min=1),
+    help="Time budget of the search [default: FRAUD_PLATFORM_SEARCH_SECONDS].",
+)
+def train(
+    train_from: Any,
+    train_to: Any,
+    test_from: Any,
+    test_to: Any,
+    validation_days: int | None,
+    search_trials: int | None,
+    search_seconds: int | None,
+) -> None:
+    """Build the training dataset, search and fit an XGBoost model, register it, and challenge the champion.
+
+    Without dates the windows are shares of the mature labelled days (FRAUD_PLATFORM_TRAIN_WINDOW_DAYS,
+    _TEST_DAYS, _VALIDATION_DAYS, _GAP_DAYS set them for schedules and sensors); with --train-to, --test-from
+    and --test-to the model trains and is tested on exactly those days (rows outside are left out).
+    """
     from fraud_platform.pipeline import instance_for, train_model
+    from fraud_platform.training.evaluation import format_metrics
 
     settings = _settings()
+    windows = {
+        name: value.date().isoformat()
+        for name, value in (
+            ("train_from", train_from),
+            ("train_to", train_to),
+            ("test_from", test_from),
+            ("test_to", test_to),
+        )
+        if value
+    }
     began = time.perf_counter()
-    result = train_model(instance_for(settings))
+    result = train_model(
+        instance_for(settings),
+        windows={**windows, **({"validation_days": validation_days} if validation_days else {})},
+        search={
+            name: value
+            for name, value in (("search_trials", search_trials), ("search_seconds", search_seconds))
+            if value
+        },
+    )
     metadata, _ = _materialised(result)
     dataset, model = metadata["training/dataset"], metadata["training/model"]
+    test_metrics = {
+        key.removeprefix("test_"): value.value for key, value in model.items() if key.startswith("test_")
+    }
     click.echo(
-        f"trained in {time.perf_counter() - began:.1f} s (run {result.run_id}): {dataset['rows'].value:,} rows, "
-        f"test window {dataset['test_window'].value}; model version {model['model_version'].value}: "
-        f"ROC AUC {model['test_roc_auc'].value:.3f}, average precision {model['test_average_precision'].value:.3f}, "
-        f"recall at 1% FPR {model['test_recall_at_1pct_fpr'].value:.3f}; {model['challenge'].value}"
+        f"trained in {time.perf_counter() - began:.1f} s (run {result.run_id}): {dataset['rows'].value:,} rows; "
+        f"train {dataset['train_window'].value}, validation {dataset['validation_window'].value}, "
+        f"test {dataset['test_window'].value}; {model['search'].value}"
+    )
+    click.echo(
+        f"model version {model['model_version'].value} on the test window: {format_metrics(test_metrics)}; "
+        f"{model['challenge'].value}"
         + (" -> champion" if model["promoted_to_champion"].value else " -> stays challenger")
     )
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+
+
+@main.command(short_help="Score a window with a registered model version: standard metrics.")
+@click.option("--model-version", required=True, help="The registered version to evaluate (or 'champion').")
+@click.option("--from", "first", type=_DAY, required=True, help="First day to score (YYYY-MM-DD).")
+@click.option("--to", "last", type=_DAY, required=True, help="Last day to score, inclusive (YYYY-MM-DD).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+def evaluate(model_version: str, first: Any, last: Any, as_json: bool) -> None:
+    """Score the mature labelled transactions of a window with any registered model version and print ROC AUC,
+    average precision, recall at 1 % FPR, fraud amount caught and card precision@100 by the standard rule
+    (per day, known-compromised and earlier-detected cards removed), with the version's operating points."""
+    import json
+
+    import duckdb
+
+    from fraud_platform.training import registry
+    from fraud_platform.training.dataset import DatasetError, build_window_data
+    from fraud_platform.training.evaluation import format_metrics
+    from fraud_platform.training.model import evaluate as evaluate_scores
+    from fraud_platform.training.model import score
+
+    settings = _settings()
+    client = registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
+    try:
+        version = registry.resolve_version(client, model_version)
+        model = registry.load(client, version)
+        with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+            data = build_window_data(connection, settings.label_maturity_days, first.date(), last.date())
+    except (registry.RegistryError, DatasetError) as error:
+        raise click.ClickException(str(error)) from error
+    metrics = evaluate_scores(score(model.booster, data.features), data, model.contract.thresholds)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"model_version": version, "from": str(first.date()), "to": str(last.date()), **metrics}
+            )
+        )
+        return
+    click.echo(
+        f"model version {version} on {first.date()} .. {last.date()} ({int(metrics['transactions']):,} labelled "
+        f"transactions, {int(metrics['frauds']):,} frauds): {format_metrics(metrics)}"
+    )
+    click.echo(
+        f"  operating points (its thresholds): review+decline alert rate {metrics['alert_rate']:.2%}, precision "
+        f"{metrics['alert_precision']:.1%}, recall {metrics['alert_recall']:.1%}; declines precision "
+        f"{metrics['decline_precision']:.1%}, recall {metrics['decline_recall']:.1%}"
+    )
 
 
 def _empty_landing(zone: LandingZone) -> LandingError:

@@ -27,6 +27,12 @@ STREAM_SHARDS_VAR = "FRAUD_PLATFORM_STREAM_SHARDS"
 ALLOWED_LATENESS_VAR = "FRAUD_PLATFORM_ALLOWED_LATENESS_SECONDS"
 FEATURE_TTL_VAR = "FRAUD_PLATFORM_FEATURE_TTL_SECONDS"
 RETRAIN_LABELS_VAR = "FRAUD_PLATFORM_RETRAIN_MIN_NEW_LABELS"
+TRAIN_WINDOW_DAYS_VAR = "FRAUD_PLATFORM_TRAIN_WINDOW_DAYS"
+TEST_DAYS_VAR = "FRAUD_PLATFORM_TEST_DAYS"
+VALIDATION_DAYS_VAR = "FRAUD_PLATFORM_VALIDATION_DAYS"
+GAP_DAYS_VAR = "FRAUD_PLATFORM_GAP_DAYS"
+SEARCH_TRIALS_VAR = "FRAUD_PLATFORM_SEARCH_TRIALS"
+SEARCH_SECONDS_VAR = "FRAUD_PLATFORM_SEARCH_SECONDS"
 STREAM_MAX_LENGTH_VAR = "FRAUD_PLATFORM_STREAM_MAX_LENGTH"
 MODEL_REFRESH_VAR = "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS"
 SCORING_MODE_VAR = "FRAUD_PLATFORM_SCORING_MODE"
@@ -45,6 +51,10 @@ DEFAULT_STREAM_SHARDS = 4
 DEFAULT_ALLOWED_LATENESS_SECONDS = 300
 DEFAULT_FEATURE_TTL_SECONDS = 3 * 86_400
 DEFAULT_RETRAIN_MIN_NEW_LABELS = 1_000
+# Training windows for scheduled and sensor-started runs (0: the default share of the labelled days, or all).
+DEFAULT_GAP_DAYS = 7
+DEFAULT_SEARCH_TRIALS = 24
+DEFAULT_SEARCH_SECONDS = 300
 DEFAULT_STREAM_MAX_LENGTH = 10_000_000  # entries per shard, about 2 GB of Redis memory at ~216 bytes each
 DEFAULT_MODEL_REFRESH_SECONDS = 30
 DEFAULT_FEATURE_LOG_FLUSH_SECONDS = 60
@@ -98,6 +108,12 @@ class Settings:
     feature_ttl_seconds: int
     retrain_min_new_labels: int
     stream_max_length: int
+    train_window_days: int = 0  # only the newest N days of mature labelled history (0: all of it)
+    test_days: int = 0  # the newest N labelled days are the test window (0: 20 % of the days)
+    validation_days: int = 0  # the newest N development days validate the search (0: 20 % of the days)
+    gap_days: int = DEFAULT_GAP_DAYS
+    search_trials: int = DEFAULT_SEARCH_TRIALS
+    search_seconds: int = DEFAULT_SEARCH_SECONDS
     model_refresh_seconds: int = DEFAULT_MODEL_REFRESH_SECONDS
     scoring_mode: str = SCORING_MODES[0]
     scoring_threads: int = DEFAULT_SCORING_THREADS
@@ -147,6 +163,12 @@ class Settings:
             retrain_min_new_labels=_integer(
                 env, RETRAIN_LABELS_VAR, DEFAULT_RETRAIN_MIN_NEW_LABELS, 1, 10**9
             ),
+            train_window_days=_integer(env, TRAIN_WINDOW_DAYS_VAR, 0, 0, 36_500),
+            test_days=_integer(env, TEST_DAYS_VAR, 0, 0, 3_650),
+            validation_days=_integer(env, VALIDATION_DAYS_VAR, 0, 0, 3_650),
+            gap_days=_integer(env, GAP_DAYS_VAR, DEFAULT_GAP_DAYS, 0, 3_650),
+            search_trials=_integer(env, SEARCH_TRIALS_VAR, DEFAULT_SEARCH_TRIALS, 1, 10_000),
+            search_seconds=_integer(env, SEARCH_SECONDS_VAR, DEFAULT_SEARCH_SECONDS, 1, 86_400),
             stream_max_length=_integer(env, STREAM_MAX_LENGTH_VAR, DEFAULT_STREAM_MAX_LENGTH, 0, 10**12),
             model_refresh_seconds=_integer(env, MODEL_REFRESH_VAR, DEFAULT_MODEL_REFRESH_SECONDS, 1, 86_400),
             scoring_mode=_choice(env, SCORING_MODE_VAR, SCORING_MODES),
@@ -178,6 +200,12 @@ class Settings:
             ALLOWED_LATENESS_VAR: str(self.allowed_lateness_seconds),
             FEATURE_TTL_VAR: str(self.feature_ttl_seconds),
             RETRAIN_LABELS_VAR: str(self.retrain_min_new_labels),
+            TRAIN_WINDOW_DAYS_VAR: str(self.train_window_days),
+            TEST_DAYS_VAR: str(self.test_days),
+            VALIDATION_DAYS_VAR: str(self.validation_days),
+            GAP_DAYS_VAR: str(self.gap_days),
+            SEARCH_TRIALS_VAR: str(self.search_trials),
+            SEARCH_SECONDS_VAR: str(self.search_seconds),
             STREAM_MAX_LENGTH_VAR: str(self.stream_max_length),
             MODEL_REFRESH_VAR: str(self.model_refresh_seconds),
             SCORING_MODE_VAR: self.scoring_mode,

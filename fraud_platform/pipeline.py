@@ -92,9 +92,16 @@ def load_online(
     )
 
 
-def train_model(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """The training dataset, a new model version in MLflow and the champion/challenger decision."""
-    return run_job(instance, "train_model")
+def train_model(
+    instance: dg.DagsterInstance, windows: dict | None = None, search: dict | None = None
+) -> dg.ExecuteInProcessResult:
+    """The training dataset, a new model version in MLflow and the champion/challenger decision; `windows`
+    (TrainingWindows fields) and `search` (ModelSearch fields) are the run's config, the settings' otherwise."""
+    ops_config = {
+        **({"training__dataset": {"config": windows}} if windows else {}),
+        **({"training__model": {"config": search}} if search else {}),
+    }
+    return run_job(instance, "train_model", ops_config or None)
 
 
 def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:

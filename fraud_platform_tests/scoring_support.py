@@ -48,7 +48,7 @@ def register_model(
     """Fit a small model on synthetic data and register it with the given thresholds; return its version."""
     registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
     data = synthetic_data(seed, signal=1.5, rows=3_000)
-    trained = fit(data, TrainingConfig(max_rounds=40))
+    trained = fit(data, TrainingConfig(search_trials=1))
     contract = registry.ModelContract(
         features=features,
         feature_definition_version=FEATURE_DEFINITION_VERSION,

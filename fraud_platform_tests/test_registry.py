@@ -29,6 +29,7 @@ def synthetic_data(seed: int, signal: float, rows: int = 6_000, days: int = 40) 
         split=assign_splits(event_days, SplitConfig(gap_days=3)),
         labels_as_of="2026-03-01",
         maturity_cutoff="2026-02-10",
+        card_fraud_known_days=np.full(rows, np.datetime64("NaT"), dtype="datetime64[D]"),
     )
 
 
@@ -49,7 +50,7 @@ def client(tmp_path: Path) -> MlflowClient:
 
 
 def _register(data: TrainingData, labels_known: int = 0):  # type: ignore[no-untyped-def]
-    trained = fit(data, TrainingConfig(max_rounds=60))
+    trained = fit(data, TrainingConfig(search_trials=1))
     test = data.part("test")
     version = registry.register(
         trained, _contract(trained, labels_known), score(trained.booster, test.features), test.labels, {}
@@ -126,7 +127,7 @@ def test_a_model_whose_features_cannot_be_served_is_refused() -> None:
 
 def test_thresholds_and_metrics_are_consistent() -> None:
     data = synthetic_data(4, signal=2.0)
-    trained = fit(data, TrainingConfig(max_rounds=60))
+    trained = fit(data, TrainingConfig(search_trials=1))
     assert 0 < trained.thresholds.review <= trained.thresholds.decline <= 1
     metrics = trained.test_metrics
     assert 0.5 < metrics["roc_auc"] <= 1 and 0 < metrics["average_precision"] <= 1

@@ -6,6 +6,7 @@ client and runs of their own, so `MlflowResource` is a small ConfigurableResourc
 MLflow run is tagged with the Dagster run id so the two UIs point at each other.
 """
 
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -16,8 +17,8 @@ from fraud_platform.config import Settings
 from fraud_platform.defs.batch import LABELS_ASSET
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
 from fraud_platform.training import registry
-from fraud_platform.training.dataset import SplitConfig, TrainingData, build_training_data
-from fraud_platform.training.model import fit, score
+from fraud_platform.training.dataset import SPLITS, SplitConfig, TrainingData, build_training_data
+from fraud_platform.training.model import TrainingConfig, fit, score
 
 GROUP = "training"
 DATASET_TABLE = "training.dataset"
@@ -37,10 +38,59 @@ class MlflowResource(dg.ConfigurableResource):
 
 
 class TrainingSettings(dg.ConfigurableResource):
-    """Label maturity (which labels are final) and the retraining threshold."""
+    """Label maturity (which labels are final), the retraining threshold, and the windows and search budget
+    of runs started without run config (schedules and sensors): FRAUD_PLATFORM_TRAIN_WINDOW_DAYS and friends."""
 
     label_maturity_days: int
     retrain_min_new_labels: int
+    train_window_days: int = 0
+    test_days: int = 0
+    validation_days: int = 0
+    gap_days: int = 7
+    search_trials: int = 24
+    search_seconds: int = 300
+
+
+class TrainingWindows(dg.Config):
+    """The user's own windows (ISO dates, inclusive), overriding the configured shares when given: train on
+    `train_from` (empty: the oldest labelled day) .. `train_to`, test on `test_from` .. `test_to`; the
+    newest `validation_days` of the training window validate the search (0: the configured default)."""
+
+    train_from: str = ""
+    train_to: str = ""
+    test_from: str = ""
+    test_to: str = ""
+    validation_days: int = 0
+
+    def split(self, settings: TrainingSettings) -> SplitConfig:
+        """The split: these dates, or the configured windows where none is given."""
+        validation_days = self.validation_days or settings.validation_days or None
+        return SplitConfig(
+            gap_days=settings.gap_days,
+            window_days=settings.train_window_days or None,
+            test_days=settings.test_days or None,
+            validation_days=validation_days,
+            **{
+                name: _day(name, getattr(self, name))
+                for name in ("train_from", "train_to", "test_from", "test_to")
+            },
+        )
+
+
+def _day(name: str, text: str) -> date | None:
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise dg.Failure(f"{name}={text!r}: not a date (YYYY-MM-DD)") from None
+
+
+class ModelSearch(dg.Config):
+    """The fit's search budget for this run (0: the configured FRAUD_PLATFORM_SEARCH_TRIALS / _SECONDS)."""
+
+    search_trials: int = 0
+    search_seconds: int = 0
 
 
 def build_training_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -52,17 +102,29 @@ def build_training_resources(settings: Settings) -> dict[str, dg.ConfigurableRes
         "training_settings": TrainingSettings(
             label_maturity_days=settings.label_maturity_days,
             retrain_min_new_labels=settings.retrain_min_new_labels,
+            train_window_days=settings.train_window_days,
+            test_days=settings.test_days,
+            validation_days=settings.validation_days,
+            gap_days=settings.gap_days,
+            search_trials=settings.search_trials,
+            search_seconds=settings.search_seconds,
         ),
     }
 
 
-def _split_metadata(data: TrainingData) -> dict[str, dg.MetadataValue]:
+def _split_metadata(
+    data: TrainingData, split: SplitConfig, maturity_days: int
+) -> dict[str, dg.MetadataValue]:
     metadata: dict[str, dg.MetadataValue] = {
         "rows": dg.MetadataValue.int(len(data.labels)),
         "labels_as_of": dg.MetadataValue.text(data.labels_as_of),
         "maturity_cutoff": dg.MetadataValue.text(data.maturity_cutoff),
+        "label_maturity_days": dg.MetadataValue.int(maturity_days),
+        "windows_chosen_by": dg.MetadataValue.text(
+            "dates" if split.by_date else "shares of the labelled days"
+        ),
     }
-    for name in ("train", "validation", "test"):
+    for name in SPLITS:
         part = data.part(name)
         first, last = data.window(name)
         metadata[f"{name}_window"] = dg.MetadataValue.text(f"{first} .. {last}")
@@ -86,14 +148,27 @@ def _split_metadata(data: TrainingData) -> dict[str, dg.MetadataValue]:
         "day's card and merchant snapshots and on-demand features; split train | gap | validation | test."
     ),
 )
-def training_dataset(warehouse: DuckDBResource, training_settings: TrainingSettings) -> dg.MaterializeResult:
-    """Build the dataset and store it in the warehouse as training.dataset."""
+def training_dataset(
+    config: TrainingWindows, warehouse: DuckDBResource, training_settings: TrainingSettings
+) -> dg.MaterializeResult:
+    """Build the dataset for the chosen windows and store it in the warehouse as training.dataset."""
+    split = config.split(training_settings)
     with warehouse.get_connection() as connection:
-        data = build_training_data(connection, training_settings.label_maturity_days, SplitConfig())
+        data = build_training_data(connection, training_settings.label_maturity_days, split)
         dataset_rows = data.to_arrow()  # noqa: F841 - read by DuckDB's replacement scan
         connection.execute("CREATE SCHEMA IF NOT EXISTS training")
         connection.execute(f"CREATE OR REPLACE TABLE {DATASET_TABLE} AS SELECT * FROM dataset_rows")
-    return dg.MaterializeResult(metadata=_split_metadata(data))
+    return dg.MaterializeResult(metadata=_split_metadata(data, split, training_settings.label_maturity_days))
+
+
+def _window_params(data: TrainingData, maturity_days: int) -> dict[str, str]:
+    """The windows, their row counts and the label maturity, as the MLflow run records them."""
+    params = {"label_maturity_days": str(maturity_days), "labels_as_of": data.labels_as_of}
+    for name in SPLITS:
+        first, last = data.window(name)
+        params[f"{name}_window"] = f"{first} .. {last}"
+        params[f"{name}_rows"] = str(int((data.split == name).sum()))
+    return params
 
 
 def _labels_known(instance: dg.DagsterInstance) -> int:
@@ -117,9 +192,13 @@ def _labels_known(instance: dg.DagsterInstance) -> int:
     ),
 )
 def fraud_model(
-    context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    config: ModelSearch,
+    warehouse: DuckDBResource,
+    mlflow: MlflowResource,
+    training_settings: TrainingSettings,
 ) -> dg.MaterializeResult:
-    """Fit, register, and challenge the champion."""
+    """Search and fit, register with the windows it was trained and tested on, and challenge the champion."""
     dataset_event = context.instance.get_latest_materialization_event(DATASET_ASSET)
     dataset_metadata = dataset_event.asset_materialization.metadata if dataset_event else {}
     with warehouse.get_connection() as connection:
@@ -131,7 +210,21 @@ def fraud_model(
         labels_as_of=getattr(dataset_metadata.get("labels_as_of"), "value", ""),
         maturity_cutoff=getattr(dataset_metadata.get("maturity_cutoff"), "value", ""),
     )
-    trained = fit(data)
+    trained = fit(
+        data,
+        TrainingConfig(
+            search_trials=config.search_trials or training_settings.search_trials,
+            search_seconds=config.search_seconds or training_settings.search_seconds,
+        ),
+        progress=lambda trial: context.log.info(
+            "search trial %d: mean validation AP %.4f with %d trees, %s (%.1f s)",
+            trial.number,
+            trial.average_precision,
+            trial.trees,
+            trial.params,
+            trial.seconds,
+        ),
+    )
     contract = registry.ModelContract(
         features=MODEL_FEATURES,
         feature_definition_version=FEATURE_DEFINITION_VERSION,
@@ -139,7 +232,7 @@ def fraud_model(
         review_threshold=trained.thresholds.review,
         validation_metrics=trained.validation_metrics,
         labels_known=_labels_known(context.instance),
-        trained_until=data.window("train")[1],
+        trained_until=data.window("validation")[1],
     )
     test = data.part("test")
     client = mlflow.client()
@@ -149,6 +242,7 @@ def fraud_model(
         score(trained.booster, test.features),
         test.labels,
         tags={"dagster_run_id": context.run.run_id},
+        windows=_window_params(data, training_settings.label_maturity_days),
     )
     version = str(registered.version)
     challenge = registry.challenge_champion(client, version, trained.test_metrics["average_precision"], test)
@@ -166,7 +260,15 @@ def fraud_model(
             ),
             "decline_threshold": dg.MetadataValue.float(trained.thresholds.decline),
             "review_threshold": dg.MetadataValue.float(trained.thresholds.review),
-            "best_iteration": dg.MetadataValue.int(trained.best_iteration),
+            "trees": dg.MetadataValue.int(trained.best_iteration),
+            "chosen_params": dg.MetadataValue.json(
+                {**trained.selection.params, "trees": trained.selection.trees}
+            ),
+            "search": dg.MetadataValue.text(
+                f"{len(trained.selection.trials)} trial(s) in {trained.selection.seconds:.0f} s, best mean "
+                f"validation AP {trained.selection.average_precision:.4f} over "
+                f"{trained.params['selection_folds']} prequential fold(s)"
+            ),
             "labels_known": dg.MetadataValue.int(contract.labels_known),
             **{f"test_{key}": dg.MetadataValue.float(value) for key, value in trained.test_metrics.items()},
             "mlflow_run_id": dg.MetadataValue.text(registered.run_id),

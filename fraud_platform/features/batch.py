@@ -28,6 +28,8 @@ MERCHANT_BATCH_FEATURES: tuple[str, ...] = (
     "fraud_count_90d",
     "fraud_rate_30d",
     "fraud_rate_90d",
+    # Short-window risk lagged by the label delay (dbt var merchant_risk_delay_days).
+    *(f"{stat}_{days}d_lagged" for days in (1, 7, 30) for stat in ("txn_count", "fraud_count", "fraud_rate")),
 )
 # The last closed investigation's outcome as a number: 1 confirmed fraud, 0 another outcome, NULL none.
 _CARD_EXPRESSIONS = {

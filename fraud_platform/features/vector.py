@@ -20,7 +20,7 @@ MODEL_FEATURES: tuple[str, ...] = (
     *(MERCHANT_PREFIX + name for name in MERCHANT_BATCH_FEATURES),
 )
 # Bump the suffixes when an on-demand or batch feature changes meaning; the real-time part has its own.
-FEATURE_DEFINITION_VERSION = f"{REALTIME_VERSION}+od-v1+batch-v1"
+FEATURE_DEFINITION_VERSION = f"{REALTIME_VERSION}+od-v1+batch-v2"
 
 
 def assemble(

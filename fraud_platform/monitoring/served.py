@@ -78,12 +78,13 @@ def feature_matrix(lists: pa.ChunkedArray) -> np.ndarray:
 def reference_features(
     connection: duckdb.DuckDBPyConnection, rows: int, trained_until: str = ""
 ) -> np.ndarray:
-    """Up to `rows` training rows (train split, up to `trained_until` when given), a deterministic sample."""
+    """Up to `rows` rows the model was fitted on (train and validation splits, up to `trained_until` when
+    given), a deterministic sample."""
     require_tables(connection, DATASET_TABLE)
     columns = ", ".join(f'"{name}"' for name in MODEL_FEATURES)
     until = "AND event_date <= $until::DATE" if trained_until else ""
     table = connection.sql(
-        f"SELECT {columns} FROM {DATASET_TABLE} WHERE split = 'train' {until} "
+        f"SELECT {columns} FROM {DATASET_TABLE} WHERE split IN ('train', 'validation') {until} "
         "ORDER BY hash(transaction_id), transaction_id LIMIT $rows",
         params={"rows": rows, **({"until": trained_until} if trained_until else {})},
     ).to_arrow_table()

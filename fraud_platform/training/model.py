@@ -1,34 +1,44 @@
-"""Fit, score and evaluate the fraud model: XGBoost with early stopping on validation average precision.
+"""Fit, score and evaluate the fraud model: XGBoost chosen by a time-ordered search, thresholds on validation.
 
-Thresholds are chosen on the validation window: decline where precision reaches a target, review for the
-top share of transactions by score (the alert volume a review team can handle). Metrics are reported on the
-test window, which neither the fit nor the thresholds have seen.
+`fit` selects the hyperparameters, the class weighting and the number of trees on prequential folds over the
+validation days (`fraud_platform.training.search`), then fits the chosen candidate on every development day
+(train and validation). Thresholds are chosen on the out-of-fold validation scores (each validation block
+scored by the fold model that never saw it): decline where precision reaches a target, review for the top
+share of transactions by score (the alert volume a review team can handle). Metrics are reported on the test
+window, which neither the fit, the search nor the thresholds have seen.
 """
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import xgboost as xgb
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import precision_recall_curve
 
-from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.training.dataset import TrainingData
+from fraud_platform.training.evaluation import Scored, ranking_metrics
+from fraud_platform.training.search import (
+    Selection,
+    SelectionError,
+    Trial,
+    booster_params,
+    matrix,
+    prequential_folds,
+    search,
+)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Hyper-parameters and decision policy."""
+    """The search's budget and the decision policy."""
 
-    max_rounds: int = 400
-    early_stopping_rounds: int = 30
-    max_depth: int = 6
-    learning_rate: float = 0.08
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
-    min_child_weight: float = 1.0
+    search_trials: int = 24  # candidates tried at most (the textbook fit and the old defaults first)
+    search_seconds: float = 300.0  # the search stops starting new candidates after this
+    folds: int = 3  # prequential selection folds over the validation days
     decline_precision: float = 0.9  # decline only where validation precision reaches this
     review_alert_rate: float = 0.01  # review the top 1 % of transactions by score
     seed: int = 7
+    threads: int = 0  # XGBoost threads while training (0: every core)
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,7 @@ class Thresholds:
 
 @dataclass
 class TrainedModel:
-    """A fitted booster with its thresholds and metrics."""
+    """A fitted booster with its thresholds, metrics and the search that chose it."""
 
     booster: xgb.Booster
     thresholds: Thresholds
@@ -49,6 +59,7 @@ class TrainedModel:
     validation_metrics: dict[str, float]
     test_metrics: dict[str, float]
     params: dict[str, float | int | str]
+    selection: Selection
 
 
 def score(booster: xgb.Booster, features: np.ndarray) -> np.ndarray:
@@ -70,93 +81,97 @@ def choose_thresholds(
     return Thresholds(decline=decline, review=review)
 
 
-def card_precision_at_k(
-    scores: np.ndarray, labels: np.ndarray, cards: np.ndarray, days: np.ndarray, k: int = 100
-) -> float:
-    """Mean over days of the share of frauded cards among the k cards with the highest score that day."""
-    daily = []
-    for day in np.unique(days):
-        on_day = days == day
-        best: dict[str, tuple[float, int]] = {}
-        for card, value, label in zip(cards[on_day], scores[on_day], labels[on_day], strict=True):
-            top, fraud = best.get(card, (-1.0, 0))
-            best[card] = (max(top, float(value)), max(fraud, int(label)))
-        ranked = sorted(best.values(), key=lambda item: item[0], reverse=True)[:k]
-        daily.append(sum(fraud for _, fraud in ranked) / k)
-    return float(np.mean(daily))
+def scored(scores: np.ndarray, data: TrainingData) -> Scored:
+    """A window's scores with what the metrics need to know of its rows."""
+    return Scored(
+        scores, data.labels, data.amounts, data.card_ids, data.event_days, data.card_fraud_known_days
+    )
 
 
 def evaluate(scores: np.ndarray, data: TrainingData, thresholds: Thresholds) -> dict[str, float]:
-    """ROC AUC, average precision, card precision@100 per day, recall at 1 % FPR, fraud amount caught, and
-    the decline/review operating points."""
+    """The standard ranking metrics (`evaluation.ranking_metrics`) and the review/decline operating points."""
     labels = data.labels
-    false_positive_rate, true_positive_rate, _ = roc_curve(labels, scores)
     fraud_amount = float(data.amounts[labels == 1].sum())
     alerted = scores >= thresholds.review
     declined = scores >= thresholds.decline
+    frauds = labels == 1
     return {
-        "roc_auc": float(roc_auc_score(labels, scores)),
-        "average_precision": float(average_precision_score(labels, scores)),
-        "card_precision_at_100": card_precision_at_k(scores, labels, data.card_ids, data.event_days),
-        "recall_at_1pct_fpr": float(true_positive_rate[false_positive_rate <= 0.01].max()),
-        "fraud_amount_caught": float(data.amounts[alerted & (labels == 1)].sum() / fraud_amount)
+        **ranking_metrics(scored(scores, data)),
+        "fraud_amount_caught": float(data.amounts[alerted & frauds].sum() / fraud_amount)
         if fraud_amount
         else 0.0,
-        "alert_rate": float(alerted.mean()),
+        "alert_rate": float(alerted.mean()) if len(labels) else 0.0,
         "alert_precision": float(labels[alerted].mean()) if alerted.any() else 0.0,
-        "alert_recall": float(alerted[labels == 1].mean()),
+        "alert_recall": float(alerted[frauds].mean()) if frauds.any() else 0.0,
         "decline_precision": float(labels[declined].mean()) if declined.any() else 0.0,
-        "decline_recall": float(declined[labels == 1].mean()),
-        "transactions": float(len(labels)),
-        "frauds": float(labels.sum()),
+        "decline_recall": float(declined[frauds].mean()) if frauds.any() else 0.0,
     }
 
 
-def _matrix(data: TrainingData) -> xgb.DMatrix:
-    return xgb.DMatrix(data.features, label=data.labels, feature_names=list(MODEL_FEATURES), missing=np.nan)
+def _check_classes(name: str, part: TrainingData) -> None:
+    if part.labels.sum() == 0 or part.labels.sum() == len(part.labels):
+        raise SelectionError(
+            f"the {name} window has only one class ({len(part.labels)} rows, {int(part.labels.sum())} frauds): "
+            "widen it, or lower FRAUD_PLATFORM_LABEL_MATURITY_DAYS when chargebacks arrive sooner"
+        )
 
 
-def fit(data: TrainingData, config: TrainingConfig = TrainingConfig()) -> TrainedModel:
-    """Fit on train, stop early on validation average precision, choose thresholds on validation,
-    evaluate on test."""
-    train, validation, test = data.part("train"), data.part("validation"), data.part("test")
-    for name, part in (("train", train), ("validation", validation), ("test", test)):
-        if part.labels.sum() == 0 or part.labels.sum() == len(part.labels):
-            raise ValueError(
-                f"the {name} window has only one class ({len(part.labels)} rows): more history is needed"
-            )
-    positives = float(train.labels.sum())
-    params: dict[str, float | int | str] = {
-        "objective": "binary:logistic",
-        "eval_metric": "aucpr",
-        "tree_method": "hist",
-        "max_depth": config.max_depth,
-        "eta": config.learning_rate,
-        "subsample": config.subsample,
-        "colsample_bytree": config.colsample_bytree,
-        "min_child_weight": config.min_child_weight,
-        # Class imbalance: weigh the rare frauds up to the genuine mass.
-        "scale_pos_weight": (len(train.labels) - positives) / positives,
-        "seed": config.seed,
-    }
-    booster = xgb.train(
-        params,
-        _matrix(train),
-        num_boost_round=config.max_rounds,
-        evals=[(_matrix(validation), "validation")],
-        early_stopping_rounds=config.early_stopping_rounds,
-        verbose_eval=False,
+def fit(
+    data: TrainingData,
+    config: TrainingConfig = TrainingConfig(),
+    progress: Callable[[Trial], None] | None = None,
+) -> TrainedModel:
+    """Search on prequential folds of the validation days, fit the winner on train + validation, choose the
+    thresholds on the out-of-fold validation scores, evaluate on test."""
+    development, test = data.part("train", "validation"), data.part("test")
+    for name, part in (("training (train + validation)", development), ("test", test)):
+        _check_classes(name, part)
+    folds = prequential_folds(development.event_days, development.split == "validation", config.folds)
+    selection = search(
+        development.features,
+        development.labels,
+        folds,
+        trials=config.search_trials,
+        seconds=config.search_seconds,
+        seed=config.seed,
+        threads=config.threads,
+        progress=progress,
     )
-    booster = booster[: booster.best_iteration + 1]
-    validation_scores = score(booster, validation.features)
+    chosen = selection.params
+
+    def train(rows: np.ndarray) -> xgb.Booster:
+        labels = development.labels[rows]
+        return xgb.train(
+            booster_params(chosen, labels, config.seed, config.threads),
+            matrix(development.features[rows], labels),
+            num_boost_round=selection.trees,
+        )
+
+    # Out-of-fold scores: each validation block scored by a model fitted on the days before it only.
+    out_of_fold = np.full(len(development.labels), np.nan, dtype=np.float32)
+    for fold in folds:
+        out_of_fold[fold.validate] = score(train(fold.fit), development.features[fold.validate])
+    validated = ~np.isnan(out_of_fold)
+    validation = development.rows(validated)
     thresholds = choose_thresholds(
-        validation_scores, validation.labels, config.decline_precision, config.review_alert_rate
+        out_of_fold[validated], validation.labels, config.decline_precision, config.review_alert_rate
     )
+    booster = train(np.ones(len(development.labels), dtype=bool))
     return TrainedModel(
         booster=booster,
         thresholds=thresholds,
         best_iteration=int(booster.num_boosted_rounds()),
-        validation_metrics=evaluate(validation_scores, validation, thresholds),
+        validation_metrics=evaluate(out_of_fold[validated], validation, thresholds),
         test_metrics=evaluate(score(booster, test.features), test, thresholds),
-        params={**params, **{f"policy_{key}": value for key, value in asdict(config).items()}},
+        params={
+            **booster_params(chosen, development.labels, config.seed, config.threads),
+            "trees": selection.trees,
+            "class_weight": str(chosen["class_weight"]),
+            "selection_folds": len(folds),
+            "selection_average_precision": round(selection.average_precision, 6),
+            "search_trials_run": len(selection.trials),
+            "search_seconds_used": round(selection.seconds, 1),
+            **{f"policy_{key}": value for key, value in asdict(config).items()},
+        },
+        selection=selection,
     )

@@ -35,6 +35,10 @@ class ContractError(ValueError):
     """A model's contract asks for features this code cannot produce."""
 
 
+class RegistryError(LookupError):
+    """The registry has no such model version; the message names what there is."""
+
+
 @dataclass(frozen=True)
 class ModelContract:
     """What a registered model needs and promises."""
@@ -124,10 +128,13 @@ def register(
     test_scores: np.ndarray,
     test_labels: np.ndarray,
     tags: dict[str, str],
+    windows: dict[str, str] | None = None,
 ) -> ModelVersion:
-    """Log parameters, metrics, contract and plots to a new MLflow run and register the booster."""
+    """Log parameters (the chosen ones and the windows), metrics, the search's trials, contract and plots to a
+    new MLflow run and register the booster."""
     with mlflow.start_run(tags=tags) as run:
-        mlflow.log_params(trained.params)
+        mlflow.log_params({**trained.params, **(windows or {})})
+        _log_search(trained)
         mlflow.log_metrics({f"validation_{key}": value for key, value in trained.validation_metrics.items()})
         mlflow.log_metrics({f"test_{key}": value for key, value in trained.test_metrics.items()})
         mlflow.log_dict(asdict(contract), CONTRACT_FILE)
@@ -153,6 +160,27 @@ def register(
     return version
 
 
+def _log_search(trained: TrainedModel) -> None:
+    """Every search trial: its mean validation AP as a metric series (step = trial number) and a table."""
+    trials = trained.selection.trials
+    for trial in trials:
+        mlflow.log_metric("search_trial_average_precision", trial.average_precision, step=trial.number)
+    mlflow.log_dict(
+        [
+            {
+                "trial": trial.number,
+                **trial.params,
+                "best_trees": trial.trees,
+                "mean_validation_average_precision": trial.average_precision,
+                "fold_average_precision": list(trial.fold_average_precision),
+                "seconds": round(trial.seconds, 2),
+            }
+            for trial in trials
+        ],
+        "search_trials.json",
+    )
+
+
 def _contract_tags(contract: ModelContract) -> dict[str, str]:
     return {
         "feature_definition_version": contract.feature_definition_version,
@@ -170,6 +198,25 @@ def champion_version(client: MlflowClient) -> ModelVersion | None:
         return client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     except MlflowException:
         return None
+
+
+def resolve_version(client: MlflowClient, text: str) -> str:
+    """The version number meant by `text`: a registered version, or 'champion' for the champion's."""
+    if text == CHAMPION:
+        champion = champion_version(client)
+        if champion is None:
+            raise RegistryError(f"model {MODEL_NAME!r} has no champion yet: run 'fraud-platform train'")
+        return str(champion.version)
+    try:
+        return str(client.get_model_version(MODEL_NAME, text).version)
+    except MlflowException:
+        versions = sorted(
+            int(found.version) for found in client.search_model_versions(f"name='{MODEL_NAME}'")
+        )
+        raise RegistryError(
+            f"model {MODEL_NAME!r} has no version {text!r} (registered: "
+            f"{', '.join(map(str, versions)) or 'none: run fraud-platform train'})"
+        ) from None
 
 
 def load(client: MlflowClient, version: str) -> LoadedModel:

@@ -1,5 +1,10 @@
 -- Merchant features as of the end of each day: volume and fraud rate over 30 and 90 days, counting only
--- chargebacks reported by that day (a claim reported tomorrow is not known today).
+-- chargebacks reported by that day (a claim reported tomorrow is not known today); and short-window risk over
+-- 1, 7 and 30 days lagged by the label delay (var merchant_risk_delay_days): the transactions of the days
+-- (as_of - delay - w, as_of - delay] and those of them with a chargeback reported by as_of. Compromised
+-- terminals show up within days; the lag keeps the rate from being diluted by days whose claims cannot be in.
+{% set delay = var('merchant_risk_delay_days') | int %}
+{% set lagged_windows = [1, 7, 30] %}
 with daily as (
     select merchant_id, event_date, count(*) as txn_count, sum(amount) as amount_sum
     from {{ ref('stg_transactions') }}
@@ -16,13 +21,19 @@ volume as (
         spine.as_of_date,
         {% for days in [30, 90] %}
         sum(coalesce(daily.txn_count, 0)) over last_{{ days }} as txn_count_{{ days }}d,
-        sum(coalesce(daily.amount_sum, 0)) over last_{{ days }} as amount_sum_{{ days }}d{{ "," if not loop.last }}
+        sum(coalesce(daily.amount_sum, 0)) over last_{{ days }} as amount_sum_{{ days }}d,
+        {% endfor %}
+        {% for days in lagged_windows %}
+        coalesce(sum(daily.txn_count) over lagged_{{ days }}, 0) as txn_count_{{ days }}d_lagged{{ "," if not loop.last }}
         {% endfor %}
     from spine
     left join daily on daily.merchant_id = spine.merchant_id and daily.event_date = spine.as_of_date
     window
         {% for days in [30, 90] %}
-        last_{{ days }} as (partition by spine.merchant_id order by spine.as_of_date rows between {{ days - 1 }} preceding and current row){{ "," if not loop.last }}
+        last_{{ days }} as (partition by spine.merchant_id order by spine.as_of_date rows between {{ days - 1 }} preceding and current row),
+        {% endfor %}
+        {% for days in lagged_windows %}
+        lagged_{{ days }} as (partition by spine.merchant_id order by spine.as_of_date rows between {{ delay + days - 1 }} preceding and {{ delay }} preceding){{ "," if not loop.last }}
         {% endfor %}
 ),
 
@@ -37,12 +48,18 @@ known_frauds as (
         spine.merchant_id,
         spine.as_of_date,
         count(*) filter (where fraud.event_date > spine.as_of_date - 30) as fraud_count_30d,
-        count(*) as fraud_count_90d
+        count(*) filter (where fraud.event_date > spine.as_of_date - 90) as fraud_count_90d,
+        {% for days in lagged_windows %}
+        count(*) filter (
+            where fraud.event_date > spine.as_of_date - {{ delay + days }}
+            and fraud.event_date <= spine.as_of_date - {{ delay }}
+        ) as fraud_count_{{ days }}d_lagged{{ "," if not loop.last }}
+        {% endfor %}
     from spine
     join reported_frauds as fraud
         on fraud.merchant_id = spine.merchant_id
         and fraud.reported_date <= spine.as_of_date
-        and fraud.event_date > spine.as_of_date - 90
+        and fraud.event_date > spine.as_of_date - {{ [90, delay + lagged_windows | max] | max }}
     group by spine.merchant_id, spine.as_of_date
 )
 
@@ -56,7 +73,13 @@ select
     coalesce(known_frauds.fraud_count_30d, 0) as fraud_count_30d,
     coalesce(known_frauds.fraud_count_90d, 0) as fraud_count_90d,
     coalesce(known_frauds.fraud_count_30d, 0) / nullif(volume.txn_count_30d, 0) as fraud_rate_30d,
-    coalesce(known_frauds.fraud_count_90d, 0) / nullif(volume.txn_count_90d, 0) as fraud_rate_90d
+    coalesce(known_frauds.fraud_count_90d, 0) / nullif(volume.txn_count_90d, 0) as fraud_rate_90d,
+    {% for days in lagged_windows %}
+    volume.txn_count_{{ days }}d_lagged,
+    coalesce(known_frauds.fraud_count_{{ days }}d_lagged, 0) as fraud_count_{{ days }}d_lagged,
+    coalesce(known_frauds.fraud_count_{{ days }}d_lagged, 0) / nullif(volume.txn_count_{{ days }}d_lagged, 0)
+        as fraud_rate_{{ days }}d_lagged{{ "," if not loop.last }}
+    {% endfor %}
 from volume
 left join known_frauds
     on known_frauds.merchant_id = volume.merchant_id and known_frauds.as_of_date = volume.as_of_date

@@ -1,0 +1,152 @@
+"""Detection quality by a prequential protocol: the platform's fit against a textbook XGBoost, same features.
+
+    python -m bench.bench_quality [--cards 5000 --days 150 --maturity 30 --folds 4 --trials 12 --seconds 120]
+
+Simulates history into a temporary platform home and runs the batch side, then builds the point-in-time
+dataset once and evaluates weekly test folds over the newest mature labelled weeks: each test week is
+preceded by a 7-day gap (the label delay: at deployment the newest labels are not known yet) and a training
+window of either the 7 days before the gap or all history before it. On every fold both fits see exactly the
+same rows and features:
+
+* platform: `fraud_platform.training.model.fit` as shipped (search over prequential folds, class weighting
+  chosen on validation, trees counted on the mean over folds), with `--trials` / `--seconds` as its budget;
+* textbook: XGBoost with depth 3, 100 trees, learning rate 0.1, no class reweighting, on the same days.
+
+It writes per fold and as mean ± std: ROC AUC, average precision and card precision@100 by the standard rule
+(`fraud_platform.training.evaluation`), and the platform's search time, to bench/results/quality.json.
+"""
+
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import xgboost as xgb
+
+from bench.common import parse_options, write_result
+from bench.warehouse import prepared_home
+from fraud_platform.config import Settings
+from fraud_platform.training.dataset import SplitConfig, TrainingData, assign_splits, build_training_data
+from fraud_platform.training.evaluation import ranking_metrics
+from fraud_platform.training.model import TrainingConfig, fit, score, scored
+from fraud_platform.training.search import matrix
+
+TEXTBOOK = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 3, "eta": 0.1, "seed": 7}
+TEXTBOOK_TREES = 100
+HEADLINE = ("roc_auc", "average_precision", "card_precision_at_100")
+WEEK = np.timedelta64(7, "D")
+DAY = np.timedelta64(1, "D")
+
+
+def fold_windows(days: np.ndarray, folds: int, shape: str) -> list[SplitConfig]:
+    """The weekly test folds over the newest labelled days, oldest first, with a 7-day gap before each and a
+    7-day or all-history training window."""
+    windows = []
+    for back in range(folds - 1, -1, -1):
+        test_to = days.max() - back * WEEK
+        test_from = test_to - WEEK + DAY
+        train_to = test_from - WEEK - DAY
+        train_from = train_to - WEEK + DAY if shape == "7d" else None
+        windows.append(
+            SplitConfig(
+                train_from=train_from.item() if train_from is not None else None,
+                train_to=train_to.item(),
+                test_from=test_from.item(),
+                test_to=test_to.item(),
+            )
+        )
+    return windows
+
+
+def window(data: TrainingData, config: SplitConfig) -> TrainingData:
+    """The dataset's rows inside one fold's windows, split by its dates (rows outside are left out)."""
+    low = np.datetime64(config.train_from) if config.train_from else data.event_days.min()
+    inside = (data.event_days >= low) & (data.event_days <= np.datetime64(config.test_to))
+    rows = data.rows(inside)
+    return replace(rows, split=assign_splits(rows.event_days, config))
+
+
+def textbook_scores(data: TrainingData) -> np.ndarray:
+    """The textbook fit on the fold's training window (train + validation days), scores on its test days."""
+    development, test = data.part("train", "validation"), data.part("test")
+    booster = xgb.train(TEXTBOOK, matrix(development.features, development.labels), TEXTBOOK_TREES)
+    return score(booster, test.features)
+
+
+def run_folds(data: TrainingData, folds: int, trials: int, seconds: float) -> dict[str, object]:
+    """Both fits on every fold of both window shapes; per-fold metrics and their mean ± std."""
+    result: dict[str, object] = {}
+    for shape in ("7d", "all"):
+        rows = []
+        for config in fold_windows(np.unique(data.event_days), folds, shape):
+            fold = window(data, config)
+            test = fold.part("test")
+            began = time.perf_counter()
+            trained = fit(fold, TrainingConfig(search_trials=trials, search_seconds=seconds))
+            fit_seconds = time.perf_counter() - began
+            platform = ranking_metrics(scored(score(trained.booster, test.features), test))
+            textbook = ranking_metrics(scored(textbook_scores(fold), test))
+            rows.append(
+                {
+                    "train": f"{config.train_from or fold.event_days.min()} .. {config.train_to}",
+                    "test": f"{config.test_from} .. {config.test_to}",
+                    "train_rows": int(np.isin(fold.split, ("train", "validation")).sum()),
+                    "test_rows": len(test.labels),
+                    "test_frauds": int(test.labels.sum()),
+                    "platform": {key: platform[key] for key in HEADLINE},
+                    "textbook": {key: textbook[key] for key in HEADLINE},
+                    "platform_fit_seconds": round(fit_seconds, 1),
+                    "platform_trials": len(trained.selection.trials),
+                    "platform_choice": {**trained.selection.params, "trees": trained.selection.trees},
+                }
+            )
+            print(shape, rows[-1])
+        summary = {
+            name: {
+                key: {
+                    "mean": float(np.nanmean([row[name][key] for row in rows])),
+                    "std": float(np.nanstd([row[name][key] for row in rows])),
+                }
+                for key in HEADLINE
+            }
+            for name in ("platform", "textbook")
+        }
+        result[shape] = {"folds": rows, "summary": summary}
+    return result
+
+
+def main() -> None:
+    """Prepare the warehouse, run the protocol, print and save the result."""
+    arguments = parse_options(__doc__, cards=5_000, days=150, maturity=30, folds=4, trials=12, seconds=120)
+    began_load = os.getloadavg()
+    with (
+        tempfile.TemporaryDirectory() as home,
+        prepared_home(Path(home), arguments.cards, arguments.days, arguments.maturity),
+    ):
+        with duckdb.connect(str(Settings.from_env().warehouse_path), read_only=True) as connection:
+            data = build_training_data(connection, arguments.maturity)
+        result = run_folds(data, arguments.folds, arguments.trials, arguments.seconds)
+    for shape in ("7d", "all"):
+        summary = result[shape]["summary"]  # type: ignore[index]
+        for key in HEADLINE:
+            print(
+                f"{shape:<4}{key:<24}platform {summary['platform'][key]['mean']:.3f} ± "
+                f"{summary['platform'][key]['std']:.3f}   textbook {summary['textbook'][key]['mean']:.3f} ± "
+                f"{summary['textbook'][key]['std']:.3f}"
+            )
+    write_result(
+        "quality",
+        {
+            "options": vars(arguments),
+            **result,
+            "load_average_before": began_load,
+            "load_average_after": os.getloadavg(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
