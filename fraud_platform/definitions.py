@@ -3,7 +3,12 @@
 import dagster as dg
 
 from fraud_platform.config import Settings
-from fraud_platform.defs.automation import batch_refresh_job, daily_batch_refresh, landing_sensor
+from fraud_platform.defs.automation import (
+    batch_refresh_job,
+    daily_batch_refresh,
+    landing_sensor,
+    load_landing_job,
+)
 from fraud_platform.defs.batch import build_dbt_assets
 from fraud_platform.defs.monitoring import (
     MONITORING_ASSETS,
@@ -12,10 +17,11 @@ from fraud_platform.defs.monitoring import (
     monitoring_job,
     monitoring_retrain_sensor,
 )
-from fraud_platform.defs.online import online_batch_features
+from fraud_platform.defs.online import online_batch_features, online_load_job
 from fraud_platform.defs.raw import RAW_ASSETS, RAW_CHECKS
 from fraud_platform.defs.realtime import REALTIME_ASSETS
 from fraud_platform.defs.resources import build_resources
+from fraud_platform.defs.stream import STREAM_SPECS, with_stream_upstream
 from fraud_platform.defs.training import (
     build_training_resources,
     fraud_model,
@@ -32,16 +38,17 @@ def defs() -> dg.Definitions:
     settings = Settings.from_env()
     return dg.Definitions(
         assets=[
-            *RAW_ASSETS,
+            *with_stream_upstream(RAW_ASSETS),
             build_dbt_assets(),
             *REALTIME_ASSETS,
             online_batch_features,
+            *STREAM_SPECS,
             training_dataset,
             fraud_model,
             *MONITORING_ASSETS,
         ],
         asset_checks=RAW_CHECKS,
-        jobs=[batch_refresh_job, training_job, monitoring_job],
+        jobs=[load_landing_job, batch_refresh_job, online_load_job, training_job, monitoring_job],
         schedules=[daily_batch_refresh, weekly_retrain, daily_monitoring],
         sensors=[landing_sensor, retrain_sensor, monitoring_retrain_sensor],
         resources={

@@ -5,7 +5,7 @@ import os
 import dagster as dg
 
 from fraud_platform.config import DAGSTER_HOME_VAR, Settings
-from fraud_platform.defs.raw import LANDING_DAYS, RAW_ASSETS, RAW_CHECKS
+from fraud_platform.defs.raw import LANDING_DAYS
 from fraud_platform.defs.resources import build_resources
 from fraud_platform.home import prepare_home
 from fraud_platform.lib.landing import LandingError, LandingZone
@@ -32,14 +32,28 @@ def register_landing_days(instance: dg.DagsterInstance, zone: LandingZone) -> li
 
 
 def run_job(
-    instance: dg.DagsterInstance, name: str, ops_config: dict | None = None
+    instance: dg.DagsterInstance,
+    name: str,
+    ops_config: dict | None = None,
+    *,
+    resources: dict[str, dg.ConfigurableResource] | None = None,
+    partition_key: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """Run one job of the code location in this process, recorded in `instance`."""
+    """Run one named job of the code location in this process, recorded in `instance` under its name;
+    `resources` replace the configured ones (a caller's own settings)."""
     from fraud_platform.definitions import defs
 
     job = defs().resolve_job_def(name)
     run_config = {**QUIET_CONSOLE, "ops": ops_config} if ops_config else QUIET_CONSOLE
-    return job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    return job.execute_in_process(
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=False,
+        resources=resources,
+        partition_key=partition_key,
+        tags=tags,
+    )
 
 
 def _online_config(snapshot_date: str) -> dict:
@@ -79,16 +93,9 @@ def load_online(
 ) -> dg.ExecuteInProcessResult:
     """Only the online load: the snapshots of `snapshot_date` (the latest when empty) into Redis, which must
     answer first (RedisServerError)."""
-    from fraud_platform.defs.online import online_batch_features
-
     require_server(settings)
-
-    return dg.materialize(
-        [online_batch_features],
-        instance=instance,
-        resources=build_resources(settings),
-        run_config={**QUIET_CONSOLE, "ops": _online_config(snapshot_date)},
-        raise_on_error=False,
+    return run_job(
+        instance, "load_online", _online_config(snapshot_date), resources=build_resources(settings)
     )
 
 
@@ -113,12 +120,10 @@ def load_landing(settings: Settings, instance: dg.DagsterInstance) -> dg.Execute
             f"the landing zone {settings.landing_dir} is empty: run 'fraud-platform simulate' or "
             "'fraud-platform import FILE' first"
         )
-    return dg.materialize(
-        [*RAW_ASSETS, *RAW_CHECKS],
-        instance=instance,
+    return run_job(
+        instance,
+        "load_landing",
         resources=build_resources(settings),
-        run_config=QUIET_CONSOLE,
-        raise_on_error=False,
         tags={
             "dagster/asset_partition_range_start": days[0],
             "dagster/asset_partition_range_end": days[-1],
@@ -138,22 +143,10 @@ def monitor_days(
     settings: Settings, instance: dg.DagsterInstance, days: list[str]
 ) -> list[dg.ExecuteInProcessResult]:
     """Materialise the monitoring group for each day (one run per day partition), recorded in `instance`."""
-    from fraud_platform.defs.monitoring import MONITORING_ASSETS
-
     register_landing_days(instance, LandingZone(settings.landing_dir))
     known = set(instance.get_dynamic_partitions(LANDING_DAYS.name))
     unknown = [day for day in days if day not in known]
     if unknown:
         raise LandingError(f"no landed transactions on {', '.join(unknown)}: nothing to monitor there")
     resources = monitoring_resources(settings)
-    return [
-        dg.materialize(
-            MONITORING_ASSETS,
-            instance=instance,
-            resources=resources,
-            partition_key=day,
-            run_config=QUIET_CONSOLE,
-            raise_on_error=False,
-        )
-        for day in days
-    ]
+    return [run_job(instance, "monitor", resources=resources, partition_key=day) for day in days]

@@ -1,7 +1,9 @@
 """The model registry on a real MLflow store (sqlite + local artefacts): register, promote, load natively."""
 
+import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -133,3 +135,37 @@ def test_thresholds_and_metrics_are_consistent() -> None:
     assert 0.5 < metrics["roc_auc"] <= 1 and 0 < metrics["average_precision"] <= 1
     assert 0 <= metrics["recall_at_1pct_fpr"] <= 1 and 0 <= metrics["fraud_amount_caught"] <= 1
     assert metrics["frauds"] == data.part("test").labels.sum()
+
+
+def test_a_version_carries_its_signature_example_datasets_and_a_readable_run(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    data = synthetic_data(5, signal=2.0)
+    trained = fit(data, TrainingConfig(search_trials=1))
+    test = data.part("test")
+    version = registry.register(
+        trained,
+        _contract(trained),
+        score(trained.booster, test.features),
+        test.labels,
+        {"dagster_run_id": "r1"},
+        data=data,
+        dataset_source=f"{tmp_path / 'warehouse.duckdb'}#training.dataset",
+    )
+    experiment = client.get_experiment_by_name(registry.EXPERIMENT)
+    assert experiment.tags[registry.EXPERIMENT_KIND_TAG] == registry.CLASSIC_ML  # not the GenAI view
+    run = client.get_run(version.run_id)
+    first, last = data.window("train")
+    assert run.info.run_name == f"model-v{version.version}-train-{first}-{last}"
+    inputs = {item.tags[0].value: item.dataset for item in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "testing"}
+    assert inputs["training"].name == "training.dataset"
+    assert "warehouse.duckdb#training.dataset" in inputs["training"].source
+    assert json.loads(inputs["testing"].profile)["num_rows"] == len(test.labels)
+
+    model = mlflow.models.get_model_info(f"models:/{registry.MODEL_NAME}/{version.version}")
+    assert model.signature.inputs.input_names() == list(MODEL_FEATURES)
+    assert model.saved_input_example_info is not None
+    assert registry.run_url("sqlite:///x.db", experiment.experiment_id, run.info.run_id) == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+    )

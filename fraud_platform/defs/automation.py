@@ -21,6 +21,13 @@ batch_refresh_job = dg.define_asset_job(
     description="Rebuild the dbt features and labels, backfill real-time features, load the latest snapshots into Redis.",
 )
 
+load_landing_job = dg.define_asset_job(
+    "load_landing",
+    selection=dg.AssetSelection.assets(raw_transactions, *CONTEXT_ASSETS),
+    description="Load the landing zone into the warehouse's raw tables (the days given by the run's partition "
+    "range) and run their checks.",
+)
+
 daily_batch_refresh = dg.ScheduleDefinition(
     name="daily_batch_refresh",
     job=batch_refresh_job,

@@ -99,3 +99,10 @@ def online_batch_features(
             "rows_per_second": dg.MetadataValue.float(float(round(report.rows_per_second))),
         }
     )
+
+
+online_load_job = dg.define_asset_job(
+    "load_online",
+    selection=dg.AssetSelection.assets(online_batch_features),
+    description="Load one day's card and merchant snapshots (the latest by default) into the online store.",
+)

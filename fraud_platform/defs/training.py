@@ -12,11 +12,13 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from mlflow import MlflowClient
+from sklearn.metrics import average_precision_score
 
 from fraud_platform.config import Settings
 from fraud_platform.defs.batch import LABELS_ASSET
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
 from fraud_platform.training import registry
+from fraud_platform.training.baseline import rules_score
 from fraud_platform.training.dataset import SPLITS, SplitConfig, TrainingData, build_training_data
 from fraud_platform.training.model import TrainingConfig, fit, score
 
@@ -24,6 +26,10 @@ GROUP = "training"
 DATASET_TABLE = "training.dataset"
 DATASET_ASSET = dg.AssetKey(["training", "dataset"])
 MODEL_ASSET = dg.AssetKey(["training", "model"])
+QUALITY_CHECK = "beats_rules_baseline"
+CHALLENGE_CHECK = "challenger_vs_champion"
+# Where `fraud-platform ui dagster` serves the instance: MLflow runs link back to their Dagster run.
+DAGSTER_UI = "http://127.0.0.1:3000"
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -49,6 +55,7 @@ class TrainingSettings(dg.ConfigurableResource):
     gap_days: int = 7
     search_trials: int = 24
     search_seconds: int = 300
+    min_test_average_precision: float = 0.0
 
 
 class TrainingWindows(dg.Config):
@@ -190,6 +197,20 @@ def _labels_known(instance: dg.DagsterInstance) -> int:
         "XGBoost fraud model registered in MLflow with its contract; becomes champion only if it beats the "
         "current champion on the same test window."
     ),
+    check_specs=[
+        dg.AssetCheckSpec(
+            QUALITY_CHECK,
+            asset=MODEL_ASSET,
+            description="The new version's test average precision beats the rules baseline's on the same test "
+            "window and reaches the floor (min_test_average_precision of the training_settings resource).",
+        ),
+        dg.AssetCheckSpec(
+            CHALLENGE_CHECK,
+            asset=MODEL_ASSET,
+            description="The new version beats the champion on the same test window (or there is none): a "
+            "warning when the champion stays.",
+        ),
+    ],
 )
 def fraud_model(
     context: dg.AssetExecutionContext,
@@ -241,14 +262,39 @@ def fraud_model(
         contract,
         score(trained.booster, test.features),
         test.labels,
-        tags={"dagster_run_id": context.run.run_id},
+        tags={
+            "dagster_run_id": context.run.run_id,
+            "dagster_run_url": f"{DAGSTER_UI}/runs/{context.run.run_id}",
+        },
         windows=_window_params(data, training_settings.label_maturity_days),
+        data=data,
+        dataset_source=f"{warehouse.database}#{DATASET_TABLE}",
     )
     version = str(registered.version)
     challenge = registry.challenge_champion(client, version, trained.test_metrics["average_precision"], test)
     context.log.info("model version %s: %s", version, challenge.reason)
+    run = client.get_run(registered.run_id)
     return dg.MaterializeResult(
+        check_results=[
+            _quality_check(
+                trained.test_metrics["average_precision"],
+                float(average_precision_score(test.labels, rules_score(test.features))),
+                training_settings.min_test_average_precision,
+            ),
+            dg.AssetCheckResult(
+                check_name=CHALLENGE_CHECK,
+                passed=challenge.promoted,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"reason": dg.MetadataValue.text(f"version {version}: {challenge.reason}")},
+            ),
+        ],
         metadata={
+            "mlflow_run": dg.MetadataValue.url(
+                registry.run_url(mlflow.tracking_uri, run.info.experiment_id, registered.run_id)
+            ),
+            "mlflow_model_version": dg.MetadataValue.url(
+                registry.model_version_url(mlflow.tracking_uri, version)
+            ),
             "model_version": dg.MetadataValue.text(version),
             "promoted_to_champion": dg.MetadataValue.bool(challenge.promoted),
             "challenge": dg.MetadataValue.text(challenge.reason),
@@ -272,7 +318,26 @@ def fraud_model(
             "labels_known": dg.MetadataValue.int(contract.labels_known),
             **{f"test_{key}": dg.MetadataValue.float(value) for key, value in trained.test_metrics.items()},
             "mlflow_run_id": dg.MetadataValue.text(registered.run_id),
-        }
+        },
+    )
+
+
+def _quality_check(model_ap: float, rules_ap: float, floor: float) -> dg.AssetCheckResult:
+    """ERROR unless the model's test average precision beats the rules baseline's and reaches the floor."""
+    passed = model_ap > rules_ap and model_ap >= floor
+    return dg.AssetCheckResult(
+        check_name=QUALITY_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "test_average_precision": dg.MetadataValue.float(model_ap),
+            "rules_baseline_average_precision": dg.MetadataValue.float(rules_ap),
+            "floor": dg.MetadataValue.float(floor),
+            "reason": dg.MetadataValue.text(
+                f"test AP {model_ap:.4f} vs rules baseline {rules_ap:.4f} (floor {floor:.4f}): "
+                + ("better" if passed else "not good enough to serve")
+            ),
+        },
     )
 
 

@@ -1,5 +1,6 @@
-"""Monitoring figures in MLflow: one run per (day, model version) in the experiment "fraud-monitoring",
-tagged with the model version, so the registry's versions and their realised behaviour sit side by side."""
+"""Monitoring figures in MLflow: one run per (day, model version) in the experiment "fraud-monitoring" (a
+classic-ML experiment), tagged with the model version, so the registry's versions and their realised
+behaviour sit side by side."""
 
 import math
 import time
@@ -11,7 +12,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from fraud_platform.training.registry import MODEL_NAME
+from fraud_platform.training.registry import MODEL_NAME, mark_classic_ml
 
 EXPERIMENT = "fraud-monitoring"
 VALIDATION_PREFIX = "validation_"
@@ -40,12 +41,16 @@ def experiment_id(client: MlflowClient, artifact_root: Path | None) -> str:
     tracking server's own artifact store, as `registry.configure` does)."""
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
+        mark_classic_ml(client, experiment.experiment_id, experiment.tags)
         return experiment.experiment_id
     if artifact_root is None:
-        return client.create_experiment(EXPERIMENT)
-    location = (artifact_root / "monitoring").resolve()
-    location.mkdir(parents=True, exist_ok=True)
-    return client.create_experiment(EXPERIMENT, artifact_location=location.as_uri())
+        created = client.create_experiment(EXPERIMENT)
+    else:
+        location = (artifact_root / "monitoring").resolve()
+        location.mkdir(parents=True, exist_ok=True)
+        created = client.create_experiment(EXPERIMENT, artifact_location=location.as_uri())
+    mark_classic_ml(client, created, {})
+    return created
 
 
 def log_day(

@@ -13,11 +13,13 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import xgboost as xgb
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
@@ -29,6 +31,13 @@ CHAMPION = "champion"
 EXPERIMENT = "fraud-platform"
 CONTRACT_FILE = "contract.json"
 XGBOOST_REQUIREMENT = f"xgboost-cpu=={xgb.__version__}"
+# MLflow 3 opens an experiment without this tag in its GenAI view; classic ML is "custom_model_development".
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_ML = "custom_model_development"
+# Where `fraud-platform ui mlflow` serves a local store (a tracking server is its own UI).
+LOCAL_UI = "http://127.0.0.1:5000"
+INPUT_EXAMPLE_ROWS = 5
+DATASET_NAME = "training.dataset"  # the warehouse table the datasets are read from
 
 
 class ContractError(ValueError):
@@ -98,8 +107,31 @@ def configure(tracking_uri: str, artifact_root: Path) -> MlflowClient:
         else:
             artifact_root.mkdir(parents=True, exist_ok=True)
             mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root.resolve().as_uri())
-    mlflow.set_experiment(EXPERIMENT)
-    return MlflowClient(tracking_uri)
+    experiment = mlflow.set_experiment(EXPERIMENT)
+    client = MlflowClient(tracking_uri)
+    mark_classic_ml(client, experiment.experiment_id, experiment.tags)
+    return client
+
+
+def mark_classic_ml(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> None:
+    """Tag the experiment as classic model development (MLflow's UI shows runs and models, not GenAI traces)."""
+    if tags.get(EXPERIMENT_KIND_TAG) != CLASSIC_ML:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML)
+
+
+def ui_address(tracking_uri: str) -> str:
+    """The MLflow UI's address for this store: the tracking server itself, or `fraud-platform ui mlflow`'s."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The page of one run on the MLflow UI."""
+    return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def model_version_url(tracking_uri: str, version: str) -> str:
+    """The page of one registered version on the MLflow UI (signature, input example, aliases, tags)."""
+    return f"{ui_address(tracking_uri)}/#/models/{MODEL_NAME}/versions/{version}"
 
 
 def _pr_curve_figure(scores: np.ndarray, labels: np.ndarray) -> Figure:
@@ -129,10 +161,18 @@ def register(
     test_labels: np.ndarray,
     tags: dict[str, str],
     windows: dict[str, str] | None = None,
+    data: TrainingData | None = None,
+    dataset_source: str = "",
 ) -> ModelVersion:
     """Log parameters (the chosen ones and the windows), metrics, the search's trials, contract and plots to a
-    new MLflow run and register the booster."""
-    with mlflow.start_run(tags=tags) as run:
+    new MLflow run and register the booster with its signature and an input example.
+
+    With `data`, its train and test parts are logged as the run's datasets (`mlflow.log_input`, named after
+    the warehouse table, sourced at `dataset_source`) and the run is named `model-v<version>-train-<first>-<last>`.
+    """
+    window = data.window("train") if data is not None else None
+    run_name = f"train-{window[0]}-{window[1]}" if window else None
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
         mlflow.log_params({**trained.params, **(windows or {})})
         _log_search(trained)
         mlflow.log_metrics({f"validation_{key}": value for key, value in trained.validation_metrics.items()})
@@ -144,20 +184,41 @@ def register(
             ("feature_importance.png", _importance_figure(trained.booster)),
         ):
             mlflow.log_figure(figure, name)
+        if data is not None:
+            for part, context in (("train", "training"), ("test", "testing")):
+                _log_dataset(data.part(part), dataset_source, context)
+        example = pd.DataFrame(
+            (data.part("test").features if data is not None else np.empty((0, len(contract.features))))[
+                :INPUT_EXAMPLE_ROWS
+            ],
+            columns=list(contract.features),
+        )
         info = mlflow.xgboost.log_model(
             trained.booster,
             name="model",
             model_format="json",
             pip_requirements=[XGBOOST_REQUIREMENT],
+            signature=infer_signature(example, test_scores[: len(example)].astype(np.float32)),
+            input_example=example if len(example) else None,
             registered_model_name=MODEL_NAME,
             await_registration_for=0,
         )
     client = MlflowClient()
     version = client.get_model_version(MODEL_NAME, str(info.registered_model_version))
+    if window:
+        client.update_run(run.info.run_id, name=f"model-v{version.version}-{run_name}")
     for key, value in _contract_tags(contract).items():
         client.set_model_version_tag(MODEL_NAME, version.version, key, value)
     client.set_model_version_tag(MODEL_NAME, version.version, "run_id", run.info.run_id)
     return version
+
+
+def _log_dataset(part: TrainingData, source: str, context: str) -> None:
+    """One split as an MLflow dataset input: the model features and the label, named after the table."""
+    features = pd.DataFrame(part.features, columns=list(MODEL_FEATURES))
+    features["label"] = part.labels
+    dataset = mlflow.data.from_pandas(features, source=source or None, name=DATASET_NAME, targets="label")
+    mlflow.log_input(dataset, context=context)
 
 
 def _log_search(trained: TrainedModel) -> None:
