@@ -16,7 +16,9 @@
 * `DeadLetterSink`: events the flow could not use, to the dead-letter stream with their reason.
 
 Writes are idempotent per card (SET) and the source is exactly-once on resume; dead letters may repeat
-after a recovery (at-least-once).
+after a recovery (at-least-once). With FRAUD_PLATFORM_REDIS_CLUSTER=1 every client is a `RedisCluster`: the
+shards are keys of their own slots, spread over the nodes, and the card features go out as one pipeline per
+node.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from fraud_platform.lib.bus import (
 )
 from fraud_platform.lib.keys import card_realtime_key
 from fraud_platform.lib.online_store import write_with_ttl
+from fraud_platform.lib.redis_server import RedisClient, redis_client
 
 # A restarting server (refused connections, then "loading the dataset") is waited for, up to about a minute,
 # with exponential backoff: the flow continues instead of crash-looping. Writes are idempotent (MSETEX per
@@ -50,10 +53,16 @@ _RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=40)
 _RETRY_ON = [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError]
 
 
-def stream_client(url: str) -> redis.Redis:
-    """A client for the flows: fails fast on a dead socket, retries while the server restarts."""
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=5, socket_timeout=30, retry=_RETRY, retry_on_error=_RETRY_ON
+def stream_client(url: str, cluster: bool | None = None) -> RedisClient:
+    """A client for the flows: fails fast on a dead socket, retries while the server restarts; a cluster
+    client when `cluster` (None: FRAUD_PLATFORM_REDIS_CLUSTER)."""
+    return redis_client(
+        url,
+        cluster=cluster,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        retry=_RETRY,
+        retry_on_error=_RETRY_ON,
     )
 
 
@@ -72,7 +81,7 @@ class _StreamPartition(StatefulSourcePartition[bytes | None, str]):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         stream: str,
         last_id: str,
         batch_size: int,
@@ -153,7 +162,7 @@ class RedisStreamSource(FixedPartitionedSource[bytes | None, str]):
 
 
 class _CardFeaturePartition(StatelessSinkPartition[FeatureRow]):
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(self, client: RedisClient, ttl_seconds: int) -> None:
         self._client = client
         self._ttl = ttl_seconds
 
@@ -183,7 +192,7 @@ class CardFeatureSink(DynamicSink[FeatureRow]):
 
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
 
     def write_batch(self, items: list[DeadLetter]) -> None:

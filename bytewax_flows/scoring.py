@@ -73,7 +73,9 @@ def build_flow(
     source = source or transport_source
     dead_letter_sink = dead_letter_sink or transport_dead_letters
     # Redis: idempotency markers and the live decisions stream; Kafka: the topic first, then those.
-    redis_decisions = DecisionSink(url, settings.feature_ttl_seconds, metrics, settings.stream_max_length)
+    redis_decisions = DecisionSink(
+        url, settings.feature_ttl_seconds, metrics, settings.stream_max_length, settings.stream_shards
+    )
     decision_sink = decision_sink or (
         KafkaDecisionSink(settings, url, redis_decisions)
         if settings.transport == "kafka"
@@ -114,16 +116,22 @@ def _score_served(scorer: Scorer, items: list[Served | FeatureRow]) -> list[Deci
 
 class _DecisionPartition(StatelessSinkPartition[Decision]):
     def __init__(
-        self, client: redis.Redis, ttl_seconds: int, max_length: int, metrics: ScoringMetrics
+        self,
+        client: redis.Redis,
+        ttl_seconds: int,
+        max_length: int,
+        metrics: ScoringMetrics,
+        shards: int | None = None,
     ) -> None:
         self._client = client
         self._ttl = ttl_seconds
         self._max_length = max_length
         self._metrics = metrics
+        self._shards = shards
 
     def write_batch(self, items: list[Decision]) -> None:
         """Write the batch's new decisions (one script call per 1,000) and count them in the metrics."""
-        write_decisions(self._client, items, self._ttl, self._max_length)
+        write_decisions(self._client, items, self._ttl, self._max_length, shards=self._shards)
         self._metrics.record(items)
 
     def close(self) -> None:
@@ -135,19 +143,28 @@ class _DecisionPartition(StatelessSinkPartition[Decision]):
 class DecisionSink(DynamicSink[Decision]):
     """Decisions to the decisions stream, once per transaction_id (markers live `ttl_seconds`).
 
-    The stream is trimmed to about `max_length` entries (0: never trimmed).
+    The stream is trimmed to about `max_length` entries (0: never trimmed). `shards`, the transactions shard
+    count, is required on Redis Cluster (the decisions are written per shard).
     """
 
-    def __init__(self, url: str, ttl_seconds: int, metrics: ScoringMetrics, max_length: int = 0) -> None:
+    def __init__(
+        self,
+        url: str,
+        ttl_seconds: int,
+        metrics: ScoringMetrics,
+        max_length: int = 0,
+        shards: int | None = None,
+    ) -> None:
         self._url = url
         self._ttl = ttl_seconds
         self._max_length = max_length
         self._metrics = metrics
+        self._shards = shards
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DecisionPartition:
         """A writer for one worker."""
         client = stream_client(self._url)
-        return _DecisionPartition(client, self._ttl, self._max_length, self._metrics)
+        return _DecisionPartition(client, self._ttl, self._max_length, self._metrics, self._shards)
 
 
 class _FeatureLogPartition(StatelessSinkPartition[Decision]):

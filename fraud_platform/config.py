@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 HOME_VAR = "FRAUD_PLATFORM_HOME"
 REDIS_URL_VAR = "REDIS_URL"
 REDIS_PORT_VAR = "FRAUD_PLATFORM_REDIS_PORT"
+REDIS_CLUSTER_VAR = "FRAUD_PLATFORM_REDIS_CLUSTER"
 MLFLOW_URI_VAR = "MLFLOW_TRACKING_URI"
 DAGSTER_HOME_VAR = "DAGSTER_HOME"
 WAREHOUSE_VAR = "FRAUD_PLATFORM_WAREHOUSE"
@@ -123,6 +124,7 @@ class Settings:
     transport: str = TRANSPORTS[0]
     kafka_brokers: tuple[str, ...] = ()
     kafka_topic_prefix: str = DEFAULT_KAFKA_TOPIC_PREFIX
+    redis_cluster: bool = False  # REDIS_URL names a node of a Redis Cluster: cluster-aware clients
     # librdkafka properties (security: TLS, SASL), possibly with passwords: never in repr or `environment()`.
     kafka_config: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
@@ -181,6 +183,7 @@ class Settings:
                 env, MAX_EVENT_FUTURE_VAR, DEFAULT_MAX_EVENT_FUTURE_SECONDS, 0, 365 * 86_400
             ),
             **_kafka(env),
+            redis_cluster=redis_cluster_enabled(env),
         )
 
     def environment(self) -> dict[str, str]:
@@ -215,6 +218,7 @@ class Settings:
             MAX_EVENT_FUTURE_VAR: str(self.max_event_future_seconds),
             TRANSPORT_VAR: self.transport,
             KAFKA_TOPIC_PREFIX_VAR: self.kafka_topic_prefix,
+            REDIS_CLUSTER_VAR: "1" if self.redis_cluster else "0",
         }
         if self.redis_url:
             variables[REDIS_URL_VAR] = self.redis_url
@@ -275,6 +279,11 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if text not in choices:
         raise ConfigError(f"{name}={text!r}: must be one of {', '.join(choices)}")
     return text
+
+
+def redis_cluster_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """FRAUD_PLATFORM_REDIS_CLUSTER: "1" when REDIS_URL names a node of a Redis Cluster, "0" (default) else."""
+    return _choice(os.environ if environ is None else environ, REDIS_CLUSTER_VAR, ("0", "1")) == "1"
 
 
 def _kafka(env: Mapping[str, str]) -> dict[str, object]:

@@ -7,7 +7,9 @@ the transactions stream (`bus.xadd_arguments`, as `fraud-platform replay` publis
 on the reply list (BLPOP) until the flow's decision script pushes the decision there, or until the deadline:
 then, or when Redis cannot be reached, the answer is the configured stand-in decision, marked as such. A
 transaction that timed out is still decided by the flow when it gets to it, and recorded once like any
-other; only the caller got the stand-in.
+other; only the caller got the stand-in. With FRAUD_PLATFORM_REDIS_CLUSTER=1 the client is an asyncio
+`RedisCluster` and the hand-off's keys carry the tag of the card's shard (`decisions.decision_tag`), so the
+script runs on the node of that shard.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import Any
 import orjson
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from fraud_platform.api.settings import ApiSettings
 from fraud_platform.config import Settings
@@ -31,11 +34,12 @@ from fraud_platform.lib.redis_server import redis_url
 from fraud_platform.lib.schema import Transaction
 from fraud_platform.scoring.decisions import (
     HANDOFF_SCRIPT,
-    REPLY_PREFIX,
     REPLY_TTL_SECONDS,
-    WAITING_KEY,
+    decision_tag,
     marker_key,
+    reply_key,
     waiters_key,
+    waiting_key,
 )
 from fraud_platform.scoring.metrics import METRICS_KEY
 
@@ -66,13 +70,14 @@ class Gateway:
     def __init__(self, settings: Settings, api: ApiSettings) -> None:
         self.settings = settings
         self.deadline_s = api.deadline_ms / 1000
-        self.client = aioredis.Redis.from_url(
+        client_class = RedisCluster if settings.redis_cluster else aioredis.Redis
+        self.client = client_class.from_url(
             redis_url(settings),
             socket_connect_timeout=self.deadline_s,
             socket_timeout=self.deadline_s
             + 1.0,  # BLPOP waits up to the deadline; the deadline cuts it short
             retry=Retry(NoBackoff(), 0),
-            max_connections=MAX_CONNECTIONS,
+            max_connections=MAX_CONNECTIONS,  # per node on a cluster
         )
         self._handoff = self.client.register_script(HANDOFF_SCRIPT)
 
@@ -95,13 +100,14 @@ class Gateway:
 
     async def _decide(self, txn: Transaction, began: float) -> Outcome:
         tid = txn.transaction_id
-        reply = f"{REPLY_PREFIX}{tid}:{secrets.token_hex(8)}"
+        tag = decision_tag(txn.card_id, self.settings.stream_shards, self.settings.redis_cluster)
+        reply = reply_key(tid, secrets.token_hex(8), tag)
         stream, *entry = xadd_arguments(
             txn.card_id, transaction_event(txn), self.settings.stream_shards, self.settings.stream_max_length
         )
         sent_at_ms = time.time() * 1000
         stored = await self._handoff(
-            keys=[marker_key(tid), WAITING_KEY, waiters_key(tid), stream],
+            keys=[marker_key(tid, tag), waiting_key(tag), waiters_key(tid, tag), stream],
             args=[tid, reply, REPLY_TTL_SECONDS, *entry],
         )
         handed_off = time.perf_counter()

@@ -1,7 +1,10 @@
 """Every Redis key and stream name the platform uses, in one place.
 
 Keys that belong to a card carry the card id as a hash tag (`{card_id}`), so on Redis Cluster everything of
-one card lives in one slot and a per-card pipeline never crosses slots (merchants likewise).
+one card lives in one slot and a per-card pipeline never crosses slots (merchants likewise). Each shard of
+the transactions stream carries its shard number as its tag (`stream:transactions:{3}`): the shards spread
+over a cluster's nodes, and the keys that must live beside a shard on a cluster (the decisions, markers and
+API waiters of its cards, `scoring.decisions`) carry the same tag (`shard_tag`).
 """
 
 import zlib
@@ -17,9 +20,14 @@ def shard_of(card_id: str, shards: int) -> int:
     return zlib.crc32(card_id.encode()) % shards
 
 
+def shard_tag(shard: int) -> str:
+    """The hash tag of one shard of the transactions stream, `{<shard>}`."""
+    return f"{{{shard}}}"
+
+
 def transactions_stream(shard: int) -> str:
-    """Name of one shard of the transactions stream."""
-    return f"{TRANSACTIONS_STREAM_PREFIX}:{shard}"
+    """Name of one shard of the transactions stream, tagged with the shard (its own cluster slot)."""
+    return f"{TRANSACTIONS_STREAM_PREFIX}:{shard_tag(shard)}"
 
 
 def _tagged(entity_id: str) -> str:

