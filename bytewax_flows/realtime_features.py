@@ -8,7 +8,10 @@ transactions stream, or the Kafka transactions topic: `stream_connectors`), vali
 ones go to the transport's dead letters with the reason), keys by card, runs `features.realtime.update` on the
 card's state and writes each card's newest feature vector to Redis. Configuration comes from the
 environment (`Settings.from_env()`): transport, shards, allowed lateness, feature TTL and the Redis server
-(features and the online store are in Redis with either transport). Building the
+(features and the online store are in Redis with either transport). A transaction_id is one transaction
+(`TransactionIds`): the first event with an id stands, a later one with other content (on any card) is a
+dead letter, an identical re-send goes on (the card's state and the decision marker make it idempotent).
+Building the
 flow tunes the process's garbage collector for a heap of long-lived card states (GC_THRESHOLDS).
 
 Tests build the same flow with a TestingSource and TestingSinks; the per-transaction rows (served rows and
@@ -20,18 +23,21 @@ from __future__ import annotations
 
 import copy
 import gc
+import hashlib
 import time
 from functools import partial
 from typing import NamedTuple, TypeGuard
 
+import redis
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
+from redis.cluster import RedisCluster
 
 from bytewax_flows.kafka_io import KafkaDeadLetterSink, KafkaItem, TransactionsSource, decode_message
-from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource
+from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource, stream_client
 from fraud_platform.config import Settings
 from fraud_platform.features.realtime import CardState, DuplicateTransaction, FeatureRow, update
 from fraud_platform.lib.bus import (
@@ -55,6 +61,21 @@ FLOW_ID = "realtime_features"
 # froze at start-up is skipped): at most one per 100 million net allocations, rarer than a 30 s latency
 # window can show, so a p99.9 over hours can contain one that the benchmark's does not.
 GC_THRESHOLDS = (20_000, 50, 100)
+FIRST_SEEN_PREFIX = "seen:"  # + transaction_id: the content hash of the first event with that id
+REUSED_ID_REASON = "transaction_id reused with other content"
+_CLAIM_CHUNK = 1_000
+# KEYS: the first-seen markers; ARGV[1] their TTL, ARGV[i + 1] the i-th event's content hash. Returns the
+# (1-based) positions whose id was first seen with another content. One SET NX GET per event.
+_CLAIM_SCRIPT = """
+local conflicts = {}
+for i, key in ipairs(KEYS) do
+  local first = redis.call('SET', key, ARGV[i + 1], 'NX', 'GET', 'EX', ARGV[1])
+  if first and first ~= ARGV[i + 1] then
+    conflicts[#conflicts + 1] = i
+  end
+end
+return conflicts
+"""
 
 
 def build_flow(
@@ -75,8 +96,10 @@ def build_flow(
     """
     settings = settings or Settings.from_env()
     gc.set_threshold(*GC_THRESHOLDS)  # process-wide: under bytewax.run the flow owns its process
+    transaction_ids = None
     if source is None or dead_letter_sink is None or card_sink is None:
         url = redis_url(settings)
+        transaction_ids = TransactionIds(stream_client(url), settings.feature_ttl_seconds)
         transport_source, transport_dead_letters = stream_connectors(settings, url, exit_when_drained)
         source = source or transport_source
         dead_letter_sink = dead_letter_sink or transport_dead_letters
@@ -92,6 +115,7 @@ def build_flow(
         lateness_ms,
         sink,
         event_window=EventWindow.from_settings(settings),
+        transaction_ids=transaction_ids,
     )
     return flow
 
@@ -118,13 +142,15 @@ def feature_steps(
     row_sink: Sink[FeatureRow] | None = None,
     *,
     event_window: EventWindow = DEFAULT_EVENT_WINDOW,
+    transaction_ids: TransactionIds | None = None,
 ) -> Stream[Served | FeatureRow]:
     """The feature part every flow shares: events in, card features and dead letters out. Returns every
     transaction's served row with the transaction (`Served`) and the corrections (what scoring consumes).
-    `event_window`: how far a timestamp may lie from its clock (`bus.EventWindow`)."""
+    `event_window`: how far a timestamp may lie from its clock (`bus.EventWindow`); `transaction_ids`: the
+    first-seen markers that dead-letter a reused id (None: only duplicates within a card are caught)."""
     payloads = op.input("transactions", flow, source)
     # bytes | None: the JSON of one event (Redis); KafkaSourceMessage | KafkaError (Kafka)
-    decoded = op.flat_map_batch("decode", payloads, partial(_decode_all, event_window))
+    decoded = op.flat_map_batch("decode", payloads, partial(_decode_all, event_window, transaction_ids))
     # Transaction | DeadLetter
     checked = op.branch("split_invalid", decoded, _is_transaction)
     # checked.trues: Transaction; checked.falses: DeadLetter
@@ -188,16 +214,67 @@ class CardFeatures(StatefulBatchLogic[Transaction, Served | FeatureRow | DeadLet
         return copy.deepcopy(self.state)
 
 
+class TransactionIds:
+    """First-seen markers in Redis: `seen:<transaction_id>` holds the content hash of the first event with the
+    id (for `ttl_seconds`). `check` turns every later event with the id but other content into a dead letter
+    (REUSED_ID_REASON), on any card and any worker, in one script call per 1,000 events. An identical
+    re-send, and the replay of a recovered flow, pass."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, ttl_seconds: int) -> None:
+        self._script = client.register_script(_CLAIM_SCRIPT)
+        self._cluster = client if isinstance(client, RedisCluster) else None
+        self._ttl = ttl_seconds
+
+    def _first_seen_elsewhere(self, keys: list[str], hashes: list[bytes]) -> list[int]:
+        """The (1-based) positions whose id was first seen with another content. On Redis Cluster the keys
+        lie in many slots: SET NX GET per key, one pipeline per node, instead of the script."""
+        if self._cluster is None:
+            return self._script(keys=keys, args=[self._ttl, *hashes])
+        pipeline = self._cluster.pipeline(transaction=False)
+        for key, digest in zip(keys, hashes, strict=True):
+            pipeline.execute_command("SET", key, digest, "NX", "GET", "EX", self._ttl)
+        firsts = pipeline.execute()
+        return [
+            position
+            for position, (first, digest) in enumerate(zip(firsts, hashes, strict=True), start=1)
+            if first is not None and first != digest
+        ]
+
+    def check(self, items: list[Transaction | DeadLetter]) -> list[Transaction | DeadLetter]:
+        """The items, each transaction whose id was first seen with other content replaced by a dead letter."""
+        positions = [index for index, item in enumerate(items) if isinstance(item, Transaction)]
+        for start in range(0, len(positions), _CLAIM_CHUNK):
+            chunk = positions[start : start + _CLAIM_CHUNK]
+            txns: list[Transaction] = [items[index] for index in chunk]  # type: ignore[misc]
+            conflicts = self._first_seen_elsewhere(
+                [FIRST_SEEN_PREFIX + txn.transaction_id for txn in txns], [content_hash(txn) for txn in txns]
+            )
+            for position in conflicts:
+                txn = txns[position - 1]
+                items[chunk[position - 1]] = DeadLetter(REUSED_ID_REASON, transaction_event(txn))
+        return items
+
+
+def content_hash(txn: Transaction) -> bytes:
+    """8 bytes identifying everything of a transaction but its id (stable across processes)."""
+    content = (
+        f"{txn.card_id}\0{txn.merchant_id}\0{txn.amount!r}\0{txn.currency}\0{txn.timestamp_ms}"
+        f"\0{txn.lat!r}\0{txn.lon!r}\0{txn.channel}\0{txn.mcc}"
+    )
+    return hashlib.blake2b(content.encode(), digest_size=8).digest()
+
+
 def _decode_all(
-    window: EventWindow, items: list[bytes | None] | list[KafkaItem]
+    window: EventWindow, transaction_ids: TransactionIds | None, items: list[bytes | None] | list[KafkaItem]
 ) -> list[Transaction | DeadLetter]:
     now_ms = time.time_ns() // 1_000_000  # the wall clock of live events, once per batch
-    return [
+    decoded = [
         decode_event(item, window, now_ms)
         if item is None or isinstance(item, bytes)
         else decode_message(item, window, now_ms)
         for item in items
     ]
+    return transaction_ids.check(decoded) if transaction_ids is not None else decoded
 
 
 def _is_transaction(item: Transaction | DeadLetter) -> TypeGuard[Transaction]:

@@ -7,7 +7,8 @@ Runs exactly the steps of `bytewax_flows.realtime_features` (`feature_steps`), t
 rows (corrections are not re-decided: a decision is made once, at arrival) reads the batch features from
 Redis in one round trip, assembles the training feature vector, scores the batch with one model call and
 writes decisions to the decisions stream (idempotent by transaction_id) and to the feature log in the
-landing zone. The model is the registry's champion, checked every FRAUD_PLATFORM_MODEL_REFRESH_SECONDS and
+landing zone (one log per flow, durable with Bytewax recovery: `FeatureLogSink`). A transaction_id reused
+with other content is a dead letter (`realtime_features.TransactionIds`). The model is the registry's champion, checked every FRAUD_PLATFORM_MODEL_REFRESH_SECONDS and
 swapped between batches; without a champion the flow refuses to start unless FRAUD_PLATFORM_SCORING_MODE=rules.
 Every 10 s a log line and the hash `metrics:scoring` show throughput, latency, dead letters and model version.
 
@@ -18,16 +19,27 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 
 import redis
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    Sink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
 from bytewax_flows.kafka_io import KafkaDecisionSink, KafkaItem
-from bytewax_flows.realtime_features import GC_THRESHOLDS, Served, feature_steps, stream_connectors
+from bytewax_flows.realtime_features import (
+    GC_THRESHOLDS,
+    Served,
+    TransactionIds,
+    feature_steps,
+    stream_connectors,
+)
 from bytewax_flows.redis_io import CardFeatureSink, stream_client
 from fraud_platform.config import Settings
 from fraud_platform.features.realtime import FeatureRow
@@ -40,6 +52,7 @@ from fraud_platform.scoring.models import ModelWatcher
 from fraud_platform.scoring.scorer import Decision, Scorer
 
 FLOW_ID = "scoring"
+FEATURE_LOG_PART = "feature-log"  # the feature log's one partition (one log per flow)
 
 
 def build_flow(
@@ -47,7 +60,7 @@ def build_flow(
     decision_sink: Sink[Decision] | None = None,
     dead_letter_sink: Sink[DeadLetter] | None = None,
     card_sink: Sink[FeatureRow] | None = None,
-    feature_log_sink: Sink[Decision] | None = None,
+    feature_log_sink: Sink[tuple[str, Decision]] | None = None,
     *,
     settings: Settings | None = None,
     exit_when_drained: bool = False,
@@ -92,12 +105,15 @@ def build_flow(
         card_sink,
         settings.allowed_lateness_seconds * 1000,
         event_window=EventWindow.from_settings(settings),
+        transaction_ids=TransactionIds(client, settings.feature_ttl_seconds),
     )
     # Served | FeatureRow: each transaction's served row with the transaction; corrections
     decisions = op.flat_map_batch("score", features, lambda items: _score_served(scorer, items))
     # Decision: one per served transaction, scored with the model of its batch
     op.output("decisions", decisions, decision_sink)
-    op.output("feature_log", decisions, feature_log_sink)
+    op.output(
+        "feature_log", op.flat_map_batch("to_feature_log", decisions, _to_feature_log), feature_log_sink
+    )
     # The model, its thread pools and the libraries are long-lived: keep full collections from walking them
     # (p99.9 at 1,000 tx/s went from 37-110 to 6-14 ms). A model swapped in later is not frozen: a booster
     # is a handful of Python objects around native memory.
@@ -112,6 +128,10 @@ def _score_served(scorer: Scorer, items: list[Served | FeatureRow]) -> list[Deci
         [item.row.values for item in served],
         [item.received_ms for item in served],
     )
+
+
+def _to_feature_log(decisions: list[Decision]) -> list[tuple[str, Decision]]:
+    return [(FEATURE_LOG_PART, decision) for decision in decisions]
 
 
 class _DecisionPartition(StatelessSinkPartition[Decision]):
@@ -135,8 +155,9 @@ class _DecisionPartition(StatelessSinkPartition[Decision]):
         self._metrics.record(items)
 
     def close(self) -> None:
-        """Report the last interval's numbers and release the connection."""
+        """Report the last interval's numbers, stop following the registry and release the connection."""
         self._metrics.report()
+        self._metrics.models.stop()
         self._client.close()
 
 
@@ -167,36 +188,56 @@ class DecisionSink(DynamicSink[Decision]):
         return _DecisionPartition(client, self._ttl, self._max_length, self._metrics, self._shards)
 
 
-class _FeatureLogPartition(StatelessSinkPartition[Decision]):
-    def __init__(self, log: FeatureLog) -> None:
+class _FeatureLogPartition(StatefulSinkPartition[Decision, list[Decision]]):
+    def __init__(self, log: FeatureLog, snapshot_rows: int) -> None:
         self._log = log
+        self._snapshot_rows = snapshot_rows
 
-    def write_batch(self, items: list[Decision]) -> None:
+    def write_batch(self, values: list[Decision]) -> None:
         """Buffer the batch; a landing batch is published when the buffer is full or old enough."""
-        self._log.add(items)
+        self._log.add(values)
+
+    def snapshot(self) -> list[Decision]:
+        """The decisions not yet landed (after landing them when there are many): recovery restores them."""
+        return self._log.checkpoint(self._snapshot_rows)
 
     def close(self) -> None:
         """Publish what is buffered."""
         self._log.close()
 
 
-class FeatureLogSink(DynamicSink[Decision]):
-    """Scored transactions with their served features, to the landing zone in batches (one log per worker):
-    every `flush_events` decisions, or once the oldest buffered one has waited
-    FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS, even when no new transaction arrives."""
+class FeatureLogSink(FixedPartitionedSink[Decision, list[Decision]]):
+    """Scored transactions with their served features, to the landing zone in batches (one log per flow,
+    items keyed FEATURE_LOG_PART): every `flush_events` decisions, or once the oldest buffered one has waited
+    FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS, even when no new transaction arrives.
 
-    def __init__(self, settings: Settings, flush_events: int = 50_000) -> None:
+    Durable with Bytewax recovery (any snapshot interval): each snapshot (epoch end) holds the decisions not
+    yet landed, or lands them first when `snapshot_rows` or more are buffered; a resumed flow starts with
+    that buffer. Without recovery a kill -9 loses the buffer (at most `flush_events` decisions or
+    `flush_seconds` of them)."""
+
+    def __init__(self, settings: Settings, flush_events: int = 50_000, snapshot_rows: int = 5_000) -> None:
         self._settings = settings
         self._flush_events = flush_events
+        self._snapshot_rows = snapshot_rows
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _FeatureLogPartition:
-        """A buffer for one worker."""
-        name = f"{os.getpid()}w{worker_index}"
-        return _FeatureLogPartition(
-            FeatureLog(
-                self._settings.landing_dir,
-                name,
-                self._flush_events,
-                self._settings.feature_log_flush_seconds,
-            )
+    def list_parts(self) -> list[str]:
+        """The one partition (any worker may hold it)."""
+        return [FEATURE_LOG_PART]
+
+    def part_fn(self, item_key: str) -> int:
+        """Every decision goes to the one partition."""
+        return 0
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: list[Decision] | None
+    ) -> _FeatureLogPartition:
+        """The log, its buffer restored from the last snapshot when the flow resumes."""
+        log = FeatureLog(
+            self._settings.landing_dir,
+            for_part,
+            self._flush_events,
+            self._settings.feature_log_flush_seconds,
+            buffered=resume_state or (),
         )
+        return _FeatureLogPartition(log, self._snapshot_rows)

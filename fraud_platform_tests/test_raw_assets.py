@@ -104,3 +104,34 @@ def test_load_is_idempotent_and_the_newest_batch_wins(platform_env: Settings) ->
 def test_loading_an_empty_landing_zone_says_what_to_do(platform_env: Settings) -> None:
     with pytest.raises(LandingError, match="fraud-platform simulate"):
         load_landing(platform_env, instance_for(platform_env))
+
+
+def test_a_reused_transaction_id_is_quarantined_and_the_load_goes_on(platform_env: Settings) -> None:
+    settings = platform_env
+    zone = LandingZone(settings.landing_dir)
+    zone.write_batch(
+        "first",
+        _transactions(["t1", "t2"], [_day(1), _day(2)]),
+        {"cards": _cards(date(2020, 1, 1))},
+        source="test",
+    )
+    # The id t1 again with other content, on another card and day (a reused id logged by the stream).
+    zone.write_batch("later", _transactions(["t1"], [_day(3)], card="c2"), source="stream")
+    instance = instance_for(settings)
+    for _ in range(2):  # the load passes, and a second one quarantines the same row once
+        assert load_landing(settings, instance).success
+        assert _warehouse_rows(
+            settings, "SELECT transaction_id, card_id FROM raw.transactions ORDER BY 1"
+        ) == [
+            ("t1", "c1"),
+            ("t2", "c1"),
+        ]
+        assert _warehouse_rows(
+            settings, "SELECT transaction_id, card_id, batch_id, reason FROM raw.quarantine"
+        ) == [
+            ("t1", "c2", "later", "transaction_id reused with other content: the row of batch first stands")
+        ]
+    event = instance.get_latest_materialization_event(dg.AssetKey(["raw", "transactions"]))
+    metadata = event.asset_materialization.metadata
+    assert metadata["quarantined"].value == 1
+    assert metadata["quarantined_ids"].value == "t1"

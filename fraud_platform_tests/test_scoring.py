@@ -3,6 +3,8 @@ equal the model's on the backfilled features, live champion swaps, refusals, rul
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,6 +131,7 @@ def moving_champion(events: list[bytes], settings: Settings, moves: dict[int, st
     for index, event in enumerate(events):
         if index in moves:
             set_champion(settings, moves[index])
+            time.sleep(1.0)  # the watcher's background check (every 0.2 s here) sees the move meanwhile
         yield event
 
 
@@ -202,20 +205,27 @@ def test_an_unservable_champion_at_start_is_refused(store: dict) -> None:
 
 
 def test_an_unreachable_registry_keeps_the_current_model(
-    store: dict, monkeypatch: pytest.MonkeyPatch
+    store: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings: Settings = store["settings"]  # type: ignore[assignment]
     set_champion(settings, store["first"])
     watcher = ModelWatcher(settings)
     watcher.start()
+    watcher.stop()  # the checks below, one at a time
 
     def unreachable(client: object) -> None:
         raise ConnectionError("registry down")
 
     monkeypatch.setattr(registry, "champion_version", unreachable)
-    assert watcher.current().version == store["first"]
+    with caplog.at_level(logging.WARNING, logger="fraud_platform.scoring.models"):
+        watcher.refresh()
+        watcher.refresh()
     assert watcher.current().version == store["first"]
     assert watcher.registry_errors == 2
+    assert [record.getMessage() for record in caplog.records].count(
+        f"model registry unreachable (registry down): keeping model version {store['first']}, "
+        "checking again every 0 s"
+    ) == 1  # one warning per outage
 
 
 def mlflow_client(settings: Settings) -> MlflowClient:

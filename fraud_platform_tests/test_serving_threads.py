@@ -98,6 +98,7 @@ def test_the_watcher_applies_the_configured_threads_to_every_model_it_serves(
     assert pools and {pool["num_threads"] for pool in pools} == {2}
 
     set_champion(registry_settings, "2")  # a live swap keeps the threads chosen
+    watcher.refresh()
     swapped = watcher.current()
     assert swapped.version == "2"
     assert nthread(swapped.booster_for(10)) == 1 and nthread(swapped.booster_for(WIDE_BATCH_ROWS)) == 2

@@ -1,8 +1,11 @@
 """Raw assets: the landing zone loaded into the DuckDB warehouse, unchanged but for lineage columns.
 
 `raw.transactions` is partitioned by landing day (a dynamic partition per day that has data); each run
-replaces the days it covers, so loading is idempotent. The context tables are small and reloaded whole,
-keeping the newest batch's row for each key.
+replaces the days it covers, so loading is idempotent. A transaction_id landed with two different contents
+(an id reused upstream, or an import clashing with the stream's feature log) never blocks the load: the row
+of the first landed batch stands, the others move to `raw.quarantine` with the reason, and the run's
+metadata names them. The context tables are small and reloaded whole, keeping the newest batch's row for
+each key (for `decisions` the first: the decision the stream answered with stands).
 """
 
 from pathlib import Path
@@ -15,6 +18,7 @@ import pyarrow.parquet as pq
 from dagster_duckdb import DuckDBResource
 
 from fraud_platform.defs.resources import LandingResource
+from fraud_platform.lib.landing import BatchManifest
 from fraud_platform.lib.schema import CONTEXT_TABLES, TRANSACTIONS
 
 GROUP = "raw"
@@ -25,6 +29,8 @@ _TRANSACTION_IDENTITY = ", ".join(
     for field in TRANSACTIONS
 )
 LANDING_DAYS = dg.DynamicPartitionsDefinition(name="landing_day")
+QUARANTINE_TABLE = "raw.quarantine"
+REUSED_ID_REASON = "transaction_id reused with other content"
 
 # Context table -> the key that identifies a row across batches.
 CONTEXT_KEYS = {
@@ -35,6 +41,7 @@ CONTEXT_KEYS = {
     "fraud_truth": "transaction_id",
     "decisions": "transaction_id",
 }
+FIRST_WINS = {"decisions"}  # context tables whose oldest batch's row stands (others: the newest)
 _CONTEXT_DESCRIPTIONS = {
     "cards": "Cards with home location and account open date.",
     "merchants": "Merchants with merchant category code, channel and location.",
@@ -86,6 +93,7 @@ def raw_transactions(
                     "WHERE copy = 1",
                     [day, files],
                 )
+        quarantined = _quarantine_reused_ids(connection, zone.batches(), days)
         connection.execute("COMMIT")
         rows, first, last = connection.execute(
             "SELECT count(*), min(timestamp), max(timestamp) FROM raw.transactions "
@@ -93,14 +101,66 @@ def raw_transactions(
             [min(days), max(days)],
         ).fetchone()
     context.log.info("loaded %d transactions for %d day(s)", rows, len(days))
+    if quarantined:
+        context.log.warning(
+            "%d row(s) quarantined in %s (transaction_id reused with other content): %s",
+            len(quarantined),
+            QUARANTINE_TABLE,
+            ", ".join(quarantined[:5]),
+        )
     return dg.MaterializeResult(
         metadata={
             "rows": dg.MetadataValue.int(int(rows)),
             "days": dg.MetadataValue.int(len(days)),
             "first_timestamp": dg.MetadataValue.text(str(first)),
             "last_timestamp": dg.MetadataValue.text(str(last)),
+            "quarantined": dg.MetadataValue.int(len(quarantined)),
+            "quarantined_ids": dg.MetadataValue.text(", ".join(quarantined[:20]) or "-"),
         }
     )
+
+
+def _quarantine_reused_ids(
+    connection: duckdb.DuckDBPyConnection, batches: list[BatchManifest], days: list[str]
+) -> list[str]:
+    """Move every row of raw.transactions whose transaction_id an earlier landed batch (or an earlier row of
+    the same batch) holds with other content to QUARANTINE_TABLE, with the reason; the reloaded `days`' rows
+    there are judged again. Return the transaction_ids quarantined now."""
+    batch_order = pa.table(  # noqa: F841 - read by DuckDB's replacement scan
+        {
+            "batch_id": [manifest.batch_id for manifest in batches],
+            "seq": pa.array(range(len(batches)), pa.int64()),
+        }
+    )
+    connection.execute(
+        f"CREATE TABLE IF NOT EXISTS {QUARANTINE_TABLE} AS SELECT *, NULL::VARCHAR AS reason "
+        "FROM raw.transactions LIMIT 0"
+    )
+    connection.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE day IN (SELECT unnest(?::DATE[]))", [days])
+    connection.execute(
+        "CREATE OR REPLACE TEMP TABLE reused AS "
+        "SELECT row_id, copy, first_value(batch_id) OVER (PARTITION BY transaction_id ORDER BY copy) AS first "
+        "FROM (SELECT t.rowid AS row_id, t.transaction_id, t.batch_id, row_number() OVER ("
+        "        PARTITION BY t.transaction_id ORDER BY o.seq NULLS LAST, t.rowid) AS copy "
+        "      FROM raw.transactions t LEFT JOIN batch_order o USING (batch_id) "
+        "      WHERE t.transaction_id IN ("
+        "        SELECT transaction_id FROM raw.transactions GROUP BY transaction_id HAVING count(*) > 1))"
+    )
+    connection.execute(
+        f"INSERT INTO {QUARANTINE_TABLE} BY NAME "
+        "SELECT t.*, ? || ': the row of batch ' || r.first || ' stands' AS reason FROM raw.transactions t JOIN reused r ON t.rowid = r.row_id "
+        "WHERE r.copy > 1",
+        [REUSED_ID_REASON],
+    )
+    ids = connection.execute(
+        "SELECT t.transaction_id FROM raw.transactions t JOIN reused r ON t.rowid = r.row_id "
+        "WHERE r.copy > 1 ORDER BY t.transaction_id"
+    ).fetchall()
+    connection.execute(
+        "DELETE FROM raw.transactions WHERE rowid IN (SELECT row_id FROM reused WHERE copy > 1)"
+    )
+    connection.execute("DROP TABLE reused")
+    return [transaction_id for (transaction_id,) in ids]
 
 
 def _stack_batches(files: list[Path], table: str) -> pa.Table:
@@ -116,6 +176,7 @@ def _stack_batches(files: list[Path], table: str) -> pa.Table:
 def _context_asset(table: str) -> dg.AssetsDefinition:
     """The raw asset for one context table: every batch's rows, the newest batch winning per key."""
     key_column = CONTEXT_KEYS[table]
+    order = "ASC" if table in FIRST_WINS else "DESC"
 
     @dg.asset(
         name=table,
@@ -132,7 +193,7 @@ def _context_asset(table: str) -> dg.AssetsDefinition:
             connection.execute(
                 f"CREATE OR REPLACE TABLE raw.{table} AS "
                 "SELECT * EXCLUDE (batch_seq, newest) FROM ("
-                f"  SELECT *, row_number() OVER (PARTITION BY {key_column} ORDER BY batch_seq DESC) AS newest"
+                f"  SELECT *, row_number() OVER (PARTITION BY {key_column} ORDER BY batch_seq {order}) AS newest"
                 "   FROM stacked"
                 ") WHERE newest = 1"
             )

@@ -21,7 +21,10 @@
   landing zone as one batch (transactions + context table `decisions`, source "stream") when
   `flush_events` decisions are buffered, when the oldest has waited `flush_seconds` (a timer thread sees
   to it on a quiet stream too), and at shutdown. The landing sensor loads the batches into the warehouse
-  like any other.
+  like any other. Under Bytewax recovery, `checkpoint` makes the log durable with the point the flow
+  resumes from: at each snapshot the buffer is published, or (under `snapshot_rows` decisions) kept in the
+  snapshot and restored into the buffer on resume, so a kill -9 loses no decision; a decision published
+  after the snapshot is logged again on replay, and the load keeps its first copy.
 """
 
 from __future__ import annotations
@@ -272,14 +275,19 @@ class FeatureLog:
     """Buffers decisions and publishes them to the landing zone in batches; `close` publishes the rest."""
 
     def __init__(
-        self, landing_dir: Path, name: str, flush_events: int = 50_000, flush_seconds: float = 60.0
+        self,
+        landing_dir: Path,
+        name: str,
+        flush_events: int = 50_000,
+        flush_seconds: float = 60.0,
+        buffered: Sequence[Decision] = (),
     ) -> None:
         self.zone = LandingZone(landing_dir)
         self.name = name
         self.flush_events = flush_events
         self.flush_seconds = flush_seconds
-        self._buffer: list[Decision] = []
-        self._oldest = 0.0  # monotonic time the oldest buffered decision arrived
+        self._buffer: list[Decision] = list(buffered)  # restored from a recovery snapshot, or empty
+        self._oldest = time.monotonic()  # monotonic time the oldest buffered decision arrived
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._timer = threading.Thread(target=self._flush_when_due, name=f"feature-log-{name}", daemon=True)
@@ -298,6 +306,14 @@ class FeatureLog:
         """Publish the buffered decisions as one landing batch; return its id (None when empty)."""
         with self._lock:
             return self._publish()
+
+    def checkpoint(self, snapshot_rows: int) -> list[Decision]:
+        """What a recovery snapshot must hold for no decision to be lost: the buffered decisions, or none
+        when `snapshot_rows` or more are buffered, after publishing them (synchronously)."""
+        with self._lock:
+            if len(self._buffer) >= snapshot_rows:
+                self._publish()
+            return list(self._buffer)
 
     def close(self) -> str | None:
         """Stop the timer and publish what is buffered."""

@@ -1,11 +1,16 @@
 """The model the stream serves: the registry's champion, checked against this code's features, swapped live.
 
-`ModelWatcher.start()` loads the champion (native XGBoost format, `registry.load`) or refuses to start;
-`current()` checks the `champion` alias every `refresh_seconds` and swaps to a new version between two
-batches, so no event is dropped or scored twice. A version whose contract this code cannot serve is refused
-(error log line, `models_refused` counter) and the current model kept; an unreachable registry keeps the
-current model too (warning, `registry_errors` counter). With `scoring_mode="rules"` the rules baseline
-serves and nothing is read from the registry.
+`ModelWatcher.start()` loads the champion (native XGBoost format, `registry.load`) or refuses to start, with
+an error naming the store when it is missing or unreadable (a sqlite store that does not exist is never
+created empty in its place). The registry is never on the scoring path: a background thread checks the
+`champion` alias every `refresh_seconds` and loads a new version there; `current()` only returns the newest
+loaded model, so a batch is scored by one model and the swap happens between two batches (no event dropped
+or scored twice). MLflow's HTTP calls are bounded (MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES default to
+REGISTRY_TIMEOUT_SECONDS / REGISTRY_RETRIES in the process unless set). A version whose contract this code
+cannot serve is refused (error log line, `models_refused` counter) and the current model kept; an
+unreachable registry (or a sqlite store gone missing) keeps the current model too: one warning per outage,
+the `registry_errors` counter per failed check, an info line when it answers again. With
+`scoring_mode="rules"` the rules baseline serves and nothing is read from the registry.
 
 Threads are chosen on purpose (FRAUD_PLATFORM_SCORING_THREADS, `Settings.scoring_threads`): XGBoost would
 otherwise use every core's OpenMP thread for every call, and on a busy machine a parallel region waits for
@@ -17,16 +22,24 @@ also bounds the OpenMP and BLAS thread pools the process has loaded (threadpoolc
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+import os
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import xgboost as xgb
 from mlflow import MlflowClient
 from threadpoolctl import threadpool_limits
 
-from fraud_platform.config import DEFAULT_SCORING_THREADS, SCORING_MODE_VAR, SCORING_THREADS_VAR, Settings
+from fraud_platform.config import (
+    DEFAULT_SCORING_THREADS,
+    MLFLOW_URI_VAR,
+    SCORING_MODE_VAR,
+    SCORING_THREADS_VAR,
+    Settings,
+    masked_url,
+)
 from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.training import registry
 from fraud_platform.training.baseline import rules_score
@@ -41,6 +54,10 @@ REASON_CODES = 3
 # Batches of this many rows or more get the configured threads; smaller ones one thread, where OpenMP's
 # fork and join cost more than they save (measured: bench/bench_scoring.py, docs/benchmarks.md).
 WIDE_BATCH_ROWS = 1_000
+# MLflow's HTTP client retries for minutes by default; a check of the alias gives up after about this long.
+REGISTRY_TIMEOUT_SECONDS = 5
+REGISTRY_RETRIES = 1
+MIN_REFRESH_SECONDS = 0.2  # the background check's shortest interval (refresh_seconds 0: as often as this)
 
 
 class NoServableModel(RuntimeError):
@@ -121,33 +138,49 @@ RULES_MODEL = ServingModel(RULES_VERSION, RULES_THRESHOLDS)
 
 
 class ModelWatcher:
-    """Holds the serving model and follows the registry's champion alias."""
+    """Holds the serving model and follows the registry's champion alias from a background thread."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.clock = clock
         self.models_refused = 0
         self.registry_errors = 0
         self._model: ServingModel | None = None
         self._client: MlflowClient | None = None
         self._refused: set[str] = set()
-        self._next_check = 0.0
+        self._outage = False  # the last check failed (warned once)
+        self._stopped = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     def start(self) -> ServingModel:
-        """Bound the native thread pools, load the model to serve first; raise NoServableModel with what to
-        do when there is none."""
+        """Bound the native thread pools, load the model to serve first and start following the alias; raise
+        NoServableModel with what to do when there is none or the store is missing or unreadable."""
         bound_native_threads(self.settings.scoring_threads)
         if self.settings.scoring_mode == "rules":
             logger.warning("%s=rules: scoring with the rules baseline (%s)", SCORING_MODE_VAR, RULES_VERSION)
             self._model = RULES_MODEL
             return self._model
         uri = self.settings.mlflow_tracking_uri
-        self._client = registry.configure(uri, self.settings.mlflow_artifact_root)
-        champion = registry.champion_version(self._client)
+        missing = _missing_store(uri)
+        if missing is not None:
+            raise NoServableModel(
+                f"the model registry store {missing} does not exist ({MLFLOW_URI_VAR}={masked_url(uri)}): "
+                f"restore it, point {MLFLOW_URI_VAR} at the registry, train a model with "
+                f"`fraud-platform train`, or score with the rules baseline ({SCORING_MODE_VAR}=rules)"
+            )
+        bound_registry_requests()
+        try:
+            self._client = registry.configure(uri, self.settings.mlflow_artifact_root)
+            champion = registry.champion_version(self._client)
+        except Exception as error:  # a broken store, an unreachable server: say which and stop
+            raise NoServableModel(
+                f"the model registry at {masked_url(uri)} cannot be read ({type(error).__name__}: "
+                f"{_first_line(error)}): check {MLFLOW_URI_VAR} and the store, or score with the rules "
+                f"baseline ({SCORING_MODE_VAR}=rules)"
+            ) from None
         if champion is None:
             raise NoServableModel(
-                f"no '{registry.CHAMPION}' model of {registry.MODEL_NAME!r} in the registry at {uri}: "
-                f"train one with `fraud-platform train`, or score with the rules baseline "
+                f"no '{registry.CHAMPION}' model of {registry.MODEL_NAME!r} in the registry at "
+                f"{masked_url(uri)}: train one with `fraud-platform train`, or score with the rules baseline "
                 f"({SCORING_MODE_VAR}=rules)"
             )
         loaded = registry.load(self._client, str(champion.version))
@@ -159,37 +192,59 @@ class ModelWatcher:
                 f"`fraud-platform train`, or set {SCORING_MODE_VAR}=rules"
             ) from None
         self._model = _serving(loaded, self.settings.scoring_threads)
-        self._next_check = self.clock() + self.settings.model_refresh_seconds
         logger.info("serving model %s version %s", registry.MODEL_NAME, self._model.version)
+        self._refresher = threading.Thread(target=self._follow, name="model-refresh", daemon=True)
+        self._refresher.start()
         return self._model
 
     def current(self) -> ServingModel:
-        """The model for the next batch: the champion of the last check (checked when one is due)."""
+        """The model for the next batch: the newest the background check loaded (never waits for it)."""
         if self._model is None:
             raise RuntimeError("ModelWatcher.start() first")
-        if self._client is not None and self.clock() >= self._next_check:
-            self._next_check = self.clock() + self.settings.model_refresh_seconds
-            self._refresh(self._client)
         return self._model
 
     def current_version(self) -> str:
         """The version being served (without checking the registry)."""
         return self._model.version if self._model else "none"
 
-    def _refresh(self, client: MlflowClient) -> None:
-        current = self._model.version if self._model else None
+    def stop(self) -> None:
+        """Stop following the alias (the current model stays)."""
+        self._stopped.set()
+        if self._refresher is not None:
+            self._refresher.join()
+
+    def refresh(self) -> None:
+        """Check the champion alias once and swap to a new servable version (what the background thread
+        does every `refresh_seconds`); never raises."""
+        if self._client is None:
+            return
+        current = self.current_version()
         try:
-            champion = registry.champion_version(client)
+            missing = _missing_store(self.settings.mlflow_tracking_uri)
+            if missing is not None:  # querying would create an empty registry in its place
+                raise FileNotFoundError(f"the store {missing} is missing")
+            champion = registry.champion_version(self._client)
             if champion is None:
                 logger.warning("the registry shows no champion: keeping model version %s", current)
                 return
             version = str(champion.version)
-            if version == current or version in self._refused:
-                return
-            loaded = registry.load(client, version)
+            if version != current and version not in self._refused:
+                loaded = registry.load(self._client, version)
         except Exception as error:  # any registry failure: keep serving, never crash-loop
             self.registry_errors += 1
-            logger.warning("model registry unreachable (%s): keeping model version %s", error, current)
+            if not self._outage:
+                self._outage = True
+                logger.warning(
+                    "model registry unreachable (%s): keeping model version %s, checking again every %s s",
+                    _first_line(error),
+                    current,
+                    self.settings.model_refresh_seconds,
+                )
+            return
+        if self._outage:
+            self._outage = False
+            logger.info("model registry reachable again (%d failed checks so far)", self.registry_errors)
+        if version == current or version in self._refused:
             return
         try:
             loaded.contract.check_servable()
@@ -200,6 +255,30 @@ class ModelWatcher:
             return
         self._model = _serving(loaded, self.settings.scoring_threads)
         logger.info("swapped the serving model: version %s -> %s", current, version)
+
+    def _follow(self) -> None:
+        while not self._stopped.wait(max(self.settings.model_refresh_seconds, MIN_REFRESH_SECONDS)):
+            self.refresh()
+
+
+def bound_registry_requests() -> None:
+    """Bound MLflow's HTTP calls in this process (MLflow reads them per request; values set by the operator
+    are kept): a check of an unreachable server gives up after about REGISTRY_TIMEOUT_SECONDS per try."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(REGISTRY_TIMEOUT_SECONDS))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(REGISTRY_RETRIES))
+
+
+def _missing_store(uri: str) -> Path | None:
+    """The file of a sqlite tracking URI when it does not exist (None: exists, or not a sqlite store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return None if path.is_file() else path
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def bound_native_threads(threads: int) -> None:
