@@ -217,8 +217,8 @@ class CardFeatures(StatefulBatchLogic[Transaction, Served | FeatureRow | DeadLet
 class TransactionIds:
     """First-seen markers in Redis: `seen:<transaction_id>` holds the content hash of the first event with the
     id (for `ttl_seconds`). `check` turns every later event with the id but other content into a dead letter
-    (REUSED_ID_REASON), on any card and any worker, in one script call per 1,000 events. An identical
-    re-send, and the replay of a recovered flow, pass."""
+    (REUSED_ID_REASON), on any card and any worker, in one script call per 1,000 events (a pipeline per
+    node on Redis Cluster). An identical re-send, and the replay of a recovered flow, pass."""
 
     def __init__(self, client: redis.Redis | RedisCluster, ttl_seconds: int) -> None:
         self._script = client.register_script(_CLAIM_SCRIPT)
@@ -232,7 +232,7 @@ class TransactionIds:
             return self._script(keys=keys, args=[self._ttl, *hashes])
         pipeline = self._cluster.pipeline(transaction=False)
         for key, digest in zip(keys, hashes, strict=True):
-            pipeline.execute_command("SET", key, digest, "NX", "GET", "EX", self._ttl)
+            pipeline.set(key, digest, nx=True, get=True, ex=self._ttl)  # its reply: the old value (GET)
         firsts = pipeline.execute()
         return [
             position
