@@ -142,11 +142,18 @@ def monitoring_resources(settings: Settings) -> dict[str, dg.ConfigurableResourc
 def monitor_days(
     settings: Settings, instance: dg.DagsterInstance, days: list[str]
 ) -> list[dg.ExecuteInProcessResult]:
-    """Materialise the monitoring group for each day (one run per day partition), recorded in `instance`."""
+    """Run the `monitor` job for each landed day (one run per `decision_day` partition, added first),
+    recorded in `instance`."""
+    from fraud_platform.defs.monitoring import DECISION_DAYS
+
     register_landing_days(instance, LandingZone(settings.landing_dir))
     known = set(instance.get_dynamic_partitions(LANDING_DAYS.name))
     unknown = [day for day in days if day not in known]
     if unknown:
         raise LandingError(f"no landed transactions on {', '.join(unknown)}: nothing to monitor there")
+    monitored = set(instance.get_dynamic_partitions(DECISION_DAYS.name))
+    new_days = [day for day in days if day not in monitored]
+    if new_days:
+        instance.add_dynamic_partitions(DECISION_DAYS.name, new_days)
     resources = monitoring_resources(settings)
     return [run_job(instance, "monitor", resources=resources, partition_key=day) for day in days]

@@ -3,7 +3,7 @@ realised metrics against a hand computation, seeded drift tripping its check and
 zero on an in-order stream and exact on deliberately corrupted served vectors."""
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -27,30 +27,24 @@ from fraud_platform.defs.monitoring import (
     monitoring_retrain_sensor,
     monitoring_skew,
 )
-from fraud_platform.defs.online import feature_matrix
-from fraud_platform.features.batch import (
-    CARD_BATCH_FEATURES,
-    MERCHANT_BATCH_FEATURES,
-    card_feature_sql,
-    merchant_feature_sql,
-)
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
 from fraud_platform.lib.bus import events_from_table
 from fraud_platform.lib.landing import LandingZone
-from fraud_platform.lib.online_store import load_batch_features
 from fraud_platform.lib.redis_server import LocalRedisServer
 from fraud_platform.lib.schema import DECISIONS
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.monitoring.drift import psi
 from fraud_platform.monitoring.judge import ERROR, OK, WARN, Thresholds, judge_performance
+from fraud_platform.monitoring.live import SnapshotLoad, define_live_decisions, replayed_count
 from fraud_platform.monitoring.performance import RealisedPerformance, label_maturity, realised_performance
-from fraud_platform.monitoring.served import served_day
+from fraud_platform.monitoring.served import decision_days, served_day
 from fraud_platform.monitoring.skew import measure_skew
 from fraud_platform.monitoring.summary import summary_lines
 from fraud_platform.monitoring.tracking import EXPERIMENT
 from fraud_platform.pipeline import (
     instance_for,
     load_landing,
+    load_online,
     monitor_days,
     monitoring_resources,
     refresh_batch_side,
@@ -97,6 +91,48 @@ def _write(connection: duckdb.DuckDBPyConnection, name: str, rows: pa.Table) -> 
     connection.register("rows_to_write", rows)
     connection.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM rows_to_write")
     connection.unregister("rows_to_write")
+
+
+# --- live decisions: replays served with a later snapshot are left out ---------------------------------------
+
+
+def test_a_replay_served_by_a_later_snapshot_is_left_out(tmp_path: Path) -> None:
+    connection = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    rows = [
+        # id, event day, decided at (wall clock): warm-up replays of 03-01 and 03-02 decided on 03-20 ...
+        ("warm-1", "2026-03-01", "2026-03-20T10:00:00"),
+        ("warm-2", "2026-03-02", "2026-03-20T10:00:01"),
+        # ... the live day 03-05, decided after the load of 03-04's snapshot, and a decision before any load
+        ("live-1", "2026-03-05", "2026-03-20T11:00:00"),
+        ("early", "2026-02-01", "2026-02-01T12:00:00"),
+    ]
+    decided = _decisions(
+        [
+            {"transaction_id": tid, "model_version": "1", "decision": "approve", "score": 0.1,
+             "event_ms": _ms(day)}
+            for tid, day, _ in rows
+        ]
+    )  # fmt: skip
+    at = pa.array(
+        [int(datetime.fromisoformat(f"{moment}+00:00").timestamp() * 1000) for _, _, moment in rows],
+        pa.int64(),
+    ).cast(pa.timestamp("ms", tz="UTC"))
+    decided = decided.set_column(
+        decided.schema.get_field_index("decision_time"),
+        "decision_time",
+        at.cast(DECISIONS.field("decision_time").type),
+    )
+    _write(connection, "raw.decisions", decided)
+    loads = [
+        SnapshotLoad(datetime.fromisoformat("2026-03-20T09:00:00+00:00"), date(2026, 3, 4)),  # the warm-up's
+        SnapshotLoad(datetime.fromisoformat("2026-03-20T10:30:00+00:00"), date(2026, 3, 4)),  # serves 03-05
+    ]
+    view = define_live_decisions(connection, loads)
+    kept = {row[0] for row in connection.execute(f"SELECT transaction_id FROM {view}").fetchall()}
+    assert kept == {"live-1", "early"}
+    assert replayed_count(connection, "2026-03-01") == 1 and replayed_count(connection, "2026-03-05") == 0
+    assert decision_days(connection) == ["2026-02-01", "2026-03-05"]
+    assert len(served_day(connection, "2026-03-02")) == 0
 
 
 # --- realised performance and label maturity: a hand computation ------------------------------------------
@@ -285,7 +321,7 @@ def drift_home(platform_env: Settings) -> dict:
         _write(connection, "training.dataset", training.to_arrow())
         _write(connection, "raw.decisions", pa.concat_tables(rows))
     instance = instance_for(platform_env)
-    instance.add_dynamic_partitions("landing_day", [QUIET, DRIFTED])
+    instance.add_dynamic_partitions("decision_day", [QUIET, DRIFTED])
     return {"instance": instance, "resources": monitoring_resources(platform_env), "version": version}
 
 
@@ -353,7 +389,8 @@ def test_seeded_drift_trips_its_check_and_the_retrain_request(drift_home: dict) 
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory: pytest.TempPathFactory, redis_server: LocalRedisServer) -> Iterator[dict]:
     """Three simulated days landed and refreshed; the stream then decides them all in order, with the
-    previous day's snapshots online for the last day, and its feature log is loaded into raw.decisions."""
+    previous day's snapshots online for the last day (the earlier days: replays monitoring leaves out), and its
+    feature log is loaded into raw.decisions."""
     home = tmp_path_factory.mktemp("monitoring")
     with pytest.MonkeyPatch.context() as environment:
         for name in [*Settings.from_env({}).environment(), "MLFLOW_TRACKING_URI"]:
@@ -368,37 +405,15 @@ def streamed(tmp_path_factory: pytest.TempPathFactory, redis_server: LocalRedisS
         assert load_landing(settings, instance).success
         assert refresh_batch_side(instance).success
         day = zone.days()[-1]
-        _serve_previous_day_snapshots(settings, redis.Redis.from_url(redis_server.url), day)
+        redis.Redis.from_url(redis_server.url).flushdb()
+        previous = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+        assert load_online(settings, instance, previous).success  # what the daily refresh serves `day` with
         set_champion(settings, register_model(settings, 5, 0.3, 0.8))
         history = world.transactions.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
         events = [orjson.dumps(event) for event in events_from_table(history)]
         run_main(build_flow(TestingSource(events, batch_size=100), settings=settings))
         assert load_landing(settings, instance).success
         yield {"settings": settings, "instance": instance, "day": day}
-
-
-def _serve_previous_day_snapshots(settings: Settings, client: redis.Redis, day: str) -> None:
-    """Put the card and merchant snapshots of the day before `day` online (what the daily refresh does)."""
-    client.flushdb()
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
-        cards = connection.sql(
-            f"SELECT card_id, {card_feature_sql('c')} FROM card_daily_features c WHERE as_of_date = $day::DATE - 1",
-            params={"day": day},
-        ).to_arrow_table()
-        merchants = connection.sql(
-            f"SELECT merchant_id, {merchant_feature_sql('m')} FROM merchant_daily_features m "
-            "WHERE as_of_date = $day::DATE - 1",
-            params={"day": day},
-        ).to_arrow_table()
-    load_batch_features(
-        client,
-        cards.column("card_id").to_pylist(),
-        feature_matrix(cards, CARD_BATCH_FEATURES),
-        merchants.column("merchant_id").to_pylist(),
-        feature_matrix(merchants, MERCHANT_BATCH_FEATURES),
-        ttl_seconds=3_600,
-        grace_seconds=0,
-    )
 
 
 def test_whole_group_on_the_streamed_day_finds_no_skew_and_logs_to_mlflow(streamed: dict) -> None:

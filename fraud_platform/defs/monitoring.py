@@ -1,6 +1,8 @@
 """Monitoring in production: realised performance, label maturity, drift and skew of each day of decisions.
 
-Every asset is partitioned by `landing_day` (the UTC day of the decided transactions), stores its numbers in
+Every asset is partitioned by `decision_day` (the UTC day of the decided transactions; a day becomes a
+partition when it is monitored, so only days with decisions appear) and judges live decisions only: replays
+of history served with a later snapshot are left out (`fraud_platform.monitoring.live`). It stores its numbers in
 the warehouse (schema `monitoring`, one day replaced at a time) and shows them as metadata: numbers Dagster
 plots across partitions, a markdown table and a chart. Asset checks judge drift, skew and realised
 performance with WARN and ERROR thresholds (`MonitoringSettings`); `monitoring/mlflow_runs` logs the same
@@ -10,6 +12,7 @@ when a drift or performance check fails at ERROR, naming the reason in the run's
 
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +20,6 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from dagster_duckdb import DuckDBResource
 
 from fraud_platform.defs.batch import LABELS_ASSET
-from fraud_platform.defs.raw import LANDING_DAYS
 from fraud_platform.defs.training import (
     DATASET_ASSET,
     MODEL_ASSET,
@@ -28,6 +30,7 @@ from fraud_platform.defs.training import (
 from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.monitoring import charts, judge
 from fraud_platform.monitoring.drift import DAY_CONSTANT_FEATURES, FeatureDrift, feature_drift, matrix_drift
+from fraud_platform.monitoring.live import SnapshotLoad, define_live_decisions, replayed_count
 from fraud_platform.monitoring.performance import (
     MaturityPoint,
     combined,
@@ -57,6 +60,9 @@ DRIFT = dg.AssetKey(["monitoring", "drift"])
 SKEW = dg.AssetKey(["monitoring", "skew"])
 MLFLOW_RUNS = dg.AssetKey(["monitoring", "mlflow_runs"])
 DECISIONS_ASSET = dg.AssetKey(["raw", "decisions"])
+ONLINE_ASSET = dg.AssetKey(["online", "batch_features"])
+DECISION_DAYS = dg.DynamicPartitionsDefinition(name="decision_day")
+_LOADS_READ = 10_000  # online loads looked at to tell live decisions from replays (newest first)
 RETRAIN_REASON_TAG = "fraud_platform/retrain_reason"
 # Failing at ERROR, these request retraining. Skew does only with `retrain_on_skew` (off by default: a new
 # model would be trained on the offline values and served the same wrong ones, so skew is a serving bug to
@@ -120,6 +126,18 @@ def build_monitoring_resources() -> dict[str, dg.ConfigurableResource]:
     return {"monitoring": MonitoringSettings()}
 
 
+def snapshot_loads(instance: dg.DagsterInstance) -> list[SnapshotLoad]:
+    """The online loads recorded in the instance: when, and which day's snapshot (oldest first)."""
+    records = instance.fetch_materializations(ONLINE_ASSET, limit=_LOADS_READ).records
+    loads = []
+    for record in records:
+        snapshot = getattr(record.asset_materialization.metadata.get("snapshot_date"), "value", "None")
+        if snapshot != "None":
+            loaded_at = datetime.fromtimestamp(record.timestamp, UTC)
+            loads.append(SnapshotLoad(loaded_at, date.fromisoformat(snapshot)))
+    return sorted(loads, key=lambda load: load.loaded_at)
+
+
 def _check(name: str, verdict: judge.Verdict, day: str) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=name,
@@ -146,7 +164,7 @@ def _number(value: float) -> dg.MetadataValue:
     key=PERFORMANCE,
     group_name=GROUP,
     kinds={"duckdb", "mlflow"},
-    partitions_def=LANDING_DAYS,
+    partitions_def=DECISION_DAYS,
     deps=[DECISIONS_ASSET, LABELS_ASSET],
     check_specs=[
         dg.AssetCheckSpec(
@@ -168,6 +186,8 @@ def monitoring_realised_performance(
     """Judge the day's decisions against the labels and the models' validation metrics."""
     day = context.partition_key
     with warehouse.get_connection() as connection:
+        define_live_decisions(connection, snapshot_loads(context.instance))
+        replayed = replayed_count(connection, day)
         records = realised_performance(connection, day)
         replace_day(connection, "realised_performance", day, [record.row() for record in records])
         chart = charts.performance_chart(*performance_history(connection, day, _HISTORY_DAYS), day)
@@ -180,6 +200,7 @@ def monitoring_realised_performance(
     overall = combined(records, day)
     metadata: dict[str, dg.MetadataValue] = {
         "decisions": dg.MetadataValue.int(overall.decisions),
+        "replayed_left_out": dg.MetadataValue.int(replayed),
         **{name: _number(value) for name, value in overall.ratios().items()},
         "fraud_amount_caught": _number(overall.fraud_amount_caught),
         "fraud_amount_missed": _number(overall.fraud_amount_missed),
@@ -199,7 +220,7 @@ def monitoring_realised_performance(
     key=MATURITY,
     group_name=GROUP,
     kinds={"duckdb"},
-    partitions_def=LANDING_DAYS,
+    partitions_def=DECISION_DAYS,
     deps=[LABELS_ASSET],
     description="Label maturity curve of the day: the share of its transactions labelled k days after it "
     "ended (frauds as chargebacks arrive, genuine ones at the maturity window): how far to trust the day.",
@@ -247,7 +268,7 @@ def _sparse(points: list[MaturityPoint]) -> list[MaturityPoint]:
     key=DRIFT,
     group_name=GROUP,
     kinds={"duckdb", "mlflow"},
-    partitions_def=LANDING_DAYS,
+    partitions_def=DECISION_DAYS,
     deps=[DECISIONS_ASSET, DATASET_ASSET, MODEL_ASSET],
     check_specs=[
         dg.AssetCheckSpec(
@@ -278,6 +299,8 @@ def monitoring_drift(
     champion = registry.champion_version(client)
     model = registry.load(client, str(champion.version)) if champion else None
     with warehouse.get_connection() as connection:
+        define_live_decisions(connection, snapshot_loads(context.instance))
+        replayed = replayed_count(connection, day)
         reference = reference_features(
             connection, monitoring.reference_rows, model.contract.trained_until if model else ""
         )
@@ -300,6 +323,7 @@ def monitoring_drift(
     judged = [drift for drift in top if drift.feature not in DAY_CONSTANT_FEATURES]
     metadata: dict[str, dg.MetadataValue] = {
         "served_rows": dg.MetadataValue.int(len(served)),
+        "replayed_left_out": dg.MetadataValue.int(replayed),
         "reference_rows": dg.MetadataValue.int(len(reference)),
         "reference_model_version": dg.MetadataValue.text(reference_version),
         "other_feature_definitions": dg.MetadataValue.int(served.other_definitions),
@@ -330,9 +354,10 @@ def monitoring_drift(
     key=SKEW,
     group_name=GROUP,
     kinds={"duckdb", "python"},
-    partitions_def=LANDING_DAYS,
+    partitions_def=DECISION_DAYS,
     deps=[
         DECISIONS_ASSET,
+        ONLINE_ASSET,
         dg.AssetKey(["raw", "transactions"]),
         dg.AssetKey(["card_daily_features"]),
         dg.AssetKey(["merchant_daily_features"]),
@@ -354,6 +379,7 @@ def monitoring_skew(
     """Recompute a sample of the day's served vectors and count the differences."""
     day = context.partition_key
     with warehouse.get_connection() as connection:
+        define_live_decisions(connection, snapshot_loads(context.instance))
         skew = measure_skew(connection, served_day(connection, day, limit=monitoring.skew_sample_size))
         summary = {
             "day": day,
@@ -392,7 +418,7 @@ def monitoring_skew(
     key=MLFLOW_RUNS,
     group_name=GROUP,
     kinds={"mlflow"},
-    partitions_def=LANDING_DAYS,
+    partitions_def=DECISION_DAYS,
     deps=[PERFORMANCE, MATURITY, DRIFT, SKEW],
     description="The day's monitoring figures in MLflow (experiment fraud-monitoring): one run per model "
     "version that decided that day, tagged model_version, with the realised metrics, PSI/KS per feature, the "
@@ -485,12 +511,12 @@ _RECENT_DAYS = 7
     job=monitoring_job,
     cron_schedule="30 3 * * *",
     execution_timezone="UTC",
-    description="Every day at 03:30 UTC (after the batch refresh), monitor the newest landed days again: "
+    description="Every day at 03:30 UTC (after the batch refresh), monitor the newest decision days again: "
     "their labels keep maturing.",
 )
 def daily_monitoring(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-    """One run per landed day of the last week."""
-    days = sorted(context.instance.get_dynamic_partitions(LANDING_DAYS.name))[-_RECENT_DAYS:]  # newest
+    """One run per monitored decision day of the last week."""
+    days = sorted(context.instance.get_dynamic_partitions(DECISION_DAYS.name))[-_RECENT_DAYS:]  # newest
     stamp = context.scheduled_execution_time.date().isoformat() if context.scheduled_execution_time else "now"
     return [dg.RunRequest(run_key=f"{stamp}-{day}", partition_key=day) for day in days]
 

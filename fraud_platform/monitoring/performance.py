@@ -15,9 +15,8 @@ import duckdb
 import numpy as np
 
 from fraud_platform.lib.schema import DAY_MS
-from fraud_platform.monitoring.store import require_tables
-
-DAY_SQL = "CAST(timezone('UTC', {column}) AS DATE)"
+from fraud_platform.monitoring.live import live_decisions
+from fraud_platform.monitoring.store import DAY_SQL, require_tables
 
 
 @dataclass(frozen=True)
@@ -76,15 +75,16 @@ def labels_as_of(connection: duckdb.DuckDBPyConnection) -> datetime | None:
 def realised_performance(
     connection: duckdb.DuckDBPyConnection, day: str, as_of: datetime | None = None
 ) -> list[RealisedPerformance]:
-    """One record per model version that decided transactions of `day` (UTC day of the event)."""
-    require_tables(connection, "raw.decisions")
+    """One record per model version that decided transactions of `day` (UTC day of the event), replays left
+    out (`monitoring.live`)."""
+    view = live_decisions(connection)
     as_of = as_of or labels_as_of(connection)
     if as_of is None:
         raise ValueError("transaction_labels is empty: run 'fraud-platform refresh' before monitoring")
     rows = connection.execute(
         f"""
         WITH decided AS (
-            SELECT transaction_id, model_version, decision FROM raw.decisions
+            SELECT transaction_id, model_version, decision FROM {view}
             WHERE {DAY_SQL.format(column="event_time")} = ?::DATE
         ), known AS (
             SELECT transaction_id, amount, label FROM transaction_labels

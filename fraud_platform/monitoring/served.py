@@ -1,5 +1,6 @@
-"""What the monitoring compares: the stream's served decisions of a day (from the feature log in
-`raw.decisions`) and the champion's training rows (the train split of `training.dataset`)."""
+"""What the monitoring compares: the stream's live decisions of a day (from the feature log in
+`raw.decisions`, replays left out: `monitoring.live`) and the champion's training rows (the train split of
+`training.dataset`)."""
 
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
+from fraud_platform.monitoring.live import live_decisions
 from fraud_platform.monitoring.performance import DAY_SQL
 from fraud_platform.monitoring.store import require_tables, table_exists
 
@@ -31,22 +33,23 @@ class ServedDay:
 
 
 def decision_days(connection: duckdb.DuckDBPyConnection) -> list[str]:
-    """Every UTC day (YYYY-MM-DD) with decisions in raw.decisions, oldest first ([] before the first load)."""
+    """Every UTC day (YYYY-MM-DD) with live decisions in raw.decisions, oldest first ([] before the first load)."""
     if not table_exists(connection, "decisions", "raw"):
         return []
     day = DAY_SQL.format(column="event_time")
-    rows = connection.execute(f"SELECT DISTINCT {day} AS day FROM raw.decisions ORDER BY day").fetchall()
+    view = live_decisions(connection)
+    rows = connection.execute(f"SELECT DISTINCT {day} AS day FROM {view} ORDER BY day").fetchall()
     return [str(row[0]) for row in rows]
 
 
 def served_day(connection: duckdb.DuckDBPyConnection, day: str, limit: int | None = None) -> ServedDay:
-    """The day's decisions (UTC day of the event), optionally a deterministic sample of `limit` of them."""
-    require_tables(connection, "raw.decisions")
+    """The day's live decisions (UTC day of the event), optionally a deterministic sample of `limit`."""
+    view = live_decisions(connection)
     sample = (
         "ORDER BY hash(transaction_id), transaction_id LIMIT $limit" if limit else "ORDER BY transaction_id"
     )
     decisions = connection.sql(
-        "SELECT transaction_id, model_version, score, features, feature_definition_version FROM raw.decisions "
+        f"SELECT transaction_id, model_version, score, features, feature_definition_version FROM {view} "
         f"WHERE {DAY_SQL.format(column='event_time')} = $day {sample}",
         params={"day": day, **({"limit": limit} if limit else {})},
     ).to_arrow_table()

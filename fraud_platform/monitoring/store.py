@@ -6,6 +6,7 @@ import duckdb
 import pyarrow as pa
 
 SCHEMA = "monitoring"
+DAY_SQL = "CAST(timezone('UTC', {column}) AS DATE)"  # the UTC day of a timestamp column
 
 
 def replace_day(

@@ -83,6 +83,12 @@ def summary_lines(connection: duckdb.DuckDBPyConnection, day: str, thresholds: T
     records = performance_records(connection, day)
     for record in records:
         r = record.ratios()
+        if not record.labelled:
+            lines.append(
+                f"realised, model {record.model_version}: {record.decisions:,} decisions, no labels yet (labels as "
+                f"of {record.labels_as_of}); alert rate {_pct(r['alert_rate'])}"
+            )
+            continue
         lines.append(
             f"realised, model {record.model_version}: {record.decisions:,} decisions, {_pct(r['labelled_share'])} "
             f"labelled (labels as of {record.labels_as_of}); alert rate {_pct(r['alert_rate'])}; declines "
