@@ -286,6 +286,15 @@ def redis_cluster_enabled(environ: Mapping[str, str] | None = None) -> bool:
     return _choice(os.environ if environ is None else environ, REDIS_CLUSTER_VAR, ("0", "1")) == "1"
 
 
+TRAIN_ON_SERVED_VAR = "FRAUD_PLATFORM_TRAIN_ON_SERVED"
+
+
+def train_on_served_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """FRAUD_PLATFORM_TRAIN_ON_SERVED: "1" (default) trains on the served vector of each transaction the
+    stream decided (the feature log), "0" on the backfill's for every row."""
+    return _choice(os.environ if environ is None else environ, TRAIN_ON_SERVED_VAR, ("1", "0")) == "1"
+
+
 def _kafka(env: Mapping[str, str]) -> dict[str, object]:
     """The transport and, for Kafka, the brokers, topic prefix and extra librdkafka properties."""
     transport = _choice(env, TRANSPORT_VAR, TRANSPORTS)

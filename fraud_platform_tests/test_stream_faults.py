@@ -1,7 +1,8 @@
 """Faults of the stream, with the real processes: kill -9 of the scoring flow mid-stream and a restart from
 Bytewax recovery decides every transaction exactly once, with the features an uninterrupted run computes;
 a restart of the Redis server mid-stream is waited out and nothing is lost or decided twice. Neither fault
-puts the server's password into the flow's logs."""
+puts the server's password into the flow's logs. Three kill -9s at the main job's recovery settings (-s 5
+-b 0) lose no feature-log record: after `load`, raw.decisions holds every decision once."""
 
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -22,14 +24,15 @@ from fraud_platform.lib.bus import events_from_table, publish
 from fraud_platform.lib.keys import DECISIONS_STREAM, card_realtime_key
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.simulator import SimulationConfig, simulate
+from fraud_platform.pipeline import instance_for, load_landing
 from fraud_platform.scoring.decisions import read_decisions
 from fraud_platform_tests.scoring_support import register_model, scoring_settings, set_champion
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _scoring_flow(recovery: Path | None, env: dict[str, str]) -> subprocess.Popen:
-    recovery_options = ["-r", str(recovery), "-s", "1", "-b", "0"] if recovery else []
+def _scoring_flow(recovery: Path | None, env: dict[str, str], snapshot_seconds: int = 1) -> subprocess.Popen:
+    recovery_options = ["-r", str(recovery), "-s", str(snapshot_seconds), "-b", "0"] if recovery else []
     return subprocess.Popen(
         [
             sys.executable,
@@ -74,9 +77,7 @@ def test_kill_9_and_restart_decide_every_transaction_exactly_once(
     set_champion(settings, register_model(settings, 1, review=0.2, decline=0.6))
     history = _history()
     publish(clean_redis, events_from_table(history), settings.stream_shards)
-    recovery = tmp_path / "recovery"
-    recovery.mkdir()
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True, cwd=ROOT)
+    recovery = _recovery_store(tmp_path / "recovery")
     env = {**os.environ, **settings.environment(), "FRAUD_PLATFORM_SCORING_MODE": "model"}
 
     first = _scoring_flow(recovery, env)
@@ -105,6 +106,49 @@ def test_kill_9_and_restart_decide_every_transaction_exactly_once(
     for card, values in newest.items():
         stored = REALTIME_LAYOUT.unpack(clean_redis.get(card_realtime_key(card)))
         np.testing.assert_allclose(stored, values, rtol=1e-12, equal_nan=True, err_msg=card)
+
+
+def _recovery_store(directory: Path) -> Path:
+    directory.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(directory), "1"], check=True, cwd=ROOT)
+    return directory
+
+
+@pytest.mark.slow
+def test_three_kill_9s_at_the_main_jobs_settings_lose_no_feature_log_record(
+    tmp_path: Path, redis_server: LocalRedisServer, clean_redis: redis.Redis
+) -> None:
+    settings = scoring_settings(tmp_path / "home", redis_server.url, mode="rules")
+    history = _history()
+    publish(clean_redis, events_from_table(history), settings.stream_shards)
+    recovery = _recovery_store(tmp_path / "recovery")
+    env = {**os.environ, **settings.environment()}
+    for kill in range(1, 4):
+        # Each run gets past its first snapshots (every 5 s) with decisions buffered in the feature log.
+        flow = _scoring_flow(recovery, env, snapshot_seconds=5)
+        started = clean_redis.xlen(DECISIONS_STREAM)
+        _wait_for_progress(flow, clean_redis, started + 1, at_least_seconds=0)
+        _wait_for_progress(flow, clean_redis, history.num_rows * kill // 5, at_least_seconds=6)
+        flow.send_signal(signal.SIGKILL)
+        flow.wait()
+    assert clean_redis.xlen(DECISIONS_STREAM) < history.num_rows  # the last one really died mid-stream
+
+    last = _scoring_flow(recovery, env, snapshot_seconds=5)
+    output, _ = last.communicate(timeout=600)
+    assert last.returncode == 0, output
+    _assert_decided_exactly_once(clean_redis, history)
+
+    assert load_landing(settings, instance_for(settings)).success
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+        decisions = connection.execute(
+            "SELECT count(*), count(DISTINCT transaction_id) FROM raw.decisions"
+        ).fetchone()
+        (transactions,) = connection.execute("SELECT count(*) FROM raw.transactions").fetchall()
+        missing = connection.execute(
+            "SELECT count(*) FROM history ANTI JOIN raw.decisions USING (transaction_id)"
+        ).fetchall()
+    assert decisions == (history.num_rows, history.num_rows)  # every decision's record, once
+    assert transactions == (history.num_rows,) and missing == [(0,)]
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from fraud_platform.config import LABEL_MATURITY_VAR
+from fraud_platform.config import LABEL_MATURITY_VAR, train_on_served_enabled
 from fraud_platform.features.batch import (
     CARD_BATCH_FEATURES,
     MERCHANT_BATCH_FEATURES,
@@ -30,6 +30,7 @@ from fraud_platform.features.batch import (
 from fraud_platform.features.on_demand import on_demand_matrix
 from fraud_platform.features.realtime import FEATURE_NAMES as REALTIME_FEATURES
 from fraud_platform.features.vector import CARD_PREFIX, MERCHANT_PREFIX, MODEL_FEATURES, assemble
+from fraud_platform.training.served import use_served
 
 if TYPE_CHECKING:  # the stream imports this module's neighbours; it never needs DuckDB
     import duckdb
@@ -270,11 +271,19 @@ def _date_bounds(days: np.ndarray, config: SplitConfig) -> np.ndarray:
 
 
 def build_training_data(
-    connection: "duckdb.DuckDBPyConnection", maturity_days: int, config: SplitConfig = SplitConfig()
+    connection: "duckdb.DuckDBPyConnection",
+    maturity_days: int,
+    config: SplitConfig = SplitConfig(),
+    *,
+    served: bool | None = None,
 ) -> TrainingData:
-    """Read the point-in-time join from the warehouse and split it by time."""
+    """Read the point-in-time join from the warehouse and split it by time; with `served` (None:
+    FRAUD_PLATFORM_TRAIN_ON_SERVED, on by default) the rows the stream decided carry the served vector
+    (`training.served`)."""
     config.check()
     data = _read(connection, maturity_days, config.window_days, config.train_from, config.test_to)
+    if served if served is not None else train_on_served_enabled():
+        data = use_served(connection, data)
     return replace(data, split=assign_splits(data.event_days, config))
 
 
