@@ -591,7 +591,7 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
         transactions_stream,
     )
     from fraud_platform.lib.online_store import delete_matching
-    from fraud_platform.lib.redis_server import redis_url
+    from fraud_platform.lib.redis_server import RedisClient, client_for
     from fraud_platform.scoring.decisions import MARKER_PREFIX
     from fraud_platform.scoring.metrics import METRICS_KEY
 
@@ -605,7 +605,7 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
     zone = LandingZone(settings.landing_dir)
     days = _replay_days(zone, *_day_range(day, first, last))
     total = sum(manifest.days.get(landed_day, 0) for manifest in zone.batches() for landed_day in days)
-    target: redis_client.Redis | KafkaPublisher
+    target: RedisClient | KafkaPublisher
     try:
         if kafka:
             for topic in create_topics(settings):
@@ -613,7 +613,7 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
             target = KafkaPublisher(settings)
             destination = f"Kafka topic {target.topic} (keyed by card_id)"
         else:
-            target = redis_client.Redis.from_url(redis_url(settings))
+            target = client_for(settings)
             destination = f"{settings.stream_shards} shards of {TRANSACTIONS_STREAM_PREFIX}"
             if reset:
                 target.delete(
@@ -623,6 +623,7 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
                     METRICS_KEY,
                 )
                 delete_matching(target, f"{MARKER_PREFIX}*")
+                delete_matching(target, f"{DECISIONS_STREAM}:*")  # a cluster's decisions streams per shard
         with progress_bar(total, "tx", "replay") as advance:
             result = publish_tables(
                 target,
@@ -731,13 +732,12 @@ def decisions_command(count: int, kind: str | None, card: str | None, as_json: b
     the values the model was served. With --decision or --card the stream is searched back from its newest
     entry. --json prints the matching entries only, for machines."""
     import orjson
-    import redis as redis_client
 
     from fraud_platform.decisions_view import newest_decisions, table
-    from fraud_platform.lib.redis_server import redis_url
+    from fraud_platform.lib.redis_server import client_for
     from fraud_platform.scoring.metrics import METRICS_KEY
 
-    client = redis_client.Redis.from_url(redis_url(_settings()))
+    client = client_for(_settings())
     events = newest_decisions(client, count, decision=kind, card=card)
     if as_json:
         for event in events:
@@ -774,9 +774,8 @@ def report(day: Any, first: Any, last: Any) -> None:
     """How the scoring flow did: throughput, latency, decisions by type, and precision/recall of its
     decisions against the fraud truth in the warehouse (simulated data) or the labels (imported data)."""
     import duckdb
-    import redis as redis_client
 
-    from fraud_platform.lib.redis_server import redis_url
+    from fraud_platform.lib.redis_server import client_for
     from fraud_platform.lib.schema import DAY_MS
     from fraud_platform.monitoring.store import table_exists
     from fraud_platform.report import stream_report
@@ -784,7 +783,7 @@ def report(day: Any, first: Any, last: Any) -> None:
 
     settings = _settings()
     low, high = _day_range(day, first, last)
-    client = redis_client.Redis.from_url(redis_url(settings))
+    client = client_for(settings)
     events = read_decisions(client)
     if settings.stream_max_length and len(events) >= settings.stream_max_length:
         click.echo(

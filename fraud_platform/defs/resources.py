@@ -4,13 +4,12 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-import redis
 from dagster_dbt import DbtCliResource
 from dagster_duckdb import DuckDBResource
 
 from fraud_platform.config import REDIS_URL_VAR, Settings
 from fraud_platform.lib.landing import LandingZone
-from fraud_platform.lib.redis_server import redis_url
+from fraud_platform.lib.redis_server import RedisClient, redis_client, redis_url
 
 
 class LandingResource(dg.ConfigurableResource):
@@ -29,10 +28,11 @@ class RedisResource(dg.ConfigurableResource):
     url: str | None = None
     feature_ttl_seconds: int
 
-    def client(self) -> redis.Redis:
-        """A client for the online store."""
-        url = self.url or redis_url(Settings.from_env())
-        return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+    def client(self) -> RedisClient:
+        """A client for the online store (of a Redis Cluster with FRAUD_PLATFORM_REDIS_CLUSTER=1)."""
+        settings = Settings.from_env()
+        url = self.url or redis_url(settings)
+        return redis_client(url, cluster=settings.redis_cluster, socket_connect_timeout=5, socket_timeout=30)
 
 
 def _dbt_executable() -> str:

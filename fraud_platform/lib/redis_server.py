@@ -351,6 +351,11 @@ def require_server(settings: Settings, timeout_seconds: float = 5.0) -> str:
     return url
 
 
+def client_for(settings: Settings, **options: Any) -> RedisClient:
+    """`redis_client` for the configured server: `redis_url` and FRAUD_PLATFORM_REDIS_CLUSTER."""
+    return redis_client(redis_url(settings), cluster=settings.redis_cluster, **options)
+
+
 def redis_url(settings: Settings) -> str:
     """The URL clients use: REDIS_URL when set, else the project's local server (which must be running)."""
     if settings.redis_url:
