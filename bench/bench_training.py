@@ -7,7 +7,6 @@ times `build_training_data` (the point-in-time join, on-demand features, split) 
 the test-window metrics of the model and of the rules baseline (`fraud_platform.training.baseline`).
 """
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,11 +16,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bench.common import parse_options, write_result
+from bench.warehouse import land_simulation, prepared_home
 from fraud_platform.config import Settings
-from fraud_platform.lib.landing import LandingZone
-from fraud_platform.lib.redis_server import LocalRedisServer, free_port
-from fraud_platform.lib.simulator import SimulationConfig, simulate
-from fraud_platform.pipeline import instance_for, load_landing, run_job
 from fraud_platform.training.baseline import rules_score
 from fraud_platform.training.dataset import build_training_data
 from fraud_platform.training.model import evaluate, fit, score
@@ -29,25 +25,11 @@ from fraud_platform.training.model import evaluate, fit, score
 
 def run(cards: int, days: int, maturity: int) -> dict[str, object]:
     """Prepare the warehouse, then time the dataset build and the fit; evaluate model and baseline."""
-    with tempfile.TemporaryDirectory() as home:
-        server = LocalRedisServer(Path(home) / "redis", free_port())
-        server.start()
-        os.environ.update(
-            {
-                "FRAUD_PLATFORM_HOME": home,
-                "FRAUD_PLATFORM_LABEL_MATURITY_DAYS": str(maturity),
-                "REDIS_URL": server.url,
-            }
-        )
+    with (
+        tempfile.TemporaryDirectory() as home,
+        prepared_home(Path(home), maturity, land_simulation(cards, days)) as data,
+    ):
         settings = Settings.from_env()
-        data = simulate(SimulationConfig(cards=cards, days=days, seed=42))
-        LandingZone(settings.landing_dir).write_batch(
-            "bench", data.transactions, data.context(), source="bench"
-        )
-        instance = instance_for(settings)
-        assert load_landing(settings, instance).success
-        assert run_job(instance, "batch_refresh").success  # dbt, labels, real-time backfill, online load
-        server.stop()
         with duckdb.connect(str(settings.warehouse_path)) as connection:
             began = time.perf_counter()
             dataset = build_training_data(connection, maturity)
@@ -82,7 +64,9 @@ def run(cards: int, days: int, maturity: int) -> dict[str, object]:
         "dataset_seconds": round(dataset_seconds, 2),
         "dataset_rows_per_second": round(len(dataset.labels) / dataset_seconds),
         "fit_seconds": round(fit_seconds, 2),
-        "best_iteration": trained.best_iteration,
+        "trees": trained.best_iteration,
+        "search_trials": len(trained.selection.trials),
+        "chosen_params": trained.selection.params,
         "train_rows": int((dataset.split == "train").sum()),
         "test_window": dataset.window("test"),
         "thresholds": {"decline": trained.thresholds.decline, "review": trained.thresholds.review},

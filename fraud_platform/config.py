@@ -34,6 +34,7 @@ VALIDATION_DAYS_VAR = "FRAUD_PLATFORM_VALIDATION_DAYS"
 GAP_DAYS_VAR = "FRAUD_PLATFORM_GAP_DAYS"
 SEARCH_TRIALS_VAR = "FRAUD_PLATFORM_SEARCH_TRIALS"
 SEARCH_SECONDS_VAR = "FRAUD_PLATFORM_SEARCH_SECONDS"
+TRAIN_THREADS_VAR = "FRAUD_PLATFORM_TRAIN_THREADS"
 STREAM_MAX_LENGTH_VAR = "FRAUD_PLATFORM_STREAM_MAX_LENGTH"
 MODEL_REFRESH_VAR = "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS"
 SCORING_MODE_VAR = "FRAUD_PLATFORM_SCORING_MODE"
@@ -56,6 +57,9 @@ DEFAULT_RETRAIN_MIN_NEW_LABELS = 1_000
 DEFAULT_GAP_DAYS = 7
 DEFAULT_SEARCH_TRIALS = 24
 DEFAULT_SEARCH_SECONDS = 300
+# XGBoost threads while training: on a shared 2-core machine under load two OpenMP threads made a fit 3x slower
+# than one (docs/benchmarks.md); 0 is XGBoost's own default, every core (a dedicated training machine).
+DEFAULT_TRAIN_THREADS = 1
 DEFAULT_STREAM_MAX_LENGTH = 10_000_000  # entries per shard, about 2 GB of Redis memory at ~216 bytes each
 DEFAULT_MODEL_REFRESH_SECONDS = 30
 DEFAULT_FEATURE_LOG_FLUSH_SECONDS = 60
@@ -115,6 +119,7 @@ class Settings:
     gap_days: int = DEFAULT_GAP_DAYS
     search_trials: int = DEFAULT_SEARCH_TRIALS
     search_seconds: int = DEFAULT_SEARCH_SECONDS
+    train_threads: int = DEFAULT_TRAIN_THREADS
     model_refresh_seconds: int = DEFAULT_MODEL_REFRESH_SECONDS
     scoring_mode: str = SCORING_MODES[0]
     scoring_threads: int = DEFAULT_SCORING_THREADS
@@ -171,6 +176,7 @@ class Settings:
             gap_days=_integer(env, GAP_DAYS_VAR, DEFAULT_GAP_DAYS, 0, 3_650),
             search_trials=_integer(env, SEARCH_TRIALS_VAR, DEFAULT_SEARCH_TRIALS, 1, 10_000),
             search_seconds=_integer(env, SEARCH_SECONDS_VAR, DEFAULT_SEARCH_SECONDS, 1, 86_400),
+            train_threads=_integer(env, TRAIN_THREADS_VAR, DEFAULT_TRAIN_THREADS, 0, 1024),
             stream_max_length=_integer(env, STREAM_MAX_LENGTH_VAR, DEFAULT_STREAM_MAX_LENGTH, 0, 10**12),
             model_refresh_seconds=_integer(env, MODEL_REFRESH_VAR, DEFAULT_MODEL_REFRESH_SECONDS, 1, 86_400),
             scoring_mode=_choice(env, SCORING_MODE_VAR, SCORING_MODES),
@@ -209,6 +215,7 @@ class Settings:
             GAP_DAYS_VAR: str(self.gap_days),
             SEARCH_TRIALS_VAR: str(self.search_trials),
             SEARCH_SECONDS_VAR: str(self.search_seconds),
+            TRAIN_THREADS_VAR: str(self.train_threads),
             STREAM_MAX_LENGTH_VAR: str(self.stream_max_length),
             MODEL_REFRESH_VAR: str(self.model_refresh_seconds),
             SCORING_MODE_VAR: self.scoring_mode,

@@ -247,6 +247,13 @@ def test_a_repeated_transaction_gets_its_first_decision(platform: Platform) -> N
             {"transaction_id": "x", "card_id": "c", "merchant_id": "m", "amount": 5, "currency": "XXX"},
             "currency",
         ),
+        (  # only the platform's replay of history may bring its own clock
+            {
+                **{"transaction_id": "x", "card_id": "c", "merchant_id": "m", "amount": 5, "currency": "EUR"},
+                **{"timestamp": 1_767_225_600_000, "replay_clock": 1_767_225_600_000},
+            },
+            "replay_clock",
+        ),
         ([1, 2], "body"),
         ("not json", "body"),
     ],

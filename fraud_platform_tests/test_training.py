@@ -1,12 +1,16 @@
 """Training end to end on simulated data: no leakage in the point-in-time dataset, a registered champion,
 and the retrain sensor firing on enough new labels and not before."""
 
+import json
 from collections.abc import Iterator
 
 import dagster as dg
 import duckdb
 import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
 
+from fraud_platform.cli import main
 from fraud_platform.config import Settings
 from fraud_platform.defs.batch import LABELS_ASSET
 from fraud_platform.defs.training import MlflowResource, TrainingSettings, retrain_sensor
@@ -31,6 +35,9 @@ def trained_home(
         monkeypatch.setenv("FRAUD_PLATFORM_HOME", str(tmp_path_factory.mktemp("training_home")))
         monkeypatch.setenv("REDIS_URL", redis_server.url)
         monkeypatch.setenv("FRAUD_PLATFORM_LABEL_MATURITY_DAYS", str(MATURITY_DAYS))
+        monkeypatch.setenv(
+            "FRAUD_PLATFORM_SEARCH_TRIALS", "3"
+        )  # the textbook fit, the old defaults, one more
         settings = Settings.from_env()
         data = simulate(SimulationConfig(cards=600, days=100, seed=5, fraud_card_share=0.3))
         LandingZone(settings.landing_dir).write_batch("sim", data.transactions, data.context(), source="test")
@@ -45,6 +52,11 @@ def trained_home(
 def _one(settings: Settings, sql: str) -> tuple:
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
         return connection.execute(sql).fetchone()
+
+
+def _all(settings: Settings, sql: str) -> list[tuple]:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
 
 
 @pytest.mark.slow
@@ -177,3 +189,74 @@ def test_retrain_sensor_fires_on_enough_new_labels_and_not_before(trained_home) 
     assert not quiet.run_requests and "49 new label(s)" in quiet.skip_reason.skip_message
     (request,) = evaluate_with(trained_with + 50).run_requests
     assert request.tags["fraud_platform/retrain_reason"].startswith("50 new labels since champion")
+
+
+# Last in this module: it trains a second version on windows of its own, replacing training.dataset.
+@pytest.mark.slow
+def test_a_date_windowed_run_uses_exactly_those_days_and_evaluate_agrees(trained_home) -> None:  # type: ignore[no-untyped-def]
+    settings, _, _ = trained_home
+    trained = CliRunner().invoke(
+        main,
+        [
+            "train",
+            *("--train-from", "2026-01-15", "--train-to", "2026-02-28"),
+            *("--test-from", "2026-03-08", "--test-to", "2026-03-21", "--validation-days", "10"),
+            *("--search-trials", "2"),
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert (
+        "train 2026-01-15 .. 2026-02-18, validation 2026-02-19 .. 2026-02-28, test 2026-03-08 .. 2026-03-21"
+        in trained.output
+    ), trained.output
+    windows = {
+        split: (str(first), str(last), rows)
+        for split, first, last, rows in _all(
+            settings,
+            "SELECT split, min(event_date), max(event_date), count(*) FROM training.dataset GROUP BY split",
+        )
+    }
+    assert windows["train"][:2] == ("2026-01-15", "2026-02-18")
+    assert windows["validation"][:2] == ("2026-02-19", "2026-02-28")
+    assert windows["gap"][:2] == ("2026-03-01", "2026-03-07")
+    assert windows["test"][:2] == ("2026-03-08", "2026-03-21")
+    (outside,) = _one(
+        settings,
+        "SELECT count(*) FROM transaction_labels WHERE label IS NOT NULL AND event_date < DATE '2026-01-15' "
+        f"AND event_time <= labels_as_of - INTERVAL {MATURITY_DAYS} DAY",
+    )
+    assert outside > 1_000  # mature labelled rows existed before the window, and none is in the dataset
+
+    client = registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
+    (newest,) = client.search_model_versions(
+        f"name='{registry.MODEL_NAME}'", order_by=["version_number DESC"]
+    )[:1]
+    run = MlflowClient(settings.mlflow_tracking_uri).get_run(newest.run_id)
+    assert run.data.params["train_window"] == "2026-01-15 .. 2026-02-18"
+    assert run.data.params["validation_window"] == "2026-02-19 .. 2026-02-28"
+    assert run.data.params["test_window"] == "2026-03-08 .. 2026-03-21"
+    assert run.data.params["test_rows"] == str(windows["test"][2])
+    assert run.data.params["label_maturity_days"] == str(MATURITY_DAYS)
+
+    evaluated = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--model-version",
+            newest.version,
+            "--from",
+            "2026-03-08",
+            "--to",
+            "2026-03-21",
+            "--json",
+        ],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads(evaluated.output)
+    assert metrics["transactions"] == windows["test"][2]
+    for name in ("average_precision", "roc_auc", "card_precision_at_100"):
+        assert metrics[name] == pytest.approx(run.data.metrics[f"test_{name}"])
+    missing = CliRunner().invoke(
+        main, ["evaluate", "--model-version", "99", "--from", "2026-03-08", "--to", "2026-03-09"]
+    )
+    assert missing.exit_code == 1 and "has no version '99'" in missing.output

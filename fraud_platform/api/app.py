@@ -171,7 +171,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     state: dict[str, Gateway] = {}
 
     def parse(payload: bytes, where: str = "") -> Transaction | Response:
-        checked = decode_event(payload, window)
+        checked = decode_event(payload, window, live=True)
         if isinstance(checked, DeadLetter):
             metrics.errors.labels("invalid").inc()
             return invalid(where + field_of(checked.reason), checked.reason)

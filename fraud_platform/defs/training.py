@@ -55,6 +55,7 @@ class TrainingSettings(dg.ConfigurableResource):
     gap_days: int = 7
     search_trials: int = 24
     search_seconds: int = 300
+    train_threads: int = 1
     min_test_average_precision: float = 0.0
 
 
@@ -115,6 +116,7 @@ def build_training_resources(settings: Settings) -> dict[str, dg.ConfigurableRes
             gap_days=settings.gap_days,
             search_trials=settings.search_trials,
             search_seconds=settings.search_seconds,
+            train_threads=settings.train_threads,
         ),
     }
 
@@ -236,9 +238,10 @@ def fraud_model(
         TrainingConfig(
             search_trials=config.search_trials or training_settings.search_trials,
             search_seconds=config.search_seconds or training_settings.search_seconds,
+            threads=training_settings.train_threads,
         ),
         progress=lambda trial: context.log.info(
-            "search trial %d: mean validation AP %.4f with %d trees, %s (%.1f s)",
+            "search trial %d: pooled validation AP %.4f with %d trees, %s (%.1f s)",
             trial.number,
             trial.average_precision,
             trial.trees,
@@ -311,7 +314,7 @@ def fraud_model(
                 {**trained.selection.params, "trees": trained.selection.trees}
             ),
             "search": dg.MetadataValue.text(
-                f"{len(trained.selection.trials)} trial(s) in {trained.selection.seconds:.0f} s, best mean "
+                f"{len(trained.selection.trials)} trial(s) in {trained.selection.seconds:.0f} s, best pooled "
                 f"validation AP {trained.selection.average_precision:.4f} over "
                 f"{trained.params['selection_folds']} prequential fold(s)"
             ),

@@ -154,12 +154,17 @@ def repeated_key(payload: bytes) -> str | None:
 
 
 def decode_event(
-    payload: bytes | None, window: EventWindow = DEFAULT_EVENT_WINDOW, now_ms: int | None = None
+    payload: bytes | None,
+    window: EventWindow = DEFAULT_EVENT_WINDOW,
+    now_ms: int | None = None,
+    *,
+    live: bool = False,
 ) -> Transaction | DeadLetter:
     """Parse and validate one stream payload; every problem becomes a DeadLetter with the reason.
 
     The timestamp is judged by `window` against the event's replay clock or the wall clock (`now_ms`,
-    default: the current time)."""
+    default: the current time). With `live` (an authorization request) a replay clock is refused: only history
+    put on the bus by the platform's own replay may bring its clock."""
     if payload is None:
         return DeadLetter(f"stream entry has no '{EVENT_FIELD}' field", b"")
     if len(payload) > MAX_EVENT_BYTES:
@@ -184,6 +189,11 @@ def decode_event(
             return dead_letter("JSON nested too deeply for an event", payload)
         if key is not None:
             return dead_letter(f"key '{key:.40}' appears more than once in the JSON object", payload)
+    if live and clock is not None:
+        return dead_letter(
+            f"field '{REPLAY_CLOCK_FIELD}' is for replays of history; an authorization is judged by the wall clock",
+            payload,
+        )
     if now_ms is None:
         now_ms = time.time_ns() // 1_000_000
     if clock is None and now_ms - window.max_age_ms <= txn.timestamp_ms <= now_ms + window.max_future_ms:

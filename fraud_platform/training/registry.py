@@ -20,11 +20,12 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from sklearn.metrics import average_precision_score, precision_recall_curve
+from sklearn.metrics import precision_recall_curve
 
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
 from fraud_platform.training.dataset import TrainingData
-from fraud_platform.training.model import Thresholds, TrainedModel, score
+from fraud_platform.training.evaluation import ranking_metrics
+from fraud_platform.training.model import Thresholds, TrainedModel, score, scored
 
 MODEL_NAME = "fraud-xgboost"
 CHAMPION = "champion"
@@ -222,7 +223,7 @@ def _log_dataset(part: TrainingData, source: str, context: str) -> None:
 
 
 def _log_search(trained: TrainedModel) -> None:
-    """Every search trial: its mean validation AP as a metric series (step = trial number) and a table."""
+    """Every search trial: its pooled validation AP as a metric series (step = trial number) and a table."""
     trials = trained.selection.trials
     for trial in trials:
         mlflow.log_metric("search_trial_average_precision", trial.average_precision, step=trial.number)
@@ -232,7 +233,7 @@ def _log_search(trained: TrainedModel) -> None:
                 "trial": trial.number,
                 **trial.params,
                 "best_trees": trial.trees,
-                "mean_validation_average_precision": trial.average_precision,
+                "pooled_validation_average_precision": trial.average_precision,
                 "fold_average_precision": list(trial.fold_average_precision),
                 "seconds": round(trial.seconds, 2),
             }
@@ -316,6 +317,7 @@ def challenge_champion(
     """Give `version` the champion alias if it beats the champion's average precision on the same test
     window (or if there is no champion, or the champion can no longer be served); record the comparison."""
     current = champion_version(client)
+    champion_metrics: dict[str, float] = {}  # the champion on the same test window
     if current is None:
         result = Challenge(True, "first model", version, challenger_average_precision)
     else:
@@ -331,7 +333,8 @@ def challenge_champion(
                 str(current.version),
             )
         else:
-            champion_ap = float(average_precision_score(test.labels, score(champion.booster, test.features)))
+            champion_metrics = ranking_metrics(scored(score(champion.booster, test.features), test))
+            champion_ap = champion_metrics["average_precision"]
             better = challenger_average_precision > champion_ap
             result = Challenge(
                 better,
@@ -345,7 +348,7 @@ def challenge_champion(
         set_champion(client, version)
     client.set_model_version_tag(MODEL_NAME, version, "challenge", json.dumps(asdict(result)))
     run_id = client.get_model_version(MODEL_NAME, version).run_id
-    if result.champion_average_precision is not None:
-        client.log_metric(run_id, "champion_test_average_precision", result.champion_average_precision)
+    for key, value in champion_metrics.items():
+        client.log_metric(run_id, f"champion_test_{key}", value)
     client.set_tag(run_id, "promoted", str(result.promoted).lower())
     return result
