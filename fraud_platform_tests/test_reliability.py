@@ -1,6 +1,7 @@
 """Reliability of the stream's records (#14), with the real processes: a transaction_id reused with other
 content is dead-lettered and the next load passes; a stopped `mlflow server` does not stop decisions; a
-missing or broken registry store at start is refused with its name and never created empty."""
+missing or broken registry store at start is refused with its name and never created empty; training on the
+served vectors trains on exactly what was served, late and tied events included."""
 
 import dataclasses
 import os
@@ -11,21 +12,29 @@ import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
 import redis
+from bytewax.testing import TestingSource, run_main
 
+from bytewax_flows.scoring import build_flow
+from fraud_platform.config import TRAIN_ON_SERVED_VAR, ConfigError, train_on_served_enabled
 from fraud_platform.lib.bus import DUPLICATE_REASON, events_from_table, publish, read_dead_letters
 from fraud_platform.lib.keys import DECISIONS_STREAM
 from fraud_platform.lib.redis_server import LocalRedisServer
+from fraud_platform.lib.schema import TIMESTAMP, TRANSACTIONS
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.pipeline import instance_for, load_landing
 from fraud_platform.scoring.decisions import read_decisions
 from fraud_platform.scoring.metrics import METRICS_KEY
 from fraud_platform.scoring.models import ModelWatcher, NoServableModel
+from fraud_platform.training.dataset import TrainingData
+from fraud_platform.training.served import use_served
 from fraud_platform_tests import test_registry_server
 from fraud_platform_tests.scoring_support import (
+    expected_features,
     register_model,
     scoring_flow_process,
     scoring_settings,
@@ -153,3 +162,72 @@ def test_a_missing_or_broken_store_is_refused_by_name_and_never_created(tmp_path
     store.write_bytes(b"not a database" * 100)
     with pytest.raises(NoServableModel, match=f"the model registry at sqlite:///{store} cannot be read"):
         ModelWatcher(settings).start()
+
+
+def _late_and_tied(now_ms: int) -> pa.Table:
+    """Four cards, each with an in-order event, two events with one timestamp (a tie), one arriving after
+    a later one (late, within the allowed lateness) and one more: in arrival order, all today (UTC)."""
+    day_start = now_ms - now_ms % 86_400_000
+    start = max(now_ms - 240_000, day_start + 1_000)
+    offsets_s = [0, 60, 60, 30, 90]  # arrival order: the 30 s one is late, the two 60 s ones tie
+    rows = [
+        {
+            "transaction_id": f"{card}-{index}",
+            "card_id": card,
+            "merchant_id": f"m{index % 2}",
+            "amount": 10.0 + 7 * index + card_index,
+            "currency": "USD",
+            "timestamp": start + offset * 1000 + card_index,
+        }
+        for card_index, card in enumerate(["c1", "c2", "c3", "c4"])
+        for index, offset in enumerate(offsets_s)
+    ]
+    table = pa.Table.from_pylist(rows)
+    stamps = pa.array(table.column("timestamp").to_pylist(), pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", stamps.cast(TIMESTAMP))
+    for name in ("lat", "lon"):
+        table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+    for name in ("channel", "mcc"):
+        table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+    return table.select(TRANSACTIONS.names).cast(TRANSACTIONS)
+
+
+def test_training_on_served_vectors_is_what_was_served_for_late_and_tied_events(
+    tmp_path: Path, redis_server: LocalRedisServer, clean_redis: redis.Redis
+) -> None:
+    settings = scoring_settings(tmp_path / "home", redis_server.url, mode="rules")
+    table = _late_and_tied(time.time_ns() // 1_000_000)
+    events = [orjson.dumps(event) for event in events_from_table(table)]
+    run_main(build_flow(TestingSource(events, batch_size=3), settings=settings))
+    assert load_landing(settings, instance_for(settings)).success
+
+    offline = expected_features(table, {}, {})  # what the backfill joins: the dataset without served vectors
+    ids = np.array(table.column("transaction_id").to_pylist(), dtype=object)
+    data = TrainingData(
+        transaction_ids=ids,
+        card_ids=np.array(table.column("card_id").to_pylist(), dtype=object),
+        event_days=table.column("timestamp").to_numpy().astype("datetime64[D]"),
+        amounts=table.column("amount").to_numpy(),
+        labels=np.zeros(len(ids), np.int8),
+        features=np.stack([offline[tid] for tid in ids]).astype(np.float32),
+        split=np.full(len(ids), "train", dtype=object),
+        labels_as_of="",
+        maturity_cutoff="",
+        card_fraud_known_days=np.full(len(ids), "NaT", "datetime64[D]"),
+    )
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+        served = dict(connection.execute("SELECT transaction_id, features FROM raw.decisions").fetchall())
+        trained = use_served(connection, data)
+    served_matrix = np.array([served[tid] for tid in ids], dtype=np.float32)
+    differing = {
+        tid
+        for tid, backfilled, logged in zip(ids, data.features, served_matrix, strict=True)
+        if not np.array_equal(backfilled, logged, equal_nan=True)
+    }
+    # Served before their tie and the late event arrived, the two 60 s events of every card differ from the
+    # backfill (which sees both); the late event itself and the last one were served what it computes.
+    assert sorted(differing) == sorted(f"c{card}-{index}" for card in range(1, 5) for index in (1, 2))
+    np.testing.assert_array_equal(trained.features, served_matrix)  # served == trained, every row
+    assert train_on_served_enabled({}) and not train_on_served_enabled({TRAIN_ON_SERVED_VAR: "0"})
+    with pytest.raises(ConfigError, match=TRAIN_ON_SERVED_VAR):
+        train_on_served_enabled({TRAIN_ON_SERVED_VAR: "yes"})
