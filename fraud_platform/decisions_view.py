@@ -7,6 +7,7 @@ the details existed show the reasons' names only).
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -15,8 +16,8 @@ from typing import Any
 import orjson
 import redis
 
-from fraud_platform.lib.keys import DECISIONS_STREAM
-from fraud_platform.scoring.decisions import DECISION_FIELD
+from fraud_platform.lib.bus import stream_id
+from fraud_platform.scoring.decisions import DECISION_FIELD, decisions_streams
 
 PAGE = 10_000  # stream entries read per round trip while looking for filtered decisions
 HEADER = ("event time (UTC)", "transaction", "card", "amount", "decision", "score", "top reasons (value)")
@@ -39,10 +40,19 @@ def newest_decisions(
 
 
 def _newest_first(client: redis.Redis, page: int) -> Iterator[dict[str, Any]]:
+    """The decisions, newest first (on Redis Cluster the shards' streams merged by entry id)."""
+    pages = [_stream_newest_first(client, stream, page) for stream in decisions_streams(client)]
+    for _, event in heapq.merge(*pages, key=lambda item: item[0], reverse=True):
+        yield event
+
+
+def _stream_newest_first(
+    client: redis.Redis, stream: str | bytes, page: int
+) -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
     upper = "+"
-    while entries := client.xrevrange(DECISIONS_STREAM, max=upper, count=page):
-        for _, fields in entries:
-            yield orjson.loads(fields[DECISION_FIELD.encode()])
+    while entries := client.xrevrange(stream, max=upper, count=page):
+        for entry_id, fields in entries:
+            yield stream_id(entry_id.decode()), orjson.loads(fields[DECISION_FIELD.encode()])
         upper = "(" + entries[-1][0].decode()  # exclusive: the page after the oldest entry read
 
 

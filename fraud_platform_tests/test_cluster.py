@@ -22,6 +22,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from fraud_platform.config import Settings
+from fraud_platform.decisions_view import newest_decisions
 from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
 from fraud_platform.features.packing import REALTIME_LAYOUT
 from fraud_platform.lib.bus import events_from_table, publish, read_dead_letters
@@ -187,6 +188,12 @@ def test_the_scoring_flow_decides_as_on_one_server(
         if clean_cluster.exists(stream)
     }
     assert len(nodes) >= 2
+
+    newest = newest_decisions(clean_cluster, 10)  # `fraud-platform decisions`: over every shard's stream
+    assert [event["transaction_id"] for event in newest] == [
+        event["transaction_id"] for event in read_decisions(clean_cluster, 10, newest=True)[::-1]
+    ]
+    assert len({event["card_id"] for event in newest_decisions(clean_cluster, 1_000)}) == len(features)
 
     _drain(settings)  # the same events again from the start: the markers keep every decision once
     assert len(read_decisions(clean_cluster)) == len(decisions)

@@ -217,14 +217,19 @@ def _by_tag(decisions: Sequence[Decision], shards: int | None) -> Mapping[str, S
     return groups
 
 
+def decisions_streams(client: redis.Redis | RedisCluster) -> list[str | bytes]:
+    """The decisions stream; on Redis Cluster the shards' decisions streams that exist."""
+    if isinstance(client, RedisCluster):
+        return sorted(client.scan_iter(match=f"{DECISIONS_STREAM}:{{*}}", _type="STREAM"))
+    return [DECISIONS_STREAM]
+
+
 def read_decisions(
     client: redis.Redis | RedisCluster, count: int | None = None, *, newest: bool = False
 ) -> list[dict[str, Any]]:
     """Decisions from the stream, oldest first (or the newest `count`, newest first). On Redis Cluster the
     shards' decisions streams merged by entry id (the time each was written)."""
-    streams: list[str | bytes] = [DECISIONS_STREAM]
-    if isinstance(client, RedisCluster):
-        streams = sorted(client.scan_iter(match=f"{DECISIONS_STREAM}:{{*}}", _type="STREAM"))
+    streams = decisions_streams(client)
     read = client.xrevrange if newest else client.xrange
     entries = [entry for stream in streams for entry in read(stream, count=count)]
     if len(streams) > 1:
