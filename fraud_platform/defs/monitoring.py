@@ -401,6 +401,11 @@ def monitoring_skew(
         metadata={
             "sampled": dg.MetadataValue.int(skew.sampled),
             "compared": dg.MetadataValue.int(skew.compared),
+            "rows_compared": dg.MetadataValue.text(
+                f"{skew.compared} live decisions of {day} (replays and other feature definitions left out): "
+                "the served vector against the backfill's recomputation (training uses the served vector "
+                "for them unless FRAUD_PLATFORM_TRAIN_ON_SERVED=0)"
+            ),
             "not_in_warehouse": dg.MetadataValue.int(skew.not_in_warehouse),
             "mismatching_transactions": dg.MetadataValue.int(skew.mismatching_transactions),
             "mismatch_rate": _number(skew.mismatch_rate),
