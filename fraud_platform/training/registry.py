@@ -7,6 +7,7 @@ XGBoost's native JSON format and loaded with `mlflow.xgboost.load_model`: never 
 
 import json
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,8 +218,11 @@ def register(
 def _log_dataset(part: TrainingData, source: str, context: str) -> None:
     """One split as an MLflow dataset input: the model features and the label, named after the table."""
     features = pd.DataFrame(part.features, columns=list(MODEL_FEATURES))
-    features["label"] = part.labels
-    dataset = mlflow.data.from_pandas(features, source=source or None, name=DATASET_NAME, targets="label")
+    features["label"] = part.labels.astype(np.float32)  # an integer column draws MLflow's missing-value hint
+    with warnings.catch_warnings():
+        # A path source "can be interpreted in multiple ways", all of them the local artefact source.
+        warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+        dataset = mlflow.data.from_pandas(features, source=source or None, name=DATASET_NAME, targets="label")
     mlflow.log_input(dataset, context=context)
 
 
