@@ -205,7 +205,7 @@ def test_an_unservable_champion_at_start_is_refused(store: dict) -> None:
 
 
 def test_an_unreachable_registry_keeps_the_current_model(
-    store: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    store: dict, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings: Settings = store["settings"]  # type: ignore[assignment]
     set_champion(settings, store["first"])
@@ -213,19 +213,27 @@ def test_an_unreachable_registry_keeps_the_current_model(
     watcher.start()
     watcher.stop()  # the checks below, one at a time
 
-    def unreachable(client: object) -> None:
-        raise ConnectionError("registry down")
-
-    monkeypatch.setattr(registry, "champion_version", unreachable)
-    with caplog.at_level(logging.WARNING, logger="fraud_platform.scoring.models"):
-        watcher.refresh()
-        watcher.refresh()
+    database = Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
+    away = database.with_name("moved-away.db")
+    database.rename(away)  # the store moved away: querying it would create an empty registry there
+    try:
+        with caplog.at_level(logging.INFO, logger="fraud_platform.scoring.models"):
+            watcher.refresh()
+            watcher.refresh()
+            assert not database.exists()  # never created empty
+            away.rename(database)
+            watcher.refresh()
+    finally:
+        if away.exists():
+            away.rename(database)
     assert watcher.current().version == store["first"]
     assert watcher.registry_errors == 2
-    assert [record.getMessage() for record in caplog.records].count(
-        f"model registry unreachable (registry down): keeping model version {store['first']}, "
-        "checking again every 0 s"
-    ) == 1  # one warning per outage
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [  # one warning per outage, one line when it answers again
+        f"model registry unreachable (the store {database} is missing): keeping model version "
+        f"{store['first']}, checking again every 0 s",
+        "model registry reachable again (2 failed checks so far)",
+    ]
 
 
 def mlflow_client(settings: Settings) -> MlflowClient:

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from threadpoolctl import threadpool_limits
 
 from fraud_platform.config import (
@@ -54,9 +56,11 @@ REASON_CODES = 3
 # Batches of this many rows or more get the configured threads; smaller ones one thread, where OpenMP's
 # fork and join cost more than they save (measured: bench/bench_scoring.py, docs/benchmarks.md).
 WIDE_BATCH_ROWS = 1_000
-# MLflow's HTTP client retries for minutes by default; a check of the alias gives up after about this long.
+# MLflow's HTTP client retries for minutes by default; a check of the alias gives up after this long (no retry
+# with backoff: the next check, `refresh_seconds` later, is the retry).
 REGISTRY_TIMEOUT_SECONDS = 5
-REGISTRY_RETRIES = 1
+REGISTRY_RETRIES = 0
+_NOT_FOUND = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")  # MLflow's codes for no alias, no model
 MIN_REFRESH_SECONDS = 0.2  # the background check's shortest interval (refresh_seconds 0: as often as this)
 
 
@@ -170,7 +174,7 @@ class ModelWatcher:
         bound_registry_requests()
         try:
             self._client = registry.configure(uri, self.settings.mlflow_artifact_root)
-            champion = registry.champion_version(self._client)
+            champion = _champion(self._client)
         except Exception as error:  # a broken store, an unreachable server: say which and stop
             raise NoServableModel(
                 f"the model registry at {masked_url(uri)} cannot be read ({type(error).__name__}: "
@@ -223,7 +227,7 @@ class ModelWatcher:
             missing = _missing_store(self.settings.mlflow_tracking_uri)
             if missing is not None:  # querying would create an empty registry in its place
                 raise FileNotFoundError(f"the store {missing} is missing")
-            champion = registry.champion_version(self._client)
+            champion = _champion(self._client)
             if champion is None:
                 logger.warning("the registry shows no champion: keeping model version %s", current)
                 return
@@ -266,6 +270,17 @@ def bound_registry_requests() -> None:
     are kept): a check of an unreachable server gives up after about REGISTRY_TIMEOUT_SECONDS per try."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(REGISTRY_TIMEOUT_SECONDS))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(REGISTRY_RETRIES))
+
+
+def _champion(client: MlflowClient) -> ModelVersion | None:
+    """The champion's version; None when the registry answers that there is none; raises when it does not
+    answer (`registry.champion_version` reads both as None)."""
+    try:
+        return client.get_model_version_by_alias(registry.MODEL_NAME, registry.CHAMPION)
+    except MlflowException as error:
+        if error.error_code in _NOT_FOUND:
+            return None
+        raise
 
 
 def _missing_store(uri: str) -> Path | None:
