@@ -226,7 +226,7 @@ def assign_splits(event_days: np.ndarray, config: SplitConfig) -> np.ndarray:
     days = np.unique(event_days)
     bounds = _date_bounds(days, config) if config.by_date else _share_bounds(days, config)
     names = np.array(SPLITS)
-    return names[np.searchsorted(bounds, event_days, side="right")]
+    return names[np.searchsorted(bounds, event_days, side="left")]  # a bound day is the last of its split
 
 
 def _share_bounds(days: np.ndarray, config: SplitConfig) -> np.ndarray:

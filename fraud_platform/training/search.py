@@ -12,9 +12,11 @@ To keep a search affordable on a few million rows, each fold fits on every fraud
 most `search_rows` genuine rows, the sampled rows weighted up by the inverse of their sampling rate (the same
 objective in expectation, several times faster); the final fit (`model.fit`) uses every row.
 
-The first candidates are the textbook fit (depth 3, 100 trees, learning rate 0.1, no weighting) and the
-platform's previous defaults, so the search starts from what is known to work and can only move away from
-it on evidence. Optuna's TPE sampler is seeded: with the trial budget reached before the time budget, the
+The first candidates are the starting points: the textbook fit (depth 3, 100 trees, learning rate 0.1, no
+weighting), a regularised stochastic boosting (depth 4, 300 trees at 0.05, row and column subsampling) and the
+platform's previous defaults. A searched candidate replaces the best starting point only when its validation AP
+is higher by more than `margin` (5 %): on a short window a search of a dozen candidates otherwise picks noise
+(measured: a depth-7, fully weighted model "won" a 7-day window's validation and lost its test week by half). Optuna's TPE sampler is seeded: with the trial budget reached before the time budget, the
 same data gives the same model.
 """
 
@@ -33,7 +35,7 @@ from fraud_platform.features.vector import MODEL_FEATURES
 
 CLASS_WEIGHTS = ("none", "sqrt", "full")
 TREE_CHECKPOINTS = (0.5, 0.75, 1.0)
-# The first trials: the textbook XGBoost and the platform's earlier hand-set defaults.
+# The first trials: the textbook XGBoost, a regularised stochastic boosting, the platform's earlier defaults.
 STARTING_POINTS: tuple[dict[str, float | int | str], ...] = (
     {
         "max_depth": 3,
@@ -42,6 +44,15 @@ STARTING_POINTS: tuple[dict[str, float | int | str], ...] = (
         "min_child_weight": 1.0,
         "subsample": 1.0,
         "colsample_bytree": 1.0,
+        "class_weight": "none",
+    },
+    {
+        "max_depth": 4,
+        "learning_rate": 0.05,
+        "trees": 300,
+        "min_child_weight": 5.0,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
         "class_weight": "none",
     },
     {
@@ -183,6 +194,7 @@ def search(
     seed: int,
     threads: int = 0,
     search_rows: int = 100_000,
+    margin: float = 0.05,
     progress: Callable[[Trial], None] | None = None,
 ) -> Selection:
     """Run the search: at most `trials` candidates (the starting points first), stopping early after
@@ -255,7 +267,11 @@ def search(
     for point in STARTING_POINTS[: max(trials, 1)]:
         study.enqueue_trial(point)
     study.optimize(objective, n_trials=max(trials, 1), timeout=seconds)
-    best = max(done, key=lambda trial: (trial.average_precision, -trial.number))
+    ranked = sorted(done, key=lambda trial: (-trial.average_precision, trial.number))
+    starting = [trial for trial in ranked if trial.number < len(STARTING_POINTS)]
+    best = ranked[0]
+    if starting and best.average_precision <= (1 + margin) * starting[0].average_precision:
+        best = starting[0]
     return Selection(
         params=best.params,
         trees=best.trees,
