@@ -214,7 +214,8 @@ class FeatureLogSink(FixedPartitionedSink[Decision, list[Decision]]):
     Durable with Bytewax recovery (any snapshot interval): each snapshot (epoch end) holds the decisions not
     yet landed, or lands them first when `snapshot_rows` or more are buffered; a resumed flow starts with
     that buffer. Without recovery a kill -9 loses the buffer (at most `flush_events` decisions or
-    `flush_seconds` of them)."""
+    `flush_seconds` of them). With several workers or processes the decisions travel to the worker that
+    holds the partition (Bytewax's exchange; across processes, pickled)."""
 
     def __init__(self, settings: Settings, flush_events: int = 50_000, snapshot_rows: int = 5_000) -> None:
         self._settings = settings
