@@ -11,6 +11,7 @@ import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import redis
 from bytewax.testing import TestingSource, run_main
@@ -28,11 +29,12 @@ from fraud_platform.defs.monitoring import (
     monitoring_skew,
 )
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
-from fraud_platform.lib.bus import events_from_table
-from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.bus import STREAM_SOURCE, events_from_table
+from fraud_platform.lib.landing import LandingError, LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer
 from fraud_platform.lib.schema import DECISIONS
 from fraud_platform.lib.simulator import SimulationConfig, simulate
+from fraud_platform.monitoring.demo import GPS_JITTER_DEGREES, jitter_coordinates
 from fraud_platform.monitoring.drift import psi
 from fraud_platform.monitoring.judge import ERROR, OK, WARN, Thresholds, judge_performance
 from fraud_platform.monitoring.live import SnapshotLoad, define_live_decisions, replayed_count
@@ -133,6 +135,32 @@ def test_a_replay_served_by_a_later_snapshot_is_left_out(tmp_path: Path) -> None
     assert replayed_count(connection, "2026-03-01") == 1 and replayed_count(connection, "2026-03-05") == 0
     assert decision_days(connection) == ["2026-02-01", "2026-03-05"]
     assert len(served_day(connection, "2026-03-02")) == 0
+
+
+def test_the_demo_drift_moves_one_days_coordinates_only(tmp_path: Path) -> None:
+    world = simulate(SimulationConfig(cards=40, days=3, seed=3))
+    zone = LandingZone(tmp_path / "landing")
+    zone.write_batch("sim", world.transactions, source="simulator")
+    zone.write_batch("log", world.transactions, source=STREAM_SOURCE)  # the stream's own log: never touched
+    first, drifted = zone.days()[0], zone.days()[1]
+
+    def coordinates(day: str, source: str | None = None) -> np.ndarray:
+        files = zone.transaction_files(day, exclude_source=source)
+        table = pa.concat_tables([pq.read_table(path) for path in files])
+        return np.column_stack([table.column("lat").to_numpy(), table.column("lon").to_numpy()])
+
+    before, untouched_log = coordinates(drifted, STREAM_SOURCE), coordinates(drifted, "simulator")
+    rows = jitter_coordinates(zone, drifted)
+    after = coordinates(drifted, STREAM_SOURCE)
+    assert rows == len(before) > 0
+    known = ~np.isnan(before)
+    np.testing.assert_array_equal(np.isnan(after), ~known)  # a missing coordinate stays missing
+    moved = np.abs(after - before)[known]
+    assert (moved <= GPS_JITTER_DEGREES + 1e-9).all() and moved.mean() > GPS_JITTER_DEGREES / 4
+    np.testing.assert_array_equal(coordinates(drifted, "simulator"), untouched_log)
+    np.testing.assert_array_equal(coordinates(first, STREAM_SOURCE), coordinates(first, "simulator"))
+    with pytest.raises(LandingError, match="2030-01-01"):
+        jitter_coordinates(zone, "2030-01-01")
 
 
 # --- realised performance and label maturity: a hand computation ------------------------------------------

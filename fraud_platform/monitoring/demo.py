@@ -13,6 +13,7 @@ run. `verdict` evaluates that sensor once and says, per monitored day, which che
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from datetime import date, timedelta
 
@@ -86,7 +87,8 @@ def verdict(settings: Settings, instance: dg.DagsterInstance, days: Sequence[str
             + result.run_requests[0].tags[RETRAIN_REASON_TAG]
         )
     else:
-        lines.append(f"no retraining requested ({result.skip_reason})")
+        skipped = result.skip_reason.skip_message if result.skip_reason else "no request"
+        lines.append(f"no retraining requested ({skipped})")
     return lines
 
 
@@ -107,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     judged.add_argument("first", type=date.fromisoformat)
     judged.add_argument("last", type=date.fromisoformat)
     args = parser.parse_args(argv)
+    # Single-run backfills (raw/transactions) are a beta Dagster parameter: known, deliberate (as in the CLI).
+    warnings.filterwarnings("ignore", message="Parameter `backfill_policy`")
     settings = Settings.from_env()
     if args.command == "drift":
         rows = jitter_coordinates(LandingZone(settings.landing_dir), args.day.isoformat())
