@@ -1,7 +1,9 @@
 """Every Redis key and stream name the platform uses, in one place.
 
-Keys that belong to a card carry the card id as a hash tag (`{card_id}`), so on Redis Cluster everything of
-one card lives in one slot and a per-card pipeline never crosses slots (merchants likewise). Each shard of
+Keys that belong to a card or a merchant carry the hash tag of its bucket (`{e<0..63>}`, a stable hash of the
+id): on Redis Cluster everything of one card lives in one slot, and a batch of a thousand cards and merchants
+is read with one MGET per bucket (at most 64 commands, one pipeline per node) instead of a GET per key; the
+64 buckets spread over the nodes, and a resharding moves whole buckets. Each shard of
 the transactions stream carries its shard number as its tag (`stream:transactions:{3}`): the shards spread
 over a cluster's nodes, and the keys that must live beside a shard on a cluster (the decisions, markers and
 API waiters of its cards, `scoring.decisions`) carry the same tag (`shard_tag`).
@@ -13,6 +15,7 @@ TRANSACTIONS_STREAM_PREFIX = "stream:transactions"
 DEAD_LETTER_STREAM = "stream:dead-letter"
 DECISIONS_STREAM = "stream:decisions"
 BATCH_GENERATION_KEY = "batch:current-generation"
+ENTITY_BUCKETS = 64  # hash-tag buckets of card and merchant keys (Redis Cluster: MGET per bucket)
 
 
 def shard_of(card_id: str, shards: int) -> int:
@@ -31,12 +34,17 @@ def transactions_stream(shard: int) -> str:
 
 
 def _tagged(entity_id: str) -> str:
-    """The id as the key's hash tag, `{id}`.
+    """The id after its bucket's hash tag, `{e<bucket>}:id`: the tag comes first, so no character of the id
+    can open or close it."""
+    return f"{{e{zlib.crc32(entity_id.encode()) % ENTITY_BUCKETS}}}:{entity_id}"
 
-    An id starting with '}' would close the tag at once, and an empty tag hashes the whole key (a card's keys
-    would scatter): such an id is written `#{!}id` instead, tag "!", which no `{id}` form can equal.
-    """
-    return f"#{{!}}{entity_id}" if entity_id.startswith("}") else f"{{{entity_id}}}"
+
+def key_tag(key: str) -> str:
+    """The hash tag of a key (what Redis Cluster hashes): the text between its first '{' and the next '}',
+    or "" when there is none or it is empty (then the whole key is hashed)."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if end > start + 1 else ""
 
 
 def card_realtime_key(card_id: str) -> str:

@@ -9,9 +9,9 @@ previous generation is deleted after a grace period; every key also carries a TT
 A card or merchant with no snapshot reads as NaN in every feature (an explicit default, never an exception):
 XGBoost treats NaN as missing, exactly as the training join does for a card without a snapshot.
 
-On Redis Cluster (a `RedisCluster` client) the keys of a batch lie in many slots: writes are pipelined
-SET ... EX and reads pipelined GETs, which the client splits into one pipeline per node (all nodes in one
-round trip), instead of MSETEX/MGET.
+On Redis Cluster (a `RedisCluster` client) the keys of a batch lie in many slots: they are grouped by their
+hash tag (`keys.key_tag`, a bucket of cards and merchants) and written with one MSETEX and read with one
+MGET per group, in one pipeline that the client splits per node (all nodes in one round trip).
 """
 
 import time
@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import AskError, TryAgainError
 
 from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
-from fraud_platform.lib.keys import BATCH_GENERATION_KEY, card_batch_key, merchant_batch_key
+from fraud_platform.lib.keys import BATCH_GENERATION_KEY, card_batch_key, key_tag, merchant_batch_key
 
 _DTYPE = np.dtype("<f8")
 
@@ -76,9 +77,13 @@ def write_with_ttl(
     chunk: int = 1_000,
 ) -> None:
     """Write key/value pairs with a TTL: MSETEX per chunk (Valkey 9.1+, Redis 8.4+), one round trip per
-    chunk; on a server without MSETEX or on Redis Cluster (keys in many slots), pipelined SET ... EX (one
-    pipeline per node on a cluster). Whether the server takes MSETEX is remembered per client."""
-    use_msetex = not (isinstance(client, RedisCluster) or getattr(client, "_fraud_platform_no_msetex", False))
+    chunk; on a server without MSETEX, pipelined SET ... EX. On Redis Cluster the same per group of keys
+    with one hash tag (`by_tag`), one pipeline per chunk. Whether the server takes MSETEX is remembered per
+    client."""
+    use_msetex = not getattr(client, "_fraud_platform_no_msetex", False)
+    if isinstance(client, RedisCluster):
+        _write_by_tag(client, keys, values, ttl_seconds, chunk, use_msetex)
+        return
     pipeline = client.pipeline(transaction=False)
     for start in range(0, len(keys), chunk):
         pairs = [
@@ -98,6 +103,88 @@ def write_with_ttl(
         for key, value in zip(pairs[::2], pairs[1::2], strict=True):
             pipeline.set(key, value, ex=ttl_seconds)
         pipeline.execute()
+
+
+def by_tag(keys: Sequence[str]) -> list[list[int]]:
+    """The positions of `keys` grouped by hash tag (a key without a tag alone): each group is one slot."""
+    groups: dict[str, list[int]] = {}
+    for position, key in enumerate(keys):
+        groups.setdefault(key_tag(key) or key, []).append(position)
+    return list(groups.values())
+
+
+def _write_by_tag(
+    client: RedisCluster,
+    keys: Sequence[str],
+    values: Sequence[bytes],
+    ttl_seconds: int,
+    chunk: int,
+    use_msetex: bool,
+) -> None:
+    """MSETEX per hash tag, one pipeline per node (redis-py's cluster pipeline would ask the server for the
+    keys of every MSETEX: a round trip each). On a redirection (a resharding) or a server without MSETEX,
+    the chunk goes through the cluster pipeline as SET ... EX per key, which follows redirections."""
+    for start in range(0, len(keys), chunk):
+        chunk_keys, chunk_values = keys[start : start + chunk], values[start : start + chunk]
+        if use_msetex:
+            try:
+                _msetex_per_node(client, chunk_keys, chunk_values, ttl_seconds)
+                continue
+            except redis.ResponseError as error:
+                moved = isinstance(error, (AskError, TryAgainError))  # MovedError is an AskError
+                if not (moved or _msetex_unsupported(error)):
+                    raise
+                if not moved:
+                    use_msetex = False
+                    client._fraud_platform_no_msetex = True  # type: ignore[attr-defined]
+        pipeline = client.pipeline(transaction=False)
+        for key, value in zip(chunk_keys, chunk_values, strict=True):
+            pipeline.set(key, value, ex=ttl_seconds)
+        pipeline.execute()
+
+
+def _msetex_per_node(
+    client: RedisCluster, keys: Sequence[str], values: Sequence[bytes], ttl_seconds: int
+) -> None:
+    pipelines: dict[str, redis.client.Pipeline] = {}
+    for group in by_tag(keys):
+        node = client.get_node_from_key(keys[group[0]])
+        if node.name not in pipelines:
+            pipelines[node.name] = client.get_redis_connection(node).pipeline(transaction=False)
+        pairs = [item for position in group for item in (keys[position], values[position])]
+        pipelines[node.name].execute_command("MSETEX", len(group), *pairs, "EX", ttl_seconds)
+    for pipeline in pipelines.values():
+        pipeline.execute()
+
+
+def _mget_by_tag(client: RedisCluster, keys: Sequence[str]) -> list[bytes | None]:
+    """The values of `keys`: MGET per hash tag, one pipeline per node; on a redirection (a resharding) the
+    same MGETs through the cluster pipeline, which follows it."""
+    groups = by_tag(keys)
+    try:
+        pipelines: dict[str, tuple[redis.client.Pipeline, list[list[int]]]] = {}
+        for group in groups:
+            node = client.get_node_from_key(keys[group[0]])
+            if node.name not in pipelines:
+                pipelines[node.name] = (client.get_redis_connection(node).pipeline(transaction=False), [])
+            pipeline, node_groups = pipelines[node.name]
+            pipeline.execute_command("MGET", *(keys[position] for position in group))
+            node_groups.append(group)
+        replies = [
+            (group, reply)
+            for pipeline, node_groups in pipelines.values()
+            for group, reply in zip(node_groups, pipeline.execute(), strict=True)
+        ]
+    except (AskError, TryAgainError):  # MovedError is an AskError
+        cluster_pipeline = client.pipeline(transaction=False)
+        for group in groups:  # (redis-py's cluster pipeline refuses .mget: it cannot know one slot)
+            cluster_pipeline.execute_command("MGET", *(keys[position] for position in group))
+        replies = list(zip(groups, cluster_pipeline.execute(), strict=True))
+    values: list[bytes | None] = [None] * len(keys)
+    for group, reply in replies:
+        for position, value in zip(group, reply, strict=True):
+            values[position] = value
+    return values
 
 
 def load_batch_features(
@@ -174,14 +261,12 @@ class OnlineStore:
                 break
             card_keys = [card_batch_key(generation, card) for card in card_ids]
             merchant_keys = [merchant_batch_key(generation, merchant) for merchant in merchant_ids]
-            pipeline = self.client.pipeline(transaction=False)
-            pipeline.get(BATCH_GENERATION_KEY)
-            if self._cluster:  # keys of many slots: one GET each, grouped per node by the client
-                for key in (*card_keys, *merchant_keys):
-                    pipeline.get(key)
-                current, *flat = pipeline.execute()
+            if self._cluster:  # keys of many slots: one MGET per hash tag, one pipeline per node
+                current, *flat = _mget_by_tag(self.client, [BATCH_GENERATION_KEY, *card_keys, *merchant_keys])
                 values = [flat[: len(card_keys)], flat[len(card_keys) :]]
             else:
+                pipeline = self.client.pipeline(transaction=False)
+                pipeline.get(BATCH_GENERATION_KEY)
                 for keys in (card_keys, merchant_keys):
                     if keys:
                         pipeline.mget(keys)
