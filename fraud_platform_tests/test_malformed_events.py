@@ -75,7 +75,9 @@ CORPUS: list[tuple[bytes, str]] = [
     (_event(mcc="ABCD"), "4-digit merchant category code"),
     (_event(transaction_id="t" * 200), "1 to 64 characters"),
     (orjson.dumps({**GOOD, "padding": "x" * 200_000}), "exceeds the limit"),
-    (_event(transaction_id="good-1"), "duplicate transaction_id"),  # the good event below, sent twice
+    # The good event below, sent twice (same content: idempotent), and the first one's id on another card.
+    (_event(transaction_id="good-1", timestamp=1_767_258_060_000), "duplicate transaction_id"),
+    (_event(transaction_id="good-0", card_id="card-b"), "transaction_id reused with other content"),
     # Numbers that Python's float() reads but that are not ASCII decimals.
     (_event(amount="1_000"), "field 'amount' must be a number (ASCII digits"),
     (
