@@ -172,14 +172,15 @@ class KafkaDeadLetterSink(DynamicSink[DeadLetter]):
         return _DeadLetterPartition(_producer(self._settings, topic, step_id, worker_index, worker_count))
 
 
-def undecided(client: redis.Redis, decisions: list[Decision]) -> list[Decision]:
-    """The first decision of each transaction in the batch that has no `decided:` marker yet (one MGET)."""
+def undecided(client: redis.Redis, decisions: list[Decision], shards: int | None = None) -> list[Decision]:
+    """The first decision of each transaction in the batch that has no `decided:` marker yet (one MGET; one
+    per shard on Redis Cluster, where `shards` is required)."""
     # Imported here: the scoring package loads the model libraries, which the feature flow does not need.
-    from fraud_platform.scoring.decisions import marker_key
+    from fraud_platform.scoring.decisions import stored_decisions
 
     if not decisions:
         return []
-    markers = client.mget([marker_key(decision.transaction_id) for decision in decisions])
+    markers = stored_decisions(client, decisions, shards)
     fresh: dict[str, Decision] = {}
     for decision, marker in zip(decisions, markers, strict=True):
         if marker is None:
@@ -193,15 +194,17 @@ class _DecisionPartition(StatelessSinkPartition["Decision"]):
         client: redis.Redis,
         producer: StatelessSinkPartition[KafkaSinkMessage[Any, bytes]],
         markers: StatelessSinkPartition[Decision],
+        shards: int,
     ) -> None:
         self._client = client
         self._producer = producer
         self._markers = markers
+        self._shards = shards
 
     def write_batch(self, items: list[Decision]) -> None:
         """Produce the new decisions and wait for the brokers, then mark them decided in Redis."""
         self._producer.write_batch(
-            [decision_message(decision) for decision in undecided(self._client, items)]
+            [decision_message(decision) for decision in undecided(self._client, items, self._shards)]
         )
         self._markers.write_batch(items)
 
@@ -227,4 +230,5 @@ class KafkaDecisionSink(DynamicSink["Decision"]):
             stream_client(self._url),
             _producer(self._settings, topic, step_id, worker_index, worker_count),
             self._markers.build(step_id, worker_index, worker_count),
+            self._settings.stream_shards,
         )

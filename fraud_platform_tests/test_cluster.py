@@ -21,16 +21,25 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from bytewax_flows.kafka_io import undecided
 from fraud_platform.config import Settings
 from fraud_platform.decisions_view import newest_decisions
 from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
 from fraud_platform.features.packing import REALTIME_LAYOUT
+from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.lib.bus import events_from_table, publish, read_dead_letters
 from fraud_platform.lib.keys import card_realtime_key, transactions_stream
 from fraud_platform.lib.online_store import OnlineStore, load_batch_features
 from fraud_platform.lib.redis_server import LocalRedisCluster, LocalRedisServer, free_port, redis_client
+from fraud_platform.lib.schema import Transaction
 from fraud_platform.lib.simulator import SimulationConfig, simulate
-from fraud_platform.scoring.decisions import decisions_stream, read_decisions
+from fraud_platform.scoring.decisions import (
+    decisions_stream,
+    decisions_streams,
+    read_decisions,
+    write_decisions,
+)
+from fraud_platform.scoring.scorer import APPROVE, Decision
 from fraud_platform_tests.scoring_support import (
     load_random_batch_features,
     register_model,
@@ -158,6 +167,44 @@ def test_the_online_load_and_reads_equal_one_server(
     counts = _key_counts(clean_cluster)
     assert sum(counts) == len(cards) + len(merchants) + 1  # one generation and its pointer
     assert min(counts) > (len(cards) + len(merchants)) / 5  # spread over all three masters
+
+
+def _decision(index: int) -> Decision:
+    txn = Transaction(f"t{index}", f"card-{index % 7}", "m1", 10.0, "EUR", 1_700_000_000_000 + index)
+    return Decision(
+        transaction_id=txn.transaction_id,
+        card_id=txn.card_id,
+        score=0.01,
+        decision=APPROVE,
+        reasons=(),
+        model_version="1",
+        event_ms=txn.timestamp_ms,
+        received_ms=txn.timestamp_ms,
+        decision_ms=txn.timestamp_ms + 1,
+        txn=txn,
+        features=np.zeros(len(MODEL_FEATURES), np.float32),
+    )
+
+
+def test_decisions_once_per_transaction_over_the_shards(
+    clean_cluster: RedisCluster, clean_redis: redis.Redis
+) -> None:
+    written, later = (
+        [_decision(index) for index in range(300)],
+        [_decision(index) for index in range(200, 400)],
+    )
+    for client in (clean_redis, clean_cluster):
+        assert write_decisions(client, written, 60, shards=4) == 300
+        assert [decision.transaction_id for decision in undecided(client, later, 4)] == [
+            f"t{index}" for index in range(300, 400)
+        ]  # the Kafka sink's check: one MGET per shard on the cluster
+        assert write_decisions(client, later, 60, shards=4) == 100
+        assert sorted(event["transaction_id"] for event in read_decisions(client)) == sorted(
+            f"t{index}" for index in range(400)
+        )
+    assert len(decisions_streams(clean_cluster)) == 4  # the seven cards fall on all four shards
+    with pytest.raises(ValueError, match="shards"):
+        write_decisions(clean_cluster, written, 60)
 
 
 @pytest.mark.slow

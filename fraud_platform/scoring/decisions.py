@@ -207,6 +207,33 @@ def write_decisions(
     return added
 
 
+def stored_decisions(
+    client: redis.Redis | RedisCluster, decisions: Sequence[Decision], shards: int | None = None
+) -> list[bytes | None]:
+    """The stored first decision (the marker) of each decision's transaction, None where there is none: one
+    MGET; on Redis Cluster (`shards` required) one MGET per shard, in one pipeline."""
+    if not isinstance(client, RedisCluster):
+        return client.mget([marker_key(decision.transaction_id) for decision in decisions])
+    if shards is None:
+        raise ValueError("stored_decisions on Redis Cluster needs `shards`, the transactions shard count")
+    positions: dict[str, list[int]] = {}
+    for position, decision in enumerate(decisions):
+        positions.setdefault(decision_tag(decision.card_id, shards, True), []).append(position)
+    pipeline = client.pipeline(transaction=False)
+    for (
+        tag,
+        group,
+    ) in positions.items():  # (redis-py's cluster pipeline refuses .mget: it cannot know one slot)
+        pipeline.execute_command(
+            "MGET", *(marker_key(decisions[position].transaction_id, tag) for position in group)
+        )
+    stored: list[bytes | None] = [None] * len(decisions)
+    for group, reply in zip(positions.values(), pipeline.execute(), strict=True):
+        for position, value in zip(group, reply, strict=True):
+            stored[position] = value
+    return stored
+
+
 def _by_tag(decisions: Sequence[Decision], shards: int | None) -> Mapping[str, Sequence[Decision]]:
     """The decisions by the tag of their keys: all untagged on one server (`shards` None), by shard else."""
     if shards is None:
