@@ -34,7 +34,7 @@ from redis.cluster import RedisCluster
 
 from bench.common import parse_options, write_result
 from bytewax_flows import scoring
-from fraud_platform.config import REDIS_CLUSTER_VAR, Settings
+from fraud_platform.config import Settings
 from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
 from fraud_platform.lib.bus import events_from_table, publish
 from fraud_platform.lib.online_store import OnlineStore, load_batch_features
@@ -96,15 +96,10 @@ def flow(settings: Settings, client: redis.Redis | RedisCluster, table: pa.Table
     began = time.perf_counter()
     publish(client, events, settings.stream_shards)
     publish_seconds = time.perf_counter() - began
-    # The flows' url-only clients read the switch from the environment, as under `bytewax.run`.
-    os.environ[REDIS_CLUSTER_VAR] = "1" if settings.redis_cluster else "0"
-    try:
-        built = scoring.build_flow(settings=settings, exit_when_drained=True)
-        began = time.perf_counter()
-        run_main(built)
-        seconds = time.perf_counter() - began
-    finally:
-        os.environ.pop(REDIS_CLUSTER_VAR)
+    built = scoring.build_flow(settings=settings, exit_when_drained=True)
+    began = time.perf_counter()
+    run_main(built)
+    seconds = time.perf_counter() - began
     decided = len(read_decisions(client))
     assert decided == len(events), f"{decided} decisions for {len(events)} events"
     return {

@@ -227,7 +227,7 @@ class KafkaDecisionSink(DynamicSink["Decision"]):
         """A producer and a Redis writer for one worker."""
         topic = kafka_topics(self._settings.kafka_topic_prefix).decisions
         return _DecisionPartition(
-            stream_client(self._url),
+            stream_client(self._url, self._settings.redis_cluster),
             _producer(self._settings, topic, step_id, worker_index, worker_count),
             self._markers.build(step_id, worker_index, worker_count),
             self._settings.stream_shards,

@@ -99,11 +99,13 @@ def build_flow(
     transaction_ids = None
     if source is None or dead_letter_sink is None or card_sink is None:
         url = redis_url(settings)
-        transaction_ids = TransactionIds(stream_client(url), settings.feature_ttl_seconds)
+        transaction_ids = TransactionIds(
+            stream_client(url, settings.redis_cluster), settings.feature_ttl_seconds
+        )
         transport_source, transport_dead_letters = stream_connectors(settings, url, exit_when_drained)
         source = source or transport_source
         dead_letter_sink = dead_letter_sink or transport_dead_letters
-        card_sink = card_sink or CardFeatureSink(url, settings.feature_ttl_seconds)
+        card_sink = card_sink or CardFeatureSink(url, settings.feature_ttl_seconds, settings.redis_cluster)
     lateness_ms = settings.allowed_lateness_seconds * 1000
 
     flow = Dataflow(FLOW_ID)
@@ -130,7 +132,10 @@ def stream_connectors(
             settings
         )
     shards = [transactions_stream(shard) for shard in range(settings.stream_shards)]
-    return RedisStreamSource(url, shards, exit_when_drained=exit_when_drained), DeadLetterSink(url)
+    return (
+        RedisStreamSource(url, shards, exit_when_drained=exit_when_drained, cluster=settings.redis_cluster),
+        DeadLetterSink(url, settings.redis_cluster),
+    )
 
 
 def feature_steps(

@@ -16,7 +16,8 @@
 * `DeadLetterSink`: events the flow could not use, to the dead-letter stream with their reason.
 
 Writes are idempotent per card (SET) and the source is exactly-once on resume; dead letters may repeat
-after a recovery (at-least-once). With FRAUD_PLATFORM_REDIS_CLUSTER=1 every client is a `RedisCluster`: the
+after a recovery (at-least-once). Each connector's `cluster` (None: FRAUD_PLATFORM_REDIS_CLUSTER from the
+environment; the flows pass their settings') makes every client a `RedisCluster`: the
 shards are keys of their own slots, spread over the nodes, and the card features go out as one pipeline per
 node.
 """
@@ -132,8 +133,10 @@ class RedisStreamSource(FixedPartitionedSource[bytes | None, str]):
         batch_size: int = 1_000,
         block_ms: int = 1,
         exit_when_drained: bool = False,
+        cluster: bool | None = None,
     ) -> None:
         self._url = url
+        self._cluster = cluster
         self._streams = list(streams)
         self._batch_size = batch_size
         self._block_ms = block_ms
@@ -151,7 +154,7 @@ class RedisStreamSource(FixedPartitionedSource[bytes | None, str]):
         first = thread not in self._workers
         worker = self._workers.setdefault(thread, _WorkerReads())
         return _StreamPartition(
-            stream_client(self._url),
+            stream_client(self._url, self._cluster),
             for_part,
             resume_state or STREAM_START,
             self._batch_size,
@@ -182,13 +185,14 @@ class _CardFeaturePartition(StatelessSinkPartition[FeatureRow]):
 class CardFeatureSink(DynamicSink[FeatureRow]):
     """Each card's newest real-time feature vector, packed, under card_realtime_key(card_id) with a TTL."""
 
-    def __init__(self, url: str, ttl_seconds: int) -> None:
+    def __init__(self, url: str, ttl_seconds: int, cluster: bool | None = None) -> None:
         self._url = url
         self._ttl = ttl_seconds
+        self._cluster = cluster
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _CardFeaturePartition:
         """A writer for one worker (rows of a card always reach the same worker)."""
-        return _CardFeaturePartition(stream_client(self._url), self._ttl)
+        return _CardFeaturePartition(stream_client(self._url, self._cluster), self._ttl)
 
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
@@ -206,9 +210,10 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
 class DeadLetterSink(DynamicSink[DeadLetter]):
     """Events the flow could not use, to the dead-letter stream with the reason and the raw payload."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, cluster: bool | None = None) -> None:
         self._url = url
+        self._cluster = cluster
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
         """A writer for one worker."""
-        return _DeadLetterPartition(stream_client(self._url))
+        return _DeadLetterPartition(stream_client(self._url, self._cluster))

@@ -77,7 +77,7 @@ def build_flow(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gc.set_threshold(*GC_THRESHOLDS)  # process-wide: under bytewax.run the flow owns its process
     url = redis_url(settings)
-    client = stream_client(url)
+    client = stream_client(url, settings.redis_cluster)
     models = ModelWatcher(settings)
     models.start()
     scorer = Scorer(OnlineStore(client), models)
@@ -87,14 +87,19 @@ def build_flow(
     dead_letter_sink = dead_letter_sink or transport_dead_letters
     # Redis: idempotency markers and the live decisions stream; Kafka: the topic first, then those.
     redis_decisions = DecisionSink(
-        url, settings.feature_ttl_seconds, metrics, settings.stream_max_length, settings.stream_shards
+        url,
+        settings.feature_ttl_seconds,
+        metrics,
+        settings.stream_max_length,
+        settings.stream_shards,
+        settings.redis_cluster,
     )
     decision_sink = decision_sink or (
         KafkaDecisionSink(settings, url, redis_decisions)
         if settings.transport == "kafka"
         else redis_decisions
     )
-    card_sink = card_sink or CardFeatureSink(url, settings.feature_ttl_seconds)
+    card_sink = card_sink or CardFeatureSink(url, settings.feature_ttl_seconds, settings.redis_cluster)
     feature_log_sink = feature_log_sink or FeatureLogSink(settings)
 
     flow = Dataflow(FLOW_ID)
@@ -165,7 +170,7 @@ class DecisionSink(DynamicSink[Decision]):
     """Decisions to the decisions stream, once per transaction_id (markers live `ttl_seconds`).
 
     The stream is trimmed to about `max_length` entries (0: never trimmed). `shards`, the transactions shard
-    count, is required on Redis Cluster (the decisions are written per shard).
+    count, is required on Redis Cluster (the decisions are written per shard); `cluster` as `stream_client`.
     """
 
     def __init__(
@@ -175,8 +180,10 @@ class DecisionSink(DynamicSink[Decision]):
         metrics: ScoringMetrics,
         max_length: int = 0,
         shards: int | None = None,
+        cluster: bool | None = None,
     ) -> None:
         self._url = url
+        self._cluster = cluster
         self._ttl = ttl_seconds
         self._max_length = max_length
         self._metrics = metrics
@@ -184,7 +191,7 @@ class DecisionSink(DynamicSink[Decision]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DecisionPartition:
         """A writer for one worker."""
-        client = stream_client(self._url)
+        client = stream_client(self._url, self._cluster)
         return _DecisionPartition(client, self._ttl, self._max_length, self._metrics, self._shards)
 
 
