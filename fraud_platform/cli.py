@@ -498,6 +498,7 @@ def evaluate(model_version: str, first: Any, last: Any, as_json: bool) -> None:
     from fraud_platform.training.model import score
 
     settings = _settings()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a clean output, JSON included
     client = registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
     try:
         version = registry.resolve_version(client, model_version)

@@ -182,6 +182,7 @@ def test_the_running_stream_swaps_to_the_model_retrained_on_its_own_decisions(
     monkeypatch.setenv("FRAUD_PLATFORM_LABEL_MATURITY_DAYS", str(MATURITY_DAYS))
     monkeypatch.setenv("FRAUD_PLATFORM_RETRAIN_MIN_NEW_LABELS", str(MIN_NEW_LABELS))
     monkeypatch.setenv("FRAUD_PLATFORM_MODEL_REFRESH_SECONDS", "1")
+    monkeypatch.setenv("FRAUD_PLATFORM_SEARCH_TRIALS", "3")  # the starting points: the loop is under test
     settings = Settings.from_env()
     env = {**os.environ, **settings.environment(), "DO_NOT_TRACK": "1"}
     data = simulate(WORLD)

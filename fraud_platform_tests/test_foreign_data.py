@@ -64,6 +64,6 @@ def test_import_load_refresh_train_and_evaluate_the_foreign_shape(
         ["evaluate", "--model-version", "champion", "--from", "2026-02-01", "--to", "2026-02-07", "--json"],
     )
     assert evaluated.exit_code == 0, evaluated.output
-    metrics = json.loads(evaluated.output)
+    metrics = json.loads(evaluated.stdout)
     # The terminal scenario is learnable from the lagged short-window merchant risk: far better than chance.
     assert metrics["roc_auc"] > 0.75 and metrics["frauds"] > 20

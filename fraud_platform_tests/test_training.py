@@ -252,7 +252,7 @@ def test_a_date_windowed_run_uses_exactly_those_days_and_evaluate_agrees(trained
         ],
     )
     assert evaluated.exit_code == 0, evaluated.output
-    metrics = json.loads(evaluated.output)
+    metrics = json.loads(evaluated.stdout)
     assert metrics["transactions"] == windows["test"][2]
     for name in ("average_precision", "roc_auc", "card_precision_at_100"):
         assert metrics[name] == pytest.approx(run.data.metrics[f"test_{name}"])
