@@ -285,7 +285,7 @@ def test_realised_performance_is_judged_against_validation_once_labelled_enough(
         return RealisedPerformance(DAY, version, "-", 100, labelled, 20, 10, 0, declines_fraud, 0, 0.0, 0.0)
 
     validation = {"3": {"decline_precision": 0.9, "alert_recall": 0.4}}
-    thresholds = Thresholds()
+    thresholds = Thresholds(min_judged_count=10)  # 10 declines and 20 frauds are judged
     verdict = judge_performance([record("3", 95, 9)], validation, thresholds)  # 0.9 and 0.45: fine
     assert verdict.severity == OK
     warned = judge_performance([record("3", 95, 8)], validation, thresholds)  # precision 0.8: 0.1 below
@@ -297,6 +297,12 @@ def test_realised_performance_is_judged_against_validation_once_labelled_enough(
     young = judge_performance([record("3", 50, 1), record("rules-v1", 100, 0)], validation, thresholds)
     assert young.severity == OK and "version 3 50% labelled" in young.reason
     assert "version rules-v1 has no validation metrics" in young.reason
+    few = judge_performance([record("3", 95, 1)], validation, Thresholds())  # the default asks for 30 of each
+    assert (
+        few.severity == OK
+        and "decline_precision of version 3 over 10 declines (judged from 30)" in few.reason
+    )
+    assert "alert_recall of version 3 over 20 frauds known (judged from 30)" in few.reason
     with pytest.raises(ValueError, match="psi: need 0 <= warn"):
         Thresholds(psi_warn=0.3, psi_error=0.2)
 

@@ -99,6 +99,7 @@ class MonitoringSettings(dg.ConfigurableResource):
     performance_margin_warn: float = 0.05
     performance_margin_error: float = 0.15
     min_labelled_share: float = 0.9
+    min_judged_count: int = 30
     skew_sample_size: int = 500
     reference_rows: int = 20_000
     retrain_on_skew: bool = False
@@ -118,6 +119,7 @@ class MonitoringSettings(dg.ConfigurableResource):
             performance_margin_warn=self.performance_margin_warn,
             performance_margin_error=self.performance_margin_error,
             min_labelled_share=self.min_labelled_share,
+            min_judged_count=self.min_judged_count,
         )
 
 

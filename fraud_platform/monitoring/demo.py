@@ -74,11 +74,15 @@ def verdict(settings: Settings, instance: dg.DagsterInstance, days: Sequence[str
         failed = []
         for key in checks:
             records = instance.event_log_storage.get_asset_check_execution_history(key, limit=50)
-            newest = next((r for r in records if r.partition == day and r.evaluation is not None), None)
+            newest = next((r for r in records if r.evaluation is not None and _day_of(r) == day), None)
             if newest and not newest.evaluation.passed:
                 reason = getattr(newest.evaluation.metadata.get("reason"), "value", "")
                 failed.append(f"{key.name} ({newest.evaluation.severity.value}: {reason})")
-        lines.append(f"{day}: " + ("every check passed" if not failed else "FAILED " + "; ".join(failed)))
+        if not failed:
+            lines.append(f"{day}: every check passed")
+        else:
+            word = "FAILED" if any("(ERROR:" in text for text in failed) else "warning"
+            lines.append(f"{day}: {word} " + "; ".join(failed))
     context = dg.build_sensor_context(instance=instance, resources={"monitoring": MonitoringSettings()})
     result = monitoring_retrain_sensor(context)
     if result.run_requests:
@@ -90,6 +94,12 @@ def verdict(settings: Settings, instance: dg.DagsterInstance, days: Sequence[str
         skipped = result.skip_reason.skip_message if result.skip_reason else "no request"
         lines.append(f"no retraining requested ({skipped})")
     return lines
+
+
+def _day_of(record: object) -> str:
+    """The day an evaluation judged (its `day` metadata, as the retrain sensor reads it)."""
+    day = record.evaluation.metadata.get("day")  # type: ignore[attr-defined]
+    return getattr(day, "value", None) or getattr(record, "partition", None) or "-"
 
 
 def _check_keys(selection: dg.AssetSelection) -> list[dg.AssetCheckKey]:

@@ -14,6 +14,8 @@ from fraud_platform.monitoring.skew import SkewResult
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
 # Realised metric -> the contract's validation metric it is held against.
 JUDGED_METRICS = {"decline_precision": "decline_precision", "alert_recall": "alert_recall"}
+# What each judged ratio counts over (a RealisedPerformance field): too few of them and one case moves it far.
+_DENOMINATORS = {"decline_precision": "declines", "alert_recall": "frauds_known"}
 _LISTED = 3
 
 
@@ -29,6 +31,9 @@ class Thresholds:
     performance_margin_warn: float = 0.05  # below the validation value by this much (absolute)
     performance_margin_error: float = 0.15
     min_labelled_share: float = 0.9  # performance is judged only on days this mature
+    min_judged_count: int = (
+        30  # a ratio is judged only over this many declines (precision) or frauds (recall)
+    )
 
     def __post_init__(self) -> None:
         for name, warn, error in (
@@ -114,7 +119,8 @@ def judge_performance(
 
     `validation` maps model version -> its contract's validation metrics (versions without any, e.g. the
     rules baseline, are not judged); a version whose decisions are less labelled than
-    `min_labelled_share` is not judged yet.
+    `min_labelled_share` is not judged yet, nor a ratio over fewer than `min_judged_count` declines (precision)
+    or known frauds (recall): with four frauds a day, one more caught moves recall by 25 points.
     """
     findings: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -133,6 +139,13 @@ def judge_performance(
         for realised_name, validation_name in JUDGED_METRICS.items():
             realised, target = ratios[realised_name], expected.get(validation_name)
             if target is None or realised != realised:  # NaN: no such decision
+                continue
+            count = getattr(record, _DENOMINATORS[realised_name])
+            if count < thresholds.min_judged_count:
+                notes.append(
+                    f"{realised_name} of version {record.model_version} over {count} "
+                    f"{_DENOMINATORS[realised_name].replace('_', ' ')} (judged from {thresholds.min_judged_count})"
+                )
                 continue
             severity = _level(
                 target - realised, thresholds.performance_margin_warn, thresholds.performance_margin_error
