@@ -87,7 +87,8 @@ cat <<MSG
 Done. Look around (in $PWD, from any shell):
   Dagster UI:  FRAUD_PLATFORM_LABEL_MATURITY_DAYS=$FRAUD_PLATFORM_LABEL_MATURITY_DAYS .venv/bin/fraud-platform ui dagster
                (http://127.0.0.1:3000: asset groups raw, batch_features, labels, realtime_features, online, training,
-               monitoring: one partition per day of decisions, with checks, tables and charts)
+               stream (the scoring flow's outputs: the loop drawn), monitoring: one partition per monitored day
+               of decisions, with checks, tables and charts)
   MLflow UI:   .venv/bin/fraud-platform ui mlflow   (http://127.0.0.1:5000; experiment fraud-monitoring: one run per
                day and model version)
   Warehouse:   $FRAUD_PLATFORM_WAREHOUSE (DuckDB)
