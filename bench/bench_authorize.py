@@ -31,12 +31,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import httpx
 import numpy as np
 import orjson
 
 from bench.bench_scoring import register_real_model
 from bench.common import parse_options, write_result
+from fraud_platform.api.client import wait_until_ready
 from fraud_platform.config import Settings
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.simulator import SimulationConfig, simulate
@@ -174,20 +174,6 @@ async def run_rate(
     }
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the API server exited")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the API never became ready: {httpx.get(f'{url}/readyz').text}")
-
-
 def main() -> None:
     args = parse_options(
         __doc__,
@@ -231,7 +217,7 @@ def main() -> None:
                     [FRAUD_PLATFORM, "serve", "--port", str(port)], env=env, stdout=log, stderr=log
                 )
             )
-            _wait_ready(f"http://127.0.0.1:{port}", processes[-1])
+            wait_until_ready(f"http://127.0.0.1:{port}", processes[-1])
             cards, merchants = sorted(card_rows), sorted(merchant_rows)
             runs = []
             for rate in args.rates:

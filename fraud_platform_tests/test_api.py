@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
+from fraud_platform.api.client import live_events, wait_until_ready
 from fraud_platform.config import Settings
 from fraud_platform.features.backfill import backfill
 from fraud_platform.features.packing import REALTIME_LAYOUT
@@ -63,19 +64,6 @@ class Platform:
     merchants: dict
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the API server exited"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"the API never became ready: {httpx.get(f'{url}/readyz').text}")
-
-
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("api")
@@ -103,7 +91,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, api)
+        wait_until_ready(url, api)
         yield Platform(settings, server, client, url, version, history, cards, merchants)
     finally:
         for process in (api, flow):
@@ -116,7 +104,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 
 def _events(table: pa.Table) -> list[dict]:
-    return list(
+    """The history as live authorizations (the API judges timestamps by the wall clock)."""
+    return live_events(
         events_from_table(table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")]))
     )
 

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from bytewax_flows.kafka_io import undecided
+from fraud_platform.api.client import live_events, wait_until_ready
 from fraud_platform.config import Settings
 from fraud_platform.decisions_view import newest_decisions
 from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
@@ -246,34 +246,6 @@ def test_the_scoring_flow_decides_as_on_one_server(
     assert len(read_decisions(clean_cluster)) == len(decisions)
 
 
-def _live(history: pa.Table) -> list[dict]:
-    """The events as live authorizations: no replay clock, moved by whole weeks to the last week (the same
-    weekdays and hours: the same features), as the API judges a timestamp by the wall clock."""
-    events = list(events_from_table(history))
-    week_ms = 7 * 86_400_000
-    shift = (time.time_ns() // 1_000_000 - events[-1]["timestamp"]) // week_ms * week_ms
-    return [
-        {
-            **{key: value for key, value in event.items() if key != "replay_clock"},
-            "timestamp": event["timestamp"] + shift,
-        }
-        for event in events
-    ]
-
-
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the API server exited"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"the API never became ready: {httpx.get(f'{url}/readyz').text}")
-
-
 @pytest.mark.slow
 def test_the_api_hands_off_and_answers_as_on_one_server(
     clean_cluster: RedisCluster,
@@ -296,9 +268,9 @@ def test_the_api_hands_off_and_answers_as_on_one_server(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, api)
+        wait_until_ready(url, api)
         answers = {}
-        for event in _live(history):  # in event-time order
+        for event in live_events(events_from_table(history)):  # in event-time order
             response = httpx.post(f"{url}/v1/authorize", json=event, timeout=30)
             assert response.status_code == 200, response.text
             answers[event["transaction_id"]] = response.json()
