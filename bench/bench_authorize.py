@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -36,7 +35,7 @@ import orjson
 
 from bench.bench_scoring import register_real_model
 from bench.common import parse_options, write_result
-from fraud_platform.api.client import wait_until_ready
+from fraud_platform.api.client import start_server, stop_processes, wait_until_ready
 from fraud_platform.config import Settings
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.simulator import SimulationConfig, simulate
@@ -48,7 +47,6 @@ from fraud_platform_tests.scoring_support import (
 
 P99_BAR_MS = 10.0
 SPLIT = ("http", "handoff", "queue", "flow", "reply")
-FRAUD_PLATFORM = str(Path(sys.executable).parent / "fraud-platform")
 
 
 class Connection:
@@ -211,12 +209,7 @@ def main() -> None:
             }
             processes.append(scoring_flow_process(env, exit_when_drained=False, log=home / "flow.log"))
             port = free_port()
-            log = (home / "api.log").open("ab")
-            processes.append(
-                subprocess.Popen(
-                    [FRAUD_PLATFORM, "serve", "--port", str(port)], env=env, stdout=log, stderr=log
-                )
-            )
+            processes.append(start_server(env, port, home / "api.log"))
             wait_until_ready(f"http://127.0.0.1:{port}", processes[-1])
             cards, merchants = sorted(card_rows), sorted(merchant_rows)
             runs = []
@@ -241,12 +234,7 @@ def main() -> None:
             result["highest_rate_with_p99_within_10ms"] = max(held, default=None)
             print("highest rate held with p99 <= 10 ms:", result["highest_rate_with_p99_within_10ms"])
         finally:
-            for process in processes:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_processes(processes)
             server.stop()
     write_result("authorize", result)
 

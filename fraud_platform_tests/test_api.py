@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from fraud_platform.api.client import live_events, wait_until_ready
+from fraud_platform.api.client import live_events, start_server, stop_processes, wait_until_ready
 from fraud_platform.config import Settings
 from fraud_platform.features.backfill import backfill
 from fraud_platform.features.packing import REALTIME_LAYOUT
@@ -83,23 +83,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     }
     flow = scoring_flow_process(env, exit_when_drained=False, log=home / "flow.log")
     port = free_port()
-    api = subprocess.Popen(
-        [FRAUD_PLATFORM, "serve", "--port", str(port)],
-        env=env,
-        stdout=(home / "api.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    api = start_server(env, port, home / "api.log")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, api)
         yield Platform(settings, server, client, url, version, history, cards, merchants)
     finally:
-        for process in (api, flow):
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes((api, flow))
         server.stop()
 
 

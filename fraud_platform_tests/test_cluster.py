@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from bytewax_flows.kafka_io import undecided
-from fraud_platform.api.client import live_events, wait_until_ready
+from fraud_platform.api.client import live_events, start_server, stop_processes, wait_until_ready
 from fraud_platform.config import Settings
 from fraud_platform.decisions_view import newest_decisions
 from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
@@ -51,7 +49,6 @@ from fraud_platform_tests.scoring_support import (
 pytestmark = pytest.mark.cluster
 
 COMPARED = ("score", "decision", "reasons", "model_version")
-FRAUD_PLATFORM = str(Path(sys.executable).parent / "fraud-platform")
 MALFORMED = {"transaction_id": "broken-1", "card_id": "c-broken", "amount": "12.00"}  # no merchant, no time
 
 
@@ -260,12 +257,7 @@ def test_the_api_hands_off_and_answers_as_on_one_server(
     env = {**os.environ, **settings.environment(), "FRAUD_PLATFORM_API_DEADLINE_MS": "3000"}
     flow = scoring_flow_process(env, exit_when_drained=False, log=tmp_path / "flow.log")
     port = free_port()
-    api = subprocess.Popen(
-        [FRAUD_PLATFORM, "serve", "--port", str(port)],
-        env=env,
-        stdout=(tmp_path / "api.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    api = start_server(env, port, tmp_path / "api.log")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, api)
@@ -276,12 +268,7 @@ def test_the_api_hands_off_and_answers_as_on_one_server(
             answers[event["transaction_id"]] = response.json()
         again = httpx.post(f"{url}/v1/authorize", json=event, timeout=30).json()  # decided: stored answer
     finally:
-        for process in (api, flow):
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes((api, flow))
 
     single_decisions = one_server_run[0]
     assert not any(answer["stand_in"] for answer in answers.values())

@@ -6,12 +6,34 @@ Shared by the API tests, the cluster tests and `bench/bench_authorize.py`.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 WEEK_MS = 7 * 86_400_000
+
+
+def start_server(env: Mapping[str, str], port: int, log: Path) -> subprocess.Popen:
+    """`fraud-platform serve --port PORT` (loopback) as a child process with `env`, its output appended to
+    `log`."""
+    command = str(Path(sys.executable).parent / "fraud-platform")
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            [command, "serve", "--port", str(port)], env=dict(env), stdout=output, stderr=subprocess.STDOUT
+        )
+
+
+def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 30.0) -> None:
+    """Terminate each process and wait for it; kill one that outlives `timeout`."""
+    for process in processes:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 180.0) -> None:
