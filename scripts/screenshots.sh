@@ -56,19 +56,23 @@ images = Path("docs/images")
 images.mkdir(parents=True, exist_ok=True)
 shots = [
     # The closed loop: the stream's specs between the model / online features and raw/decisions.
-    ("lineage.png", f"{dagster}/assets/stream/feature_log?view=lineage&lineageScope=neighbors&lineageDepth=2",
-     "text=feature_log"),
-    ("monitoring_partition.png", f"{dagster}/assets/monitoring/drift?view=partitions&partition={day}",
-     "text=feature_psi"),
-    ("mlflow_model_version.png", f"{mlflow}/#/models/{MODEL_NAME}/versions/{champion.version}", "text=Schema"),
+    ("lineage.png", f"{dagster}/assets/stream/feature_log?view=lineage&lineageScope=neighbors&lineageDepth=1",
+     "text=decisions"),
+    ("monitoring_partition.png", f"{dagster}/assets/monitoring/drift?view=events&partition={day}",
+     "text=top_features"),
+    ("mlflow_model_version.png", f"{mlflow}/#/models/{MODEL_NAME}/versions/{champion.version}",
+     "text=Schema"),
 ]
 with sync_playwright() as playwright:
     browser = playwright.chromium.launch(executable_path=os.environ["CHROMIUM"], args=["--no-sandbox"])
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     for name, url, ready in shots:
-        page.goto(url, wait_until="networkidle", timeout=120_000)
-        page.wait_for_selector(ready, timeout=60_000)
-        time.sleep(2)  # the graph's layout animation
+        page.goto(url, wait_until="load", timeout=120_000)  # the UIs poll: never "networkidle"
+        page.wait_for_selector(ready, timeout=90_000)
+        skip = page.locator("button:has-text('Skip')")  # Dagster's first-visit newsletter dialog
+        if skip.count():
+            skip.first.click()
+        time.sleep(3)  # the graph's layout animation
         page.screenshot(path=str(images / name))
         print(f"saved {images / name} ({url})")
     browser.close()
