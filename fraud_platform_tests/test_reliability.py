@@ -138,7 +138,11 @@ def test_a_stopped_registry_server_does_not_stop_decisions(
     finally:
         os.killpg(server, signal.SIGCONT)  # for the fixture to stop it
         flow.send_signal(signal.SIGTERM)
-        flow.wait(timeout=60)
+        try:
+            flow.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # seen once at load 5+; the outage is what this test is about
+            flow.kill()
+            flow.wait()
     assert decided_before > 0
     assert decided_during >= decided_before / 2, (decided_before, decided_during)
     output = log.read_text()
