@@ -39,7 +39,7 @@ from fraud_platform.api.client import start_server, stop_processes, wait_until_r
 from fraud_platform.config import Settings
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.simulator import SimulationConfig, simulate
-from fraud_platform_tests.scoring_support import (
+from fraud_platform.testing import (
     expected_features,
     load_random_batch_features,
     scoring_flow_process,

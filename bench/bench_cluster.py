@@ -41,7 +41,7 @@ from fraud_platform.lib.online_store import OnlineStore, load_batch_features
 from fraud_platform.lib.redis_server import LocalRedisCluster, LocalRedisServer, free_port
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.scoring.decisions import read_decisions
-from fraud_platform_tests.scoring_support import (
+from fraud_platform.testing import (
     load_random_batch_features,
     register_model,
     scoring_settings,

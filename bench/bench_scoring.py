@@ -61,10 +61,9 @@ from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.scoring.decisions import FeatureLog, read_decisions, write_decisions
 from fraud_platform.scoring.models import ModelWatcher
 from fraud_platform.scoring.scorer import Scorer
+from fraud_platform.testing import expected_features, load_random_batch_features, synthetic_data
 from fraud_platform.training import registry
 from fraud_platform.training.model import TrainingConfig, fit, score
-from fraud_platform_tests.scoring_support import expected_features, load_random_batch_features
-from fraud_platform_tests.test_registry import synthetic_data
 
 REVIEW_SHARE, DECLINE_SHARE = 0.01, 0.002
 MODEL_BATCHES = (10, 1_000)  # rows per model call: a quiet stream's micro-batch, a backlog's

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -33,10 +33,9 @@ from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.schema import TRANSACTIONS
 from fraud_platform.lib.simulator import SimulationConfig, simulate
+from fraud_platform.report import authorization_lines, read_authorizations
 from fraud_platform.scoring.decisions import read_decisions
-from fraud_platform.training import registry
-from fraud_platform.training.model import score
-from fraud_platform_tests.scoring_support import (
+from fraud_platform.testing import (
     expected_features,
     load_random_batch_features,
     register_model,
@@ -44,6 +43,8 @@ from fraud_platform_tests.scoring_support import (
     scoring_settings,
     set_champion,
 )
+from fraud_platform.training import registry
+from fraud_platform.training.model import score
 
 DEADLINE_MS = 3_000  # generous: the machine running the tests is shared; the stand-in test relies on it
 CLIENT_TIMEOUT_S = 30.0  # far past the deadline: a request that hangs fails the test
@@ -208,6 +209,46 @@ def test_a_repeated_transaction_gets_its_first_decision(platform: Platform) -> N
     assert one == two and not one["stand_in"]
     decided = [d["transaction_id"] for d in read_decisions(platform.client)]
     assert decided.count("repeat-1") == 1 and decided.count("repeat-2") == 1
+
+
+@pytest.mark.slow
+def test_replay_sends_every_nth_transaction_through_the_api(platform: Platform) -> None:
+    """`replay --authorize-every 4`: a quarter of the day as requests, the rest on the bus; each decided once,
+    each request's answer recorded and reported next to the flow's time for it."""
+    day = datetime.now(UTC).date() - timedelta(days=1)  # live traffic: within the server's window of age
+    history = simulate(SimulationConfig(cards=20, days=1, seed=47, start=day)).transactions
+    ids = pa.array([f"replayed-{tid}" for tid in history.column("transaction_id").to_pylist()])
+    history = history.set_column(history.schema.get_field_index("transaction_id"), "transaction_id", ids)
+    LandingZone(platform.settings.landing_dir).write_batch("authorize-every", history, source="test")
+    env = {**os.environ, **platform.settings.environment()}
+    result = subprocess.run(
+        [FRAUD_PLATFORM, "replay", "--day", str(day), "--authorize-every", "4", "--api-url", platform.url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    sent = (history.num_rows + 3) // 4
+    assert f"authorized {sent:,} through {platform.url}" in result.stdout
+
+    answers = read_authorizations(platform.settings.home)
+    assert len(answers) == sent and not any(answer["stand_in"] for answer in answers)
+    wanted = set(ids.to_pylist())
+    deadline = time.monotonic() + 60
+    while {
+        d["transaction_id"] for d in read_decisions(platform.client)
+    } < wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    events = [d for d in read_decisions(platform.client) if d["transaction_id"] in wanted]
+    assert sorted(d["transaction_id"] for d in events) == sorted(wanted)  # every one decided, once
+    decided = {d["transaction_id"]: d["decision"] for d in events}
+    assert all(decided[answer["transaction_id"]] == answer["decision"] for answer in answers)
+    lines = authorization_lines(answers, events)
+    assert (
+        lines[0].startswith(f"authorization API: {sent:,} requests")
+        and f"over {sent:,} decisions" in lines[1]
+    )
 
 
 @pytest.mark.slow

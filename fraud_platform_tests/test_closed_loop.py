@@ -51,8 +51,8 @@ from fraud_platform.lib.schema import TRANSACTIONS
 from fraud_platform.lib.simulator import SimulatedData, SimulationConfig, simulate
 from fraud_platform.pipeline import instance_for, load_landing, refresh_batch_side, train_model
 from fraud_platform.scoring.decisions import read_decisions
+from fraud_platform.testing import ROOT, scoring_flow_process
 from fraud_platform.training import registry
-from fraud_platform_tests.scoring_support import ROOT, scoring_flow_process
 
 MATURITY_DAYS = 7
 HISTORY_DAYS = 19  # 12 days of mature labels: train on 1, a 7-day gap, 2 validation and 2 test days

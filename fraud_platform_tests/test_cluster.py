@@ -38,7 +38,7 @@ from fraud_platform.scoring.decisions import (
     write_decisions,
 )
 from fraud_platform.scoring.scorer import APPROVE, Decision
-from fraud_platform_tests.scoring_support import (
+from fraud_platform.testing import (
     load_random_batch_features,
     register_model,
     scoring_flow_process,

@@ -57,7 +57,7 @@ from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.scoring.decisions import marker_key
-from fraud_platform_tests.scoring_support import scoring_settings
+from fraud_platform.testing import scoring_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKERS_VAR = "FRAUD_PLATFORM_TEST_KAFKA_BROKERS"

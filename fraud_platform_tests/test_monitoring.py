@@ -51,10 +51,9 @@ from fraud_platform.pipeline import (
     monitoring_resources,
     refresh_batch_side,
 )
+from fraud_platform.testing import register_model, scoring_settings, set_champion, synthetic_data
 from fraud_platform.training import registry
 from fraud_platform.training.model import score
-from fraud_platform_tests.scoring_support import register_model, scoring_settings, set_champion
-from fraud_platform_tests.test_registry import synthetic_data
 
 DAY_MS = 86_400_000
 

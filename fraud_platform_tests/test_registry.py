@@ -9,30 +9,10 @@ import pytest
 from mlflow import MlflowClient
 
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
+from fraud_platform.testing import synthetic_data
 from fraud_platform.training import registry
-from fraud_platform.training.dataset import SplitConfig, TrainingData, assign_splits
+from fraud_platform.training.dataset import TrainingData
 from fraud_platform.training.model import TrainingConfig, fit, score
-
-
-def synthetic_data(seed: int, signal: float, rows: int = 6_000, days: int = 40) -> TrainingData:
-    """Random features where fraud shifts a few columns by `signal` (more signal, better model)."""
-    rng = np.random.default_rng(seed)
-    labels = (rng.random(rows) < 0.05).astype(np.int8)
-    features = rng.normal(size=(rows, len(MODEL_FEATURES))).astype(np.float32)
-    features[:, :3] += signal * labels[:, None]
-    event_days = np.sort(np.datetime64("2026-01-01") + rng.integers(0, days, rows)).astype("datetime64[D]")
-    return TrainingData(
-        transaction_ids=np.array([f"t{index}" for index in range(rows)], dtype=object),
-        card_ids=np.array([f"c{index % 500}" for index in range(rows)], dtype=object),
-        event_days=event_days,
-        amounts=rng.lognormal(3, 1, rows),
-        labels=labels,
-        features=features,
-        split=assign_splits(event_days, SplitConfig(gap_days=3)),
-        labels_as_of="2026-03-01",
-        maturity_cutoff="2026-02-10",
-        card_fraud_known_days=np.full(rows, np.datetime64("NaT"), dtype="datetime64[D]"),
-    )
 
 
 def _contract(trained, labels_known: int = 0) -> registry.ModelContract:  # type: ignore[no-untyped-def]

@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.scoring.models import ModelWatcher
+from fraud_platform.testing import register_model, scoring_settings, set_champion
 from fraud_platform.training import registry
-from fraud_platform_tests.scoring_support import register_model, scoring_settings, set_champion
 
 
 def _healthy(url: str) -> bool:

@@ -30,16 +30,16 @@ from fraud_platform.pipeline import instance_for, load_landing
 from fraud_platform.scoring.decisions import read_decisions
 from fraud_platform.scoring.metrics import METRICS_KEY
 from fraud_platform.scoring.models import ModelWatcher, NoServableModel
-from fraud_platform.training.dataset import TrainingData
-from fraud_platform.training.served import use_served
-from fraud_platform_tests import test_registry_server
-from fraud_platform_tests.scoring_support import (
+from fraud_platform.testing import (
     expected_features,
     register_model,
     scoring_flow_process,
     scoring_settings,
     set_champion,
 )
+from fraud_platform.training.dataset import TrainingData
+from fraud_platform.training.served import use_served
+from fraud_platform_tests import test_registry_server
 
 mlflow_server = test_registry_server.mlflow_server  # the fixture: a real `mlflow server` process
 

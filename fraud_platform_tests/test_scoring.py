@@ -33,17 +33,17 @@ from fraud_platform.scoring.decisions import read_decisions
 from fraud_platform.scoring.metrics import METRICS_KEY
 from fraud_platform.scoring.models import RULES_VERSION, ModelWatcher, NoServableModel, ServingModel
 from fraud_platform.scoring.scorer import APPROVE, DECLINE, REVIEW
-from fraud_platform.training import registry
-from fraud_platform.training.baseline import rules_score
-from fraud_platform.training.model import TrainingConfig, fit, score
-from fraud_platform_tests.scoring_support import (
+from fraud_platform.testing import (
     expected_features,
     load_random_batch_features,
     register_model,
     scoring_settings,
     set_champion,
+    synthetic_data,
 )
-from fraud_platform_tests.test_registry import synthetic_data
+from fraud_platform.training import registry
+from fraud_platform.training.baseline import rules_score
+from fraud_platform.training.model import TrainingConfig, fit, score
 
 REVIEW_AT, DECLINE_AT = 0.2, 0.6
 

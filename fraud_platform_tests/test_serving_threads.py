@@ -18,8 +18,8 @@ from fraud_platform.config import SCORING_THREADS_VAR, ConfigError, Settings
 from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.lib.redis_server import LocalRedisServer
 from fraud_platform.scoring.models import WIDE_BATCH_ROWS, ModelWatcher, ServingModel
+from fraud_platform.testing import register_model, scoring_settings, set_champion
 from fraud_platform.training.model import Thresholds
-from fraud_platform_tests.scoring_support import register_model, scoring_settings, set_champion
 
 THRESHOLDS = Thresholds(decline=0.6, review=0.2)
 

@@ -26,7 +26,7 @@ from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.pipeline import instance_for, load_landing
 from fraud_platform.scoring.decisions import read_decisions
-from fraud_platform_tests.scoring_support import register_model, scoring_settings, set_champion
+from fraud_platform.testing import register_model, scoring_settings, set_champion
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster_duckdb import DuckDBResource
 
 from fraud_platform.defs.batch import LABELS_ASSET
@@ -547,12 +546,8 @@ def monitoring_retrain_sensor(
         records = context.instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
         for record in records:
             evaluation = record.evaluation
-            if (
-                record.id <= seen
-                or record.status == AssetCheckExecutionRecordStatus.PLANNED
-                or evaluation is None
-            ):
-                continue
+            if record.id <= seen or not isinstance(evaluation, dg.AssetCheckEvaluation):
+                continue  # seen already, or only planned (a planned record holds no evaluation)
             day = getattr(evaluation.metadata.get("day"), "value", record.partition or "-")
             failed = not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
             reason = getattr(evaluation.metadata.get("reason"), "value", key.to_user_string())

