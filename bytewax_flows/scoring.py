@@ -46,7 +46,7 @@ from fraud_platform.features.realtime import FeatureRow
 from fraud_platform.lib.bus import DeadLetter, EventWindow
 from fraud_platform.lib.online_store import OnlineStore
 from fraud_platform.lib.redis_server import redis_url
-from fraud_platform.scoring.decisions import FeatureLog, write_decisions
+from fraud_platform.scoring.decisions import FeatureLog, LogPart, write_decisions
 from fraud_platform.scoring.metrics import REPORT_SECONDS, ScoringMetrics
 from fraud_platform.scoring.models import ModelWatcher
 from fraud_platform.scoring.scorer import Decision, Scorer
@@ -195,39 +195,36 @@ class DecisionSink(DynamicSink[Decision]):
         return _DecisionPartition(client, self._ttl, self._max_length, self._metrics, self._shards)
 
 
-class _FeatureLogPartition(StatefulSinkPartition[Decision, list[Decision]]):
-    def __init__(self, log: FeatureLog, snapshot_rows: int) -> None:
+class _FeatureLogPartition(StatefulSinkPartition[Decision, list[LogPart]]):
+    def __init__(self, log: FeatureLog) -> None:
         self._log = log
-        self._snapshot_rows = snapshot_rows
 
     def write_batch(self, values: list[Decision]) -> None:
-        """Buffer the batch; a landing batch is published when the buffer is full or old enough."""
+        """Buffer the batch; the log's publisher lands a batch when the buffer is full or old enough."""
         self._log.add(values)
 
-    def snapshot(self) -> list[Decision]:
-        """The decisions not yet landed (after landing them when there are many): recovery restores them."""
-        return self._log.checkpoint(self._snapshot_rows)
+    def snapshot(self) -> list[LogPart]:
+        """The decisions not yet landed (Arrow tables, no pause to land them): recovery restores them."""
+        return self._log.checkpoint()
 
     def close(self) -> None:
         """Publish what is buffered."""
         self._log.close()
 
 
-class FeatureLogSink(FixedPartitionedSink[Decision, list[Decision]]):
+class FeatureLogSink(FixedPartitionedSink[Decision, list[LogPart]]):
     """Scored transactions with their served features, to the landing zone in batches (one log per flow,
     items keyed FEATURE_LOG_PART): every `flush_events` decisions, or once the oldest buffered one has waited
     FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS, even when no new transaction arrives.
 
     Durable with Bytewax recovery (any snapshot interval): each snapshot (epoch end) holds the decisions not
-    yet landed, or lands them first when `snapshot_rows` or more are buffered; a resumed flow starts with
-    that buffer. Without recovery a kill -9 loses the buffer (at most `flush_events` decisions or
-    `flush_seconds` of them). With several workers or processes the decisions travel to the worker that
-    holds the partition (Bytewax's exchange; across processes, pickled)."""
+    yet landed, and a resumed flow starts with them. Without recovery a kill -9 loses the buffer (at most
+    `flush_events` decisions or `flush_seconds` of them). With several workers or processes the decisions
+    travel to the worker that holds the partition (Bytewax's exchange; across processes, pickled)."""
 
-    def __init__(self, settings: Settings, flush_events: int = 50_000, snapshot_rows: int = 5_000) -> None:
+    def __init__(self, settings: Settings, flush_events: int = 50_000) -> None:
         self._settings = settings
         self._flush_events = flush_events
-        self._snapshot_rows = snapshot_rows
 
     def list_parts(self) -> list[str]:
         """The one partition (any worker may hold it)."""
@@ -238,7 +235,7 @@ class FeatureLogSink(FixedPartitionedSink[Decision, list[Decision]]):
         return 0
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: list[Decision] | None
+        self, step_id: str, for_part: str, resume_state: list[LogPart] | None
     ) -> _FeatureLogPartition:
         """The log, its buffer restored from the last snapshot when the flow resumes."""
         log = FeatureLog(
@@ -248,4 +245,4 @@ class FeatureLogSink(FixedPartitionedSink[Decision, list[Decision]]):
             self._settings.feature_log_flush_seconds,
             buffered=resume_state or (),
         )
-        return _FeatureLogPartition(log, self._snapshot_rows)
+        return _FeatureLogPartition(log)

@@ -139,8 +139,8 @@ class CardState:
     """A card's recent events as parallel lists sorted by (timestamp_ms, transaction_id).
 
     Coordinates are NaN when the event had none; merchant ids are interned (shared between cards). Lists
-    of immutable values copy cheaply, which matters: Bytewax deep-copies every touched card's state at each
-    snapshot.
+    of immutable values copy cheaply, which matters: the flow copies a card's state before the first update
+    after each snapshot (copy-on-write, `CardFeatures`).
     """
 
     card_id: str

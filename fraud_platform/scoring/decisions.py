@@ -19,11 +19,11 @@
   shard. On one server the keys have no tag: one decisions stream, one script call per 1,000 decisions.
 * `FeatureLog`: decisions with the transaction and the served feature vector, buffered and published to the
   landing zone as one batch (transactions + context table `decisions`, source "stream") when
-  `flush_events` decisions are buffered, when the oldest has waited `flush_seconds` (a timer thread sees
-  to it on a quiet stream too), and at shutdown. The landing sensor loads the batches into the warehouse
-  like any other. Under Bytewax recovery, `checkpoint` makes the log durable with the point the flow
-  resumes from: at each snapshot the buffer is published, or (under `snapshot_rows` decisions) kept in the
-  snapshot and restored into the buffer on resume, so a kill -9 loses no decision; a decision published
+  `flush_events` decisions are buffered, when the oldest has waited `flush_seconds` (on a quiet stream
+  too), and at shutdown, by a background thread: the worker only converts each micro-batch to Arrow as it
+  comes. The landing sensor loads the batches into the warehouse like any other. Under Bytewax recovery,
+  `checkpoint` makes the log durable with the point the flow resumes from: each snapshot holds the Arrow
+  parts not landed yet and a resumed flow starts with them, so a kill -9 loses no decision; a part landed
   after the snapshot is logged again on replay, and the load keeps its first copy.
 """
 
@@ -303,8 +303,20 @@ def decision_tables(decisions: Sequence[Decision]) -> tuple[pa.Table, pa.Table]:
     return transactions, table
 
 
+LogPart = tuple[pa.Table, pa.Table]  # one micro-batch of the feature log: its transactions and decisions
+
+
+class FeatureLogError(RuntimeError):
+    """The feature log could not publish to the landing zone; the decisions stay buffered."""
+
+
 class FeatureLog:
-    """Buffers decisions and publishes them to the landing zone in batches; `close` publishes the rest."""
+    """Buffers decisions and publishes them to the landing zone in batches; `close` publishes the rest.
+
+    Each micro-batch is converted to Arrow tables as it is added (the cost spread over every event), and
+    landing batches are written by a background thread (parquet writing releases the GIL): the flow's worker
+    never pauses for a flush or a snapshot. A failed publication keeps the decisions buffered and is raised
+    by the next `add`."""
 
     def __init__(
         self,
@@ -312,75 +324,111 @@ class FeatureLog:
         name: str,
         flush_events: int = 50_000,
         flush_seconds: float = 60.0,
-        buffered: Sequence[Decision] = (),
+        buffered: Sequence[LogPart] = (),
     ) -> None:
         self.zone = LandingZone(landing_dir)
         self.name = name
         self.flush_events = flush_events
         self.flush_seconds = flush_seconds
-        self._buffer: list[Decision] = list(buffered)  # restored from a recovery snapshot, or empty
+        self._parts: list[LogPart] = list(buffered)  # restored from a recovery snapshot, or empty
+        self._rows = sum(decisions.num_rows for _, decisions in self._parts)
+        self._publishing: list[LogPart] = []  # taken by a publication that has not landed yet
         self._oldest = time.monotonic()  # monotonic time the oldest buffered decision arrived
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the buffer
+        self._publication = threading.Lock()  # one publication at a time
+        self._wake = threading.Event()
         self._closed = threading.Event()
-        self._timer = threading.Thread(target=self._flush_when_due, name=f"feature-log-{name}", daemon=True)
-        self._timer.start()
+        self._failure: Exception | None = None
+        self._publisher = threading.Thread(
+            target=self._publish_when_due, name=f"feature-log-{name}", daemon=True
+        )
+        self._publisher.start()
 
     def add(self, decisions: Sequence[Decision]) -> None:
-        """Buffer decisions; publish a batch when the buffer is full or its oldest decision is due."""
+        """Buffer decisions; the publisher lands a batch once the buffer is full or its oldest is due.
+        Raises FeatureLogError when the last publication failed."""
+        if self._failure is not None:
+            raise FeatureLogError(
+                f"feature log {self.name}: publishing failed: {self._failure}"
+            ) from self._failure
+        if not decisions:
+            return
+        part = decision_tables(decisions)
         with self._lock:
-            if not self._buffer:
+            if not self._parts:
                 self._oldest = time.monotonic()
-            self._buffer.extend(decisions)
-            if len(self._buffer) >= self.flush_events or self._due():
-                self._publish()
+            self._parts.append(part)
+            self._rows += len(decisions)
+            full = self._rows >= self.flush_events
+        if full:
+            self._wake.set()
 
     def flush(self) -> str | None:
-        """Publish the buffered decisions as one landing batch; return its id (None when empty)."""
-        with self._lock:
-            return self._publish()
+        """Publish the buffered decisions as one landing batch now, in this thread; return its id (None when
+        empty)."""
+        with self._publication:
+            return self._publish(self._take())
 
-    def checkpoint(self, snapshot_rows: int) -> list[Decision]:
-        """What a recovery snapshot must hold for no decision to be lost: the buffered decisions, or none
-        when `snapshot_rows` or more are buffered, after publishing them (synchronously)."""
+    def checkpoint(self) -> list[LogPart]:
+        """What a recovery snapshot must hold for no decision to be lost: every part not landed yet (a part
+        landed after the snapshot is logged again on replay; the load keeps its first copy)."""
         with self._lock:
-            if len(self._buffer) >= snapshot_rows:
-                self._publish()
-            return list(self._buffer)
+            return [*self._publishing, *self._parts]
 
     def close(self) -> str | None:
-        """Stop the timer and publish what is buffered."""
+        """Stop the publisher and publish what is buffered."""
         self._closed.set()
-        self._timer.join()
+        self._wake.set()
+        self._publisher.join()
         return self.flush()
 
-    def _due(self) -> bool:
-        return bool(self._buffer) and time.monotonic() - self._oldest >= self.flush_seconds
+    def _take(self) -> list[LogPart]:
+        with self._lock:
+            taken, self._parts, self._rows = self._parts, [], 0
+            self._publishing = taken
+            return taken
 
-    def _flush_when_due(self) -> None:
-        while not self._closed.wait(min(1.0, self.flush_seconds / 4)):
+    def _publish_when_due(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(min(1.0, self.flush_seconds / 4))
+            self._wake.clear()
             with self._lock:
-                if self._due():
-                    try:
-                        self._publish()
-                    except Exception:  # e.g. a full disk: the decisions stay buffered; the next add() or
-                        # close() publishes them or raises in the flow, so a failure is never silent
-                        logger.exception("feature log: publishing %d decisions failed", len(self._buffer))
+                due = self._rows >= self.flush_events or (
+                    self._rows > 0 and time.monotonic() - self._oldest >= self.flush_seconds
+                )
+            if due and not self._closed.is_set():
+                try:
+                    self.flush()
+                    self._failure = None
+                except Exception as error:  # e.g. a full disk: the decisions stay buffered (and in every
+                    # snapshot), the next add() raises in the flow, so a failure is never silent
+                    logger.exception("feature log: publishing %d decisions failed", self._rows)
+                    self._failure = error
 
-    def _publish(self) -> str | None:
-        if not self._buffer:
+    def _publish(self, taken: list[LogPart]) -> str | None:
+        if not taken:
             return None
-        transactions, decisions = decision_tables(self._buffer)
+        transactions = pa.concat_tables([part[0] for part in taken])
+        decisions = pa.concat_tables([part[1] for part in taken])
         batch_id = f"stream-{self.name}-{time.time_ns():x}-{os.getpid()}"
-        self.zone.write_batch(
-            batch_id,
-            transactions,
-            {"decisions": decisions},
-            source=STREAM_SOURCE,
-            parameters={
-                "decisions": len(self._buffer),
-                "feature_definition_version": FEATURE_DEFINITION_VERSION,
-            },
-        )
-        logger.info("feature log: %d decisions landed as batch %s", len(self._buffer), batch_id)
-        self._buffer = []
+        try:
+            self.zone.write_batch(
+                batch_id,
+                transactions,
+                {"decisions": decisions},
+                source=STREAM_SOURCE,
+                parameters={
+                    "decisions": decisions.num_rows,
+                    "feature_definition_version": FEATURE_DEFINITION_VERSION,
+                },
+            )
+        except BaseException:
+            with self._lock:  # back to the front of the buffer, in order
+                self._parts = [*taken, *self._parts]
+                self._rows += decisions.num_rows
+                self._publishing = []
+            raise
+        with self._lock:
+            self._publishing = []
+        logger.info("feature log: %d decisions landed as batch %s", decisions.num_rows, batch_id)
         return batch_id
