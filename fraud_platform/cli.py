@@ -6,6 +6,7 @@ Heavy libraries (Dagster, pandas) are imported inside the commands that need the
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import redis.exceptions as redis_errors
@@ -22,6 +23,9 @@ import redis.exceptions as redis_errors
 from fraud_platform.config import DEFAULT_MAX_REJECT_SHARE, ConfigError, Settings
 from fraud_platform.lib.landing import LandingError, LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer, RedisServerError, unreachable
+
+if TYPE_CHECKING:
+    from fraud_platform.api.client import Authorizer
 
 
 class PlatformGroup(click.Group):
@@ -574,15 +578,41 @@ def _replay_days(zone: LandingZone, low: date | None, high: date | None) -> list
     "--reset",
     is_flag=True,
     help="Start the stream over: delete the transactions streams, dead letters, decisions and their "
-    "idempotency markers and the scoring metrics first, so they hold only this replay (Redis transport).",
+    "idempotency markers, the scoring metrics and the recorded authorizations first, so they hold only this "
+    "replay (Redis transport).",
 )
-def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> None:
+@click.option(
+    "--authorize-every",
+    type=click.IntRange(min=1),
+    help="Send every Nth transaction to the authorization API (--api-url, a running `fraud-platform serve`) "
+    "instead of the bus, one request at a time in its turn, and record each round trip for `report`.",
+)
+@click.option(
+    "--api-url",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="The authorization API for --authorize-every (its key from FRAUD_PLATFORM_API_KEY).",
+)
+def replay(
+    rate: float | None,
+    day: Any,
+    first: Any,
+    last: Any,
+    reset: bool,
+    authorize_every: int | None,
+    api_url: str,
+) -> None:
     """Publish landed transactions to the bus in event-time order: the Redis transactions stream sharded by
     card, or with FRAUD_PLATFORM_TRANSPORT=kafka the transactions topic keyed by card (missing topics are
-    created with FRAUD_PLATFORM_STREAM_SHARDS partitions)."""
+    created with FRAUD_PLATFORM_STREAM_SHARDS partitions).
+
+    With --authorize-every N a sample goes through the authorization API instead, as a payment switch would
+    send it (no replay clock: the server judges timestamps by its wall clock, so history older than
+    FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS needs a server started with a longer one)."""
     import redis as redis_client
     from confluent_kafka import KafkaException
 
+    from fraud_platform.api.client import AuthorizationError
     from fraud_platform.lib.bus import KafkaPublisher, UndeliveredMessage, create_topics, landing_days
     from fraud_platform.lib.bus import replay as publish_tables
     from fraud_platform.lib.keys import (
@@ -593,6 +623,7 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
     )
     from fraud_platform.lib.online_store import delete_matching
     from fraud_platform.lib.redis_server import RedisClient, client_for
+    from fraud_platform.report import authorization_summary, authorizations_dir, write_authorizations
     from fraud_platform.scoring.decisions import MARKER_PREFIX
     from fraud_platform.scoring.metrics import METRICS_KEY
 
@@ -625,6 +656,8 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
                 )
                 delete_matching(target, f"{MARKER_PREFIX}*")
                 delete_matching(target, f"{DECISIONS_STREAM}:*")  # a cluster's decisions streams per shard
+                shutil.rmtree(authorizations_dir(settings.home), ignore_errors=True)
+        authorizer = _authorizer(api_url) if authorize_every else None
         with progress_bar(total, "tx", "replay") as advance:
             result = publish_tables(
                 target,
@@ -633,6 +666,8 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
                 rate=rate,
                 progress=advance,
                 max_length=settings.stream_max_length,
+                authorize=authorizer,
+                authorize_every=authorize_every or 0,
             )
     except (redis_client.ConnectionError, redis_client.TimeoutError) as error:
         raise unreachable(settings, error) from error
@@ -640,11 +675,35 @@ def replay(rate: float | None, day: Any, first: Any, last: Any, reset: bool) -> 
         raise click.ClickException(f"Redis: {error}") from error
     except (KafkaException, UndeliveredMessage) as error:
         raise click.ClickException(f"Kafka: {error}") from error
+    except AuthorizationError as error:
+        raise click.ClickException(f"authorization API: {error}") from error
     span = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
     click.echo(
         f"replayed {result.published:,} transactions of {span} to {destination} in {result.seconds:.1f} s "
         f"({result.rate:,.0f} tx/s)"
     )
+    if authorizer is not None:
+        authorizer.close()
+        path = write_authorizations(settings.home, f"{days[0]}_{days[-1]}", authorizer.answers)
+        click.echo(
+            f"authorized {result.authorized:,} through {api_url}: {authorization_summary(authorizer.answers)}"
+        )
+        click.echo(f"  each request's answer and round trip: {path}")
+
+
+def _authorizer(api_url: str) -> Authorizer:
+    """A caller of the running API at `api_url` (its key from FRAUD_PLATFORM_API_KEY), once it is ready."""
+    from fraud_platform.api.client import Authorizer, wait_until_ready
+    from fraud_platform.api.settings import ApiSettings
+
+    try:
+        api_key = ApiSettings.from_env().api_key
+        wait_until_ready(api_url.rstrip("/"), timeout=120)
+        return Authorizer(api_url, api_key)
+    except RuntimeError as error:  # not ready in time, or a URL that is not http://HOST:PORT
+        raise click.ClickException(
+            f"authorization API at {api_url}: {error} (is `fraud-platform serve` running?)"
+        ) from error
 
 
 @main.group(short_help="Real-time card features computed offline.")
@@ -779,7 +838,7 @@ def report(day: Any, first: Any, last: Any) -> None:
     from fraud_platform.lib.redis_server import client_for
     from fraud_platform.lib.schema import DAY_MS
     from fraud_platform.monitoring.store import table_exists
-    from fraud_platform.report import stream_report
+    from fraud_platform.report import authorization_lines, read_authorizations, stream_report
     from fraud_platform.scoring.decisions import read_decisions
 
     settings = _settings()
@@ -793,10 +852,12 @@ def report(day: Any, first: Any, last: Any) -> None:
             "not in this report",
             err=True,
         )
+    answers = read_authorizations(settings.home)
     if low or high:
         begin = (low - _EPOCH).days * DAY_MS if low else 0
         end = ((high - _EPOCH).days + 1) * DAY_MS if high else 2**62
         events = [event for event in events if begin <= event["event_time"] < end]
+        answers = [answer for answer in answers if begin <= answer["event_time"] < end]
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
         has_truth = table_exists(connection, "fraud_truth", "raw")
         truth_sql = (
@@ -812,7 +873,7 @@ def report(day: Any, first: Any, last: Any) -> None:
     source = "fraud truth (simulation)" if has_truth else "labels"
     span = "" if not (low or high) else f" for {_span(low, high)}"
     click.echo(f"stream report{span}, judged against the {source}:")
-    for line in summary.lines():
+    for line in summary.lines() + (authorization_lines(answers, events) if answers else []):
         click.echo(f"  {line}")
 
 

@@ -2,15 +2,18 @@
 
 Reads decision events (as written to the decisions stream) and compares them with the fraud truth the
 simulator keeps in `raw.fraud_truth` (evaluation only: a bank never has it; for imported data the labels
-stand in).
+stand in). Requests sent through the authorization API by `fraud-platform replay --authorize-every` are
+recorded under the home's `authorizations/` (one JSON line per request) and reported beside the stream.
 """
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from fraud_platform.lib.schema import DAY_MS
 from fraud_platform.scoring.scorer import APPROVE, DECLINE
@@ -94,3 +97,70 @@ def stream_report(events: Sequence[Mapping[str, Any]], truth: Mapping[str, bool]
         decline_precision=_ratio(int((declined & fraud).sum()), int(declined.sum())),
         decline_recall=_ratio(int((declined & fraud).sum()), frauds),
     )
+
+
+AUTHORIZATION_FIELDS = ("transaction_id", "event_time", "decision", "stand_in", "round_trip_ms")
+
+
+def authorizations_dir(home: Path) -> Path:
+    """Where `replay --authorize-every` records its requests."""
+    return home / "authorizations"
+
+
+def write_authorizations(home: Path, name: str, answers: Iterable[Mapping[str, Any]]) -> Path:
+    """Record each answered request (AUTHORIZATION_FIELDS) as one JSON line in `name`.jsonl; return the path."""
+    directory = authorizations_dir(home)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.jsonl"
+    path.write_bytes(
+        b"".join(
+            orjson.dumps({key: answer[key] for key in AUTHORIZATION_FIELDS}) + b"\n" for answer in answers
+        )
+    )
+    return path
+
+
+def read_authorizations(home: Path) -> list[dict[str, Any]]:
+    """Every recorded request (none when nothing was sent through the API)."""
+    directory = authorizations_dir(home)
+    paths = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
+    return [orjson.loads(line) for path in paths for line in path.read_bytes().splitlines() if line]
+
+
+def authorization_summary(answers: Sequence[Mapping[str, Any]]) -> str:
+    """Requests, decisions, stand-ins and the round trip's percentiles, in one line."""
+    if not answers:
+        return "no requests"
+    round_trips = np.array([answer["round_trip_ms"] for answer in answers], dtype=float)
+    decided = ", ".join(
+        f"{name} {count:,}" for name, count in sorted(Counter(a["decision"] for a in answers).items())
+    )
+    stand_ins = sum(1 for answer in answers if answer["stand_in"])
+    p50, p99, p999 = np.percentile(round_trips, [50, 99, 99.9])
+    return (
+        f"{len(answers):,} requests ({decided}; {stand_ins:,} stand-ins): round trip p50 {p50:.1f} ms, "
+        f"p99 {p99:.1f} ms, p99.9 {p999:.1f} ms, max {round_trips.max():.1f} ms"
+    )
+
+
+def authorization_lines(
+    answers: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The API's requests next to the stream: their round trip, and the flow's own time for them."""
+    sent = {answer["transaction_id"] for answer in answers}
+    in_flow = np.array(
+        [
+            event["decision_time"] - event["received_time"]
+            for event in events
+            if event["transaction_id"] in sent
+        ],
+        dtype=float,
+    )
+    lines = [f"authorization API: {authorization_summary(answers)}"]
+    if len(in_flow):
+        p50, p99 = np.percentile(in_flow, [50, 99])
+        lines.append(
+            f"  of which in the flow (received -> decided, as for the stream above): p50 {p50:.1f} ms, "
+            f"p99 {p99:.1f} ms over {len(in_flow):,} decisions"
+        )
+    return lines

@@ -60,12 +60,38 @@ fraud-platform replay --reset --from "$WARM_FROM" --to "$TEST_TO"
 score
 # Live days: each is served the snapshots of the day before it, like the 02:00 refresh does in production.
 # `--reset` sets the warm-up's decisions aside (the stream's state stays: it lives in the recovery store).
+# The last live day also goes through the synchronous path: the flow runs as a service, `fraud-platform
+# serve` in front of it, and the day arrives at 1,000 tx/s with every 20th transaction sent as an authorization
+# request (one at a time, in its turn) and the rest onto the bus. The server judges a request's timestamp by
+# its wall clock: the simulated history is months old, so this server accepts events up to ten years old.
+# Then the flow is stopped and one draining run (recovery resumes it) decides whatever was left.
+authorize_day() {
+  local port flow api
+  port=$(python -c "from fraud_platform.lib.redis_server import free_port; print(free_port())")
+  python -m bytewax.run "bytewax_flows.scoring:build_flow()" -r "$RECOVERY" -s 5 -b 0 \
+    > "$FRAUD_PLATFORM_HOME/main-job-flow.log" 2>&1 &
+  flow=$!
+  FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS=3650 fraud-platform serve --port "$port" \
+    > "$FRAUD_PLATFORM_HOME/main-job-api.log" 2>&1 &
+  api=$!
+  trap 'kill "$api" "$flow" 2>/dev/null' EXIT
+  fraud-platform replay $RESET --day "$1" --rate 1000 --authorize-every 20 --api-url "http://127.0.0.1:$port"
+  sleep 2  # the flow catches up with the last events published
+  kill "$api" "$flow"
+  wait "$api" "$flow" || true
+  trap - EXIT
+  score
+}
 RESET=--reset
 DAY=$FIRST_LIVE
 while [[ "$DAY" < "$LAST_LIVE" || "$DAY" == "$LAST_LIVE" ]]; do
   fraud-platform online --snapshot-date "$(day_offset "$DAY" -1)"
-  fraud-platform replay $RESET --day "$DAY"
-  score
+  if [ "$DAY" == "$LAST_LIVE" ]; then
+    authorize_day "$DAY"
+  else
+    fraud-platform replay $RESET --day "$DAY"
+    score
+  fi
   RESET=
   DAY=$(day_offset "$DAY" 1)
 done

@@ -350,15 +350,16 @@ def publish(
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """What a replay published and how fast."""
+    """What a replay published to the bus, handed to the authorization API, and how fast."""
 
     published: int
     seconds: float
+    authorized: int = 0
 
     @property
     def rate(self) -> float:
         """Transactions per second achieved."""
-        return self.published / self.seconds if self.seconds > 0 else 0.0
+        return (self.published + self.authorized) / self.seconds if self.seconds > 0 else 0.0
 
 
 def replay(
@@ -369,31 +370,58 @@ def replay(
     rate: float | None = None,
     progress: Callable[[int], None] | None = None,
     max_length: int = 0,
+    authorize: Callable[[dict[str, Any]], None] | None = None,
+    authorize_every: int = 0,
 ) -> ReplayResult:
     """Publish the transactions of `tables` in order to the bus (`publish`), at `rate` per second (None: as
     fast as possible).
 
     Pacing publishes small chunks and sleeps until each chunk's scheduled time, so the average rate holds
-    over any stretch longer than a chunk (at most a fiftieth of a second's worth of events).
+    over any stretch longer than a chunk (at most a fiftieth of a second's worth of events). With `authorize`,
+    every `authorize_every`-th event is not published but handed to it at its scheduled time, as a live
+    authorization (without the replay clock), after everything before it was published: a card's events
+    still reach the flow in order.
     """
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be positive, got {rate}")
+    if authorize is not None and authorize_every < 1:
+        raise ValueError(f"authorize_every must be at least 1, got {authorize_every}")
     chunk = PIPELINE_SIZE if rate is None else max(1, min(PIPELINE_SIZE, int(rate / 50)))
     report = progress or (lambda _count: None)
     started = time.perf_counter()
-    published = 0
+    published = authorized = 0
     pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal published
+        published += _publish_paced(
+            target, pending, shards, rate, started, published + authorized, max_length
+        )
+        report(len(pending))
+        pending.clear()
+
     for table in tables:
         for event in events_from_table(table):
+            if authorize is not None and (published + authorized + len(pending)) % authorize_every == 0:
+                flush()
+                _wait_for_turn(rate, started, published + authorized)
+                authorize({key: value for key, value in event.items() if key != REPLAY_CLOCK_FIELD})
+                authorized += 1
+                report(1)
+                continue
             pending.append(event)
             if len(pending) >= chunk:
-                published += _publish_paced(target, pending, shards, rate, started, published, max_length)
-                report(len(pending))
-                pending.clear()
+                flush()
     if pending:
-        published += _publish_paced(target, pending, shards, rate, started, published, max_length)
-        report(len(pending))
-    return ReplayResult(published, time.perf_counter() - started)
+        flush()
+    return ReplayResult(published, time.perf_counter() - started, authorized)
+
+
+def _wait_for_turn(rate: float | None, started: float, sent: int) -> None:
+    if rate is not None:
+        delay = started + sent / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
 
 
 def _publish_paced(
@@ -405,10 +433,9 @@ def _publish_paced(
     sent: int,
     max_length: int,
 ) -> int:
-    if rate is not None:
-        delay = started + sent / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+    if not events:
+        return 0
+    _wait_for_turn(rate, started, sent)
     return publish(target, events, shards, max_length=max_length)
 
 
