@@ -39,7 +39,7 @@ from fraud_platform.monitoring.drift import psi
 from fraud_platform.monitoring.judge import ERROR, OK, WARN, Thresholds, judge_performance
 from fraud_platform.monitoring.live import SnapshotLoad, define_live_decisions, replayed_count
 from fraud_platform.monitoring.performance import RealisedPerformance, label_maturity, realised_performance
-from fraud_platform.monitoring.served import decision_days, served_day
+from fraud_platform.monitoring.served import decision_days, reference_features, served_day
 from fraud_platform.monitoring.skew import measure_skew
 from fraud_platform.monitoring.summary import summary_lines
 from fraud_platform.monitoring.tracking import EXPERIMENT
@@ -304,6 +304,34 @@ def test_realised_performance_is_judged_against_validation_once_labelled_enough(
     assert "alert_recall of version 3 over 20 frauds known (judged from 30)" in few.reason
     with pytest.raises(ValueError, match="psi: need 0 <= warn"):
         Thresholds(psi_warn=0.3, psi_error=0.2)
+
+
+def test_the_drift_reference_is_the_champions_test_window() -> None:
+    """Rows of the test window when the contract names one; else the train/validation rows up to
+    trained_until."""
+    connection = duckdb.connect()
+    connection.execute("CREATE SCHEMA training")
+    columns = ", ".join(f'"{name}" DOUBLE' for name in MODEL_FEATURES)
+    connection.execute(
+        f"CREATE TABLE training.dataset (transaction_id VARCHAR, split VARCHAR, event_date DATE, {columns})"
+    )
+    rows = [
+        ("t1", "train", "2026-04-01", 1.0),
+        ("t2", "validation", "2026-04-05", 2.0),
+        ("t3", "gap", "2026-04-07", 3.0),
+    ]
+    rows += [("t4", "test", "2026-04-10", 4.0), ("t5", "test", "2026-04-12", 5.0)]
+    for tid, split, day, value in rows:
+        values = ", ".join([str(value)] * len(MODEL_FEATURES))
+        connection.execute(f"INSERT INTO training.dataset VALUES ('{tid}', '{split}', '{day}', {values})")
+
+    tested = reference_features(connection, 100, "2026-04-05", ("2026-04-10", "2026-04-12"))
+    assert (
+        sorted(tested.features[:, 0]) == [4.0, 5.0]
+        and tested.description == "test window 2026-04-10 .. 2026-04-12"
+    )
+    trained = reference_features(connection, 100, "2026-04-05")
+    assert sorted(trained.features[:, 0]) == [1.0, 2.0] and "up to 2026-04-05" in trained.description
 
 
 def test_psi_is_zero_on_the_same_distribution_and_large_on_a_shift() -> None:

@@ -294,7 +294,8 @@ def monitoring_drift(
     mlflow: MlflowResource,
     monitoring: MonitoringSettings,
 ) -> dg.MaterializeResult:
-    """Compare the day's served features and scores with the champion's training distribution."""
+    """Compare the day's served features and scores with the champion's reference: its test window (the
+    rows its metrics were measured on), or its training rows for a model registered without one."""
     day = context.partition_key
     client = mlflow.client()
     champion = registry.champion_version(client)
@@ -303,13 +304,16 @@ def monitoring_drift(
         define_live_decisions(connection, snapshot_loads(context.instance))
         replayed = replayed_count(connection, day)
         reference = reference_features(
-            connection, monitoring.reference_rows, model.contract.trained_until if model else ""
+            connection,
+            monitoring.reference_rows,
+            model.contract.trained_until if model else "",
+            (model.contract.tested_from, model.contract.tested_to) if model else ("", ""),
         )
         served = served_day(connection, day)
-        drifts = matrix_drift(MODEL_FEATURES, reference, served.features) if len(served) else []
+        drifts = matrix_drift(MODEL_FEATURES, reference.features, served.features) if len(served) else []
         champion_scores = served.scores[served.model_versions == model.version] if model else []
         score_drift = (
-            [feature_drift(SCORE, score(model.booster, reference), champion_scores)]
+            [feature_drift(SCORE, score(model.booster, reference.features), champion_scores)]
             if model and len(champion_scores)
             else []
         )
@@ -325,14 +329,15 @@ def monitoring_drift(
     metadata: dict[str, dg.MetadataValue] = {
         "served_rows": dg.MetadataValue.int(len(served)),
         "replayed_left_out": dg.MetadataValue.int(replayed),
-        "reference_rows": dg.MetadataValue.int(len(reference)),
+        "reference": dg.MetadataValue.text(reference.description),
+        "reference_rows": dg.MetadataValue.int(len(reference.features)),
         "reference_model_version": dg.MetadataValue.text(reference_version),
         "other_feature_definitions": dg.MetadataValue.int(served.other_definitions),
         "max_psi": _number(judged[0].psi if judged else float("nan")),
         "max_psi_feature": dg.MetadataValue.text(judged[0].feature if judged else "-"),
         "score_psi": _number(score_drift[0].psi if score_drift else float("nan")),
         "top_features": _md_table(
-            ["feature", "PSI", "KS", "missing served", "missing training"],
+            ["feature", "PSI", "KS", "missing served", "missing reference"],
             [
                 [d.feature, d.psi, d.ks, d.served_missing_share, d.reference_missing_share]
                 for d in [*score_drift, *top[:_TABLE_ROWS]]

@@ -249,6 +249,7 @@ def fraud_model(
             trial.seconds,
         ),
     )
+    tested_from, tested_to = data.window("test")
     contract = registry.ModelContract(
         features=MODEL_FEATURES,
         feature_definition_version=FEATURE_DEFINITION_VERSION,
@@ -257,6 +258,8 @@ def fraud_model(
         validation_metrics=trained.validation_metrics,
         labels_known=_labels_known(context.instance),
         trained_until=data.window("validation")[1],
+        tested_from=tested_from.strip("-"),  # '-': no test rows
+        tested_to=tested_to.strip("-"),
     )
     test = data.part("test")
     client = mlflow.client()

@@ -31,7 +31,9 @@ def psi_chart(drifts: Sequence[FeatureDrift], day: str, warn: float, error: floa
     axes.barh(names, [drift.psi for drift in top], color=colours)
     axes.axvline(warn, color="tab:orange", linestyle="--", linewidth=1, label=f"warn {warn}")
     axes.axvline(error, color="tab:red", linestyle="--", linewidth=1, label=f"error {error}")
-    axes.set(xlabel="population stability index", title=f"Drift vs training data, {day} (top {len(top)})")
+    axes.set(
+        xlabel="population stability index", title=f"Drift vs the model's reference, {day} (top {len(top)})"
+    )
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     return figure

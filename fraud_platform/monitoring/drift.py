@@ -1,6 +1,8 @@
-"""Drift between what was served (the feature log) and what the champion was trained on.
+"""Drift between what was served (the feature log) and the champion's reference rows.
 
-Population stability index per feature: fixed bins cut at the deciles of the reference (training) values,
+The reference is the champion's test window (`monitoring.served.reference_features`: the rows its metrics
+were measured on, the newest it knew), or its training rows for a model registered without one.
+Population stability index per feature: fixed bins cut at the deciles of the reference values,
 plus one bin for missing values (NaN is a value the model sees), proportions floored at `EPSILON` so an
 empty bin does not divide by zero. PSI = sum((served - reference) * ln(served / reference)); the usual
 reading is < 0.1 stable, 0.1-0.25 moderate shift, >= 0.25 major shift. For continuous features (more than
@@ -15,7 +17,7 @@ import numpy as np
 BINS = 10
 EPSILON = 1e-4
 CONTINUOUS_MIN_VALUES = 20
-# Constant within a UTC day by definition: a day is all weekend or none, so its PSI against the training
+# Constant within a UTC day by definition: a day is all weekend or none, so its PSI against the reference's
 # mix of days is large every day. Reported, never judged.
 DAY_CONSTANT_FEATURES = frozenset({"is_weekend"})
 

@@ -78,24 +78,51 @@ def feature_matrix(lists: pa.ChunkedArray) -> np.ndarray:
     return values.reshape(len(lengths), len(MODEL_FEATURES))
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The rows drift is judged against, and what they are (for the run's metadata)."""
+
+    features: np.ndarray
+    description: str
+
+
 def reference_features(
-    connection: duckdb.DuckDBPyConnection, rows: int, trained_until: str = ""
-) -> np.ndarray:
-    """Up to `rows` rows the model was fitted on (train and validation splits, up to `trained_until` when
-    given), a deterministic sample."""
+    connection: duckdb.DuckDBPyConnection,
+    rows: int,
+    trained_until: str = "",
+    tested: tuple[str, str] = ("", ""),
+) -> Reference:
+    """Up to `rows` rows (a deterministic sample) of the model's test window `tested` (first, last day): the
+    period its metrics were measured on and the newest it knew, as NannyML's "reference period"; for a
+    model registered without one, the rows it was fitted on (train and validation, up to `trained_until`)."""
     require_tables(connection, DATASET_TABLE)
     columns = ", ".join(f'"{name}"' for name in MODEL_FEATURES)
-    until = "AND event_date <= $until::DATE" if trained_until else ""
+    if all(tested):
+        where, params = (
+            "event_date BETWEEN $first::DATE AND $last::DATE",
+            {"first": tested[0], "last": tested[1]},
+        )
+        description = f"test window {tested[0]} .. {tested[1]}"
+    elif trained_until:
+        where, params = (
+            "split IN ('train', 'validation') AND event_date <= $until::DATE",
+            {"until": trained_until},
+        )
+        description = f"training rows up to {trained_until}"
+    else:
+        where, params, description = "split IN ('train', 'validation')", {}, "training rows"
     table = connection.sql(
-        f"SELECT {columns} FROM {DATASET_TABLE} WHERE split IN ('train', 'validation') {until} "
-        "ORDER BY hash(transaction_id), transaction_id LIMIT $rows",
-        params={"rows": rows, **({"until": trained_until} if trained_until else {})},
+        f"SELECT {columns} FROM {DATASET_TABLE} WHERE {where} ORDER BY hash(transaction_id), transaction_id "
+        "LIMIT $rows",
+        params={"rows": rows, **params},
     ).to_arrow_table()
     if table.num_rows == 0:
         raise ValueError(
-            f"{DATASET_TABLE} has no train rows{f' up to {trained_until}' if trained_until else ''}: "
-            "train a model ('fraud-platform train') before monitoring drift"
+            f"{DATASET_TABLE} has no {description}: train a model ('fraud-platform train') before monitoring drift"
         )
-    return np.column_stack(
-        [table.column(name).to_numpy(zero_copy_only=False).astype(np.float32) for name in MODEL_FEATURES]
+    return Reference(
+        np.column_stack(
+            [table.column(name).to_numpy(zero_copy_only=False).astype(np.float32) for name in MODEL_FEATURES]
+        ),
+        description,
     )

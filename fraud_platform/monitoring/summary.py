@@ -109,7 +109,7 @@ def summary_lines(connection: duckdb.DuckDBPyConnection, day: str, thresholds: T
         errors = sum(row["psi"] >= thresholds.psi_error for row in features)
         score_text = f"score PSI {score['psi']:.3f}; " if score else ""
         lines.append(
-            f"drift vs training ({features[0]['served_rows']:,} served rows): {score_text}top PSI {top}; "
+            f"drift vs reference ({features[0]['served_rows']:,} served rows): {score_text}top PSI {top}; "
             f"{warned} feature(s) >= {thresholds.psi_warn}, {errors} >= {thresholds.psi_error}"
         )
     skew = skew_row(connection, day)

@@ -61,6 +61,8 @@ class ModelContract:
     validation_metrics: dict[str, float] = field(default_factory=dict)
     labels_known: int = 0
     trained_until: str = ""
+    tested_from: str = ""  # the test window its metrics were measured on: monitoring's drift reference
+    tested_to: str = ""
 
     @property
     def thresholds(self) -> Thresholds:
@@ -255,6 +257,8 @@ def _contract_tags(contract: ModelContract) -> dict[str, str]:
         "review_threshold": f"{contract.review_threshold:.6f}",
         "labels_known": str(contract.labels_known),
         "trained_until": contract.trained_until,
+        "tested_from": contract.tested_from,
+        "tested_to": contract.tested_to,
     }
 
 
