@@ -883,11 +883,11 @@ def report(day: Any, first: Any, last: Any) -> None:
 @click.option("--to", "last", type=_DAY, help="Last day to monitor, inclusive (YYYY-MM-DD).")
 def monitor(day: Any, first: Any, last: Any) -> None:
     """Materialise the monitoring group (realised performance, label maturity, drift, skew, MLflow runs) for
-    each day [default: every day with decisions in the warehouse], one Dagster run per day, and summarise
-    the last one."""
+    each day [default: every day with live decisions in the warehouse; replays such as a warm-up are left
+    out], one Dagster run per day, and summarise the last one."""
     import duckdb
 
-    from fraud_platform.defs.monitoring import MonitoringSettings
+    from fraud_platform.defs.monitoring import MonitoringSettings, snapshot_loads
     from fraud_platform.monitoring.served import decision_days
     from fraud_platform.monitoring.summary import summary_lines
     from fraud_platform.pipeline import instance_for, monitor_days
@@ -898,8 +898,9 @@ def monitor(day: Any, first: Any, last: Any) -> None:
         raise click.ClickException(
             f"no warehouse at {settings.warehouse_path}: run 'fraud-platform load' first"
         )
+    instance = instance_for(settings)
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
-        decided = decision_days(connection)
+        decided = decision_days(connection, snapshot_loads(instance))  # replays (a warm-up) left out
     if day or first or last:
         days = _replay_days(LandingZone(settings.landing_dir), *_day_range(day, first, last))
     else:
@@ -909,7 +910,7 @@ def monitor(day: Any, first: Any, last: Any) -> None:
             "no decisions in the warehouse to monitor: run the scoring flow, then 'fraud-platform load'"
         )
     began = time.perf_counter()
-    results = monitor_days(settings, instance_for(settings), days)
+    results = monitor_days(settings, instance, days)
     for monitored, result in zip(days, results, strict=True):
         _, checks = _materialised(result)
         note = "" if monitored in decided else " (no decisions that day)"

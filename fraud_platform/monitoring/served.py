@@ -2,6 +2,7 @@
 `raw.decisions`, replays left out: `monitoring.live`) and the champion's training rows (the train split of
 `training.dataset`)."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -10,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
-from fraud_platform.monitoring.live import live_decisions
+from fraud_platform.monitoring.live import SnapshotLoad, define_live_decisions, live_decisions
 from fraud_platform.monitoring.performance import DAY_SQL
 from fraud_platform.monitoring.store import require_tables, table_exists
 
@@ -32,12 +33,13 @@ class ServedDay:
         return len(self.transaction_ids)
 
 
-def decision_days(connection: duckdb.DuckDBPyConnection) -> list[str]:
-    """Every UTC day (YYYY-MM-DD) with live decisions in raw.decisions, oldest first ([] before the first load)."""
+def decision_days(connection: duckdb.DuckDBPyConnection, loads: Sequence[SnapshotLoad] = ()) -> list[str]:
+    """Every UTC day (YYYY-MM-DD) with live decisions in raw.decisions, oldest first ([] before the first load):
+    replays recognised by the recorded snapshot `loads` (`monitoring.live`) left out."""
     if not table_exists(connection, "decisions", "raw"):
         return []
     day = DAY_SQL.format(column="event_time")
-    view = live_decisions(connection)
+    view = define_live_decisions(connection, loads)
     rows = connection.execute(f"SELECT DISTINCT {day} AS day FROM {view} ORDER BY day").fetchall()
     return [str(row[0]) for row in rows]
 
