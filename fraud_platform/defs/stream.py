@@ -21,33 +21,37 @@ RAW_DECISIONS = dg.AssetKey(["raw", "decisions"])
 _PRODUCER = f"Produced by the scoring flow ({FLOW_COMMAND}), which reads the champion model and the online batch features."
 _STREAM_INPUTS = [MODEL_ASSET, ONLINE_BATCH_FEATURES]
 
+
+def _flow_output(key: dg.AssetKey, store: str, what: str) -> dg.AssetSpec:
+    """An output of the scoring flow kept in `store`, described by `what`."""
+    return dg.AssetSpec(
+        key,
+        group_name=GROUP,
+        kinds={"bytewax", store},
+        deps=_STREAM_INPUTS,
+        description=f"{what} {_PRODUCER}",
+        metadata={"producer": dg.MetadataValue.text(FLOW_COMMAND)},
+    )
+
+
 STREAM_SPECS = [
-    dg.AssetSpec(
+    _flow_output(
         CARD_REALTIME_STATE,
-        group_name=GROUP,
-        kinds={"bytewax", "redis"},
-        deps=_STREAM_INPUTS,
-        description="Each card's real-time window features (counts and amounts over 1 h .. 90 d, velocity), "
-        f"kept in Redis by the flow as every transaction arrives. {_PRODUCER}",
-        metadata={"producer": dg.MetadataValue.text(FLOW_COMMAND)},
+        "redis",
+        "Each card's real-time window features (counts and amounts over 1 h .. 90 d, velocity), kept in Redis "
+        "by the flow as every transaction arrives.",
     ),
-    dg.AssetSpec(
+    _flow_output(
         DECISIONS_STREAM,
-        group_name=GROUP,
-        kinds={"bytewax", "redis"},
-        deps=_STREAM_INPUTS,
-        description="Approve / review / decline decisions with score, model version and top reasons, on the "
-        f"decisions stream (Redis or Kafka) and answered to the authorization API. {_PRODUCER}",
-        metadata={"producer": dg.MetadataValue.text(FLOW_COMMAND)},
+        "redis",
+        "Approve / review / decline decisions with score, model version and top reasons, on the decisions "
+        "stream (Redis or Kafka) and answered to the authorization API.",
     ),
-    dg.AssetSpec(
+    _flow_output(
         FEATURE_LOG,
-        group_name=GROUP,
-        kinds={"bytewax", "parquet"},
-        deps=_STREAM_INPUTS,
-        description="Feature log: every decision with the exact feature vector served to the model, written "
-        f"to the landing zone and loaded by `fraud-platform load` into raw/decisions. {_PRODUCER}",
-        metadata={"producer": dg.MetadataValue.text(FLOW_COMMAND)},
+        "parquet",
+        "Feature log: every decision with the exact feature vector served to the model, written to the landing "
+        "zone and loaded by `fraud-platform load` into raw/decisions.",
     ),
 ]
 
