@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -35,14 +34,13 @@ import orjson
 
 from bench.bench_scoring import register_real_model
 from bench.common import parse_options, write_result
-from fraud_platform.api.client import start_server, stop_processes, wait_until_ready
 from fraud_platform.config import Settings
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.testing import (
     expected_features,
     load_random_batch_features,
-    scoring_flow_process,
+    running_api,
 )
 
 P99_BAR_MS = 10.0
@@ -195,7 +193,6 @@ def main() -> None:
         home = Path(directory)
         server = LocalRedisServer(home / "redis", free_port())
         server.start()
-        processes: list[subprocess.Popen] = []
         try:
             client = server.client()
             settings = Settings.from_env({"FRAUD_PLATFORM_HOME": str(home / "home"), "REDIS_URL": server.url})
@@ -207,34 +204,35 @@ def main() -> None:
                 **settings.environment(),
                 "FRAUD_PLATFORM_API_DEADLINE_MS": str(args.deadline_ms),
             }
-            processes.append(scoring_flow_process(env, exit_when_drained=False, log=home / "flow.log"))
-            port = free_port()
-            processes.append(start_server(env, port, home / "api.log"))
-            wait_until_ready(f"http://127.0.0.1:{port}", processes[-1])
-            cards, merchants = sorted(card_rows), sorted(merchant_rows)
-            runs = []
-            for rate in args.rates:
-                runs.append(
-                    asyncio.run(
+            with running_api(env, home) as url:
+                port = int(url.rsplit(":", 1)[1])
+                cards, merchants = sorted(card_rows), sorted(merchant_rows)
+                runs = []
+                for rate in args.rates:
+                    runs.append(
+                        asyncio.run(
+                            run_rate(
+                                port, cards, merchants, rate, args.seconds, args.warmup, args.connections
+                            )
+                        )
+                    )
+                    print(runs[-1])
+                held = [
+                    run["rate"] for run in runs if run["latency_p99_ms"] <= P99_BAR_MS and not run["errors"]
+                ]
+                for rate in args.search_rates:
+                    run = asyncio.run(
                         run_rate(port, cards, merchants, rate, args.seconds, args.warmup, args.connections)
                     )
-                )
-                print(runs[-1])
-            held = [run["rate"] for run in runs if run["latency_p99_ms"] <= P99_BAR_MS and not run["errors"]]
-            for rate in args.search_rates:
-                run = asyncio.run(
-                    run_rate(port, cards, merchants, rate, args.seconds, args.warmup, args.connections)
-                )
-                runs.append(run)
-                print(run)
-                if run["latency_p99_ms"] > P99_BAR_MS or run["errors"] or run["stand_ins"]:
-                    break
-                held.append(rate)
-            result["runs"] = runs
-            result["highest_rate_with_p99_within_10ms"] = max(held, default=None)
-            print("highest rate held with p99 <= 10 ms:", result["highest_rate_with_p99_within_10ms"])
+                    runs.append(run)
+                    print(run)
+                    if run["latency_p99_ms"] > P99_BAR_MS or run["errors"] or run["stand_ins"]:
+                        break
+                    held.append(rate)
+                result["runs"] = runs
+                result["highest_rate_with_p99_within_10ms"] = max(held, default=None)
+                print("highest rate held with p99 <= 10 ms:", result["highest_rate_with_p99_within_10ms"])
         finally:
-            stop_processes(processes)
             server.stop()
     write_result("authorize", result)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pyarrow as pa
 import redis
 from mlflow import MlflowClient
 
+from fraud_platform.api.client import start_server, stop_processes, wait_until_ready
 from fraud_platform.config import Settings
 from fraud_platform.features.backfill import backfill
 from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
@@ -22,6 +25,7 @@ from fraud_platform.features.realtime import FEATURE_NAMES
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES, assemble
 from fraud_platform.lib.bus import events_from_table
 from fraud_platform.lib.online_store import load_batch_features
+from fraud_platform.lib.redis_server import free_port
 from fraud_platform.lib.schema import parse_transaction
 from fraud_platform.training import registry
 from fraud_platform.training.dataset import SplitConfig, TrainingData, assign_splits
@@ -144,3 +148,19 @@ def scoring_flow_process(
     finally:
         if log:
             output.close()
+
+
+@contextmanager
+def running_api(env: dict[str, str], logs: Path) -> Iterator[str]:
+    """The scoring flow as a service (`bytewax.run`, not draining) and `fraud-platform serve` on a free
+    loopback port, both with `env` and their logs under `logs`; yields the API's base URL once it is ready,
+    and stops both on exit."""
+    flow = scoring_flow_process(env, exit_when_drained=False, log=logs / "flow.log")
+    port = free_port()
+    api = start_server(env, port, logs / "api.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, api)
+        yield url
+    finally:
+        stop_processes((api, flow))

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from fraud_platform.api.client import live_events, start_server, stop_processes, wait_until_ready
+from fraud_platform.api.client import live_events
 from fraud_platform.config import Settings
 from fraud_platform.features.backfill import backfill
 from fraud_platform.features.packing import REALTIME_LAYOUT
@@ -39,7 +39,7 @@ from fraud_platform.testing import (
     expected_features,
     load_random_batch_features,
     register_model,
-    scoring_flow_process,
+    running_api,
     scoring_settings,
     set_champion,
 )
@@ -82,15 +82,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS": "1",
         "FRAUD_PLATFORM_API_DEADLINE_MS": str(DEADLINE_MS),
     }
-    flow = scoring_flow_process(env, exit_when_drained=False, log=home / "flow.log")
-    port = free_port()
-    api = start_server(env, port, home / "api.log")
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(url, api)
-        yield Platform(settings, server, client, url, version, history, cards, merchants)
+        with running_api(env, home) as url:
+            yield Platform(settings, server, client, url, version, history, cards, merchants)
     finally:
-        stop_processes((api, flow))
         server.stop()
 
 

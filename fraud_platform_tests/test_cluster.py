@@ -19,7 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from bytewax_flows.kafka_io import undecided
-from fraud_platform.api.client import live_events, start_server, stop_processes, wait_until_ready
+from fraud_platform.api.client import live_events
 from fraud_platform.config import Settings
 from fraud_platform.decisions_view import newest_decisions
 from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FEATURES
@@ -41,6 +41,7 @@ from fraud_platform.scoring.scorer import APPROVE, Decision
 from fraud_platform.testing import (
     load_random_batch_features,
     register_model,
+    running_api,
     scoring_flow_process,
     scoring_settings,
     set_champion,
@@ -255,20 +256,13 @@ def test_the_api_hands_off_and_answers_as_on_one_server(
     settings = _cluster_settings(model_home, cluster)
     load_random_batch_features(clean_cluster, history, seed=3)
     env = {**os.environ, **settings.environment(), "FRAUD_PLATFORM_API_DEADLINE_MS": "3000"}
-    flow = scoring_flow_process(env, exit_when_drained=False, log=tmp_path / "flow.log")
-    port = free_port()
-    api = start_server(env, port, tmp_path / "api.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, api)
+    with running_api(env, tmp_path) as url:
         answers = {}
         for event in live_events(events_from_table(history)):  # in event-time order
             response = httpx.post(f"{url}/v1/authorize", json=event, timeout=30)
             assert response.status_code == 200, response.text
             answers[event["transaction_id"]] = response.json()
         again = httpx.post(f"{url}/v1/authorize", json=event, timeout=30).json()  # decided: stored answer
-    finally:
-        stop_processes((api, flow))
 
     single_decisions = one_server_run[0]
     assert not any(answer["stand_in"] for answer in answers.values())
