@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fraud_platform.training.evaluation import Scored, card_precision_at_k, ranking_metrics
-from fraud_platform.training.search import SelectionError, prequential_folds
+from fraud_platform.training.search import SelectionError, bootstrap_win_share, prequential_folds
 
 NAT = np.datetime64("NaT", "D")
 
@@ -80,3 +80,19 @@ def test_prequential_folds_fit_only_on_days_before_their_block() -> None:
     assert (covered == validation).all()  # every validation day validated once
     with pytest.raises(SelectionError, match="no development day before"):
         prequential_folds(days, np.ones(len(days), dtype=bool), 3)
+
+
+def test_the_bootstrap_credits_a_real_gain_not_a_tie_or_noise() -> None:
+    rng = np.random.default_rng(1)
+    labels = (rng.random(4_000) < 0.05).astype(np.int8)
+    cards = np.arange(4_000) // 4  # four transactions per card: resampled together
+    incumbent = rng.random(4_000) + 0.5 * labels
+    better = incumbent + 1.0 * labels
+    one_card = incumbent.copy()
+    frauds = np.flatnonzero(labels)
+    one_card[frauds[np.argmin(incumbent[frauds])]] += (
+        10.0  # the worst-ranked fraud to the top: one card's gain
+    )
+    assert bootstrap_win_share(labels, better, incumbent, cards, seed=7) == 1.0
+    assert bootstrap_win_share(labels, incumbent, incumbent, cards, seed=7) == 0.0  # a tie is no gain
+    assert 0.5 < bootstrap_win_share(labels, one_card, incumbent, cards, seed=7) < 0.95  # in ~63 % of draws

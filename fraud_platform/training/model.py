@@ -32,7 +32,7 @@ from fraud_platform.training.search import (
 class TrainingConfig:
     """The search's budget and the decision policy."""
 
-    search_trials: int = 24  # candidates tried at most (the textbook fit and the old defaults first)
+    search_trials: int = 24  # candidates tried at most (the two starting points first)
     search_seconds: float = 300.0  # the search stops starting new candidates after this
     folds: int = 3  # prequential selection folds over the validation days
     decline_precision: float = 0.9  # decline only where validation precision reaches this
@@ -135,6 +135,7 @@ def fit(
         seconds=config.search_seconds,
         seed=config.seed,
         threads=config.threads,
+        groups=development.card_ids,
         progress=progress,
     )
     chosen = selection.params
