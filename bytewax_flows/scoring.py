@@ -160,8 +160,10 @@ class _DecisionPartition(StatelessSinkPartition[Decision]):
         self._metrics.record(items)
 
     def close(self) -> None:
-        """Report the last interval's numbers, stop following the registry and release the connection."""
+        """Report the last interval's numbers, stop the heartbeat and following the registry, and release the
+        connection."""
         self._metrics.report()
+        self._metrics.stop()
         self._metrics.models.stop()
         self._client.close()
 

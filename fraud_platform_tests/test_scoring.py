@@ -4,6 +4,7 @@ equal the model's on the backfilled features, live champion swaps, refusals, rul
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,7 @@ def test_decisions_equal_the_model_on_backfilled_features(
     settings: Settings = store["settings"]  # type: ignore[assignment]
     set_champion(settings, store["first"])
     landed_before = {batch.batch_id for batch in LandingZone(settings.landing_dir).batches()}
+    threads_before = set(threading.enumerate())
     run(settings, payloads(history))
 
     decisions = read_decisions(clean_redis)
@@ -124,6 +126,11 @@ def test_decisions_equal_the_model_on_backfilled_features(
 
     run(settings, payloads(history))  # the same events again, from a fresh card state
     assert clean_redis.xlen(DECISIONS_STREAM) == len(history)  # idempotent by transaction_id
+
+    heartbeats = [t for t in set(threading.enumerate()) - threads_before if t.name == "scoring-metrics"]
+    for thread in heartbeats:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in heartbeats)  # each flow's metrics stop when it ends
 
 
 def moving_champion(events: list[bytes], settings: Settings, moves: dict[int, str]) -> Iterator[bytes]:

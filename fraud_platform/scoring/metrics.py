@@ -47,6 +47,7 @@ class ScoringMetrics:
         self._latencies: list[int] = []
         self._since = clock()
         self._lock = threading.RLock()  # the worker's batches and the heartbeat thread
+        self._stopped = threading.Event()
         threading.Thread(target=self._heartbeat, name="scoring-metrics", daemon=True).start()
 
     def record(self, decisions: Sequence[Decision]) -> None:
@@ -57,10 +58,14 @@ class ScoringMetrics:
             if self.clock() - self._since >= self.interval:
                 self.report()
 
+    def stop(self) -> None:
+        """Stop the heartbeat (the flow has ended)."""
+        self._stopped.set()
+
     def _heartbeat(self) -> None:
-        """Report at start and whenever an interval passed without a batch to report it."""
+        """Report at start and whenever an interval passed without a batch to report it, until stopped."""
         due = True
-        while True:
+        while not self._stopped.is_set():
             with self._lock:
                 if due or self.clock() - self._since >= self.interval:
                     try:
@@ -68,7 +73,7 @@ class ScoringMetrics:
                     except Exception:  # e.g. Redis restarting: the next beat or batch reports again
                         logger.exception("scoring metrics: the heartbeat report failed")
             due = False
-            time.sleep(self.interval)
+            self._stopped.wait(self.interval)
 
     def report(self) -> dict[str, str]:
         """Log the numbers of the interval just ended, store them in METRICS_KEY and start a new interval."""
