@@ -17,7 +17,8 @@ answers and the time split per request from the server's Server-Timing header (m
 (the one script: marker check, reply list, XADD), `queue` (on the bus until the flow took it in), `flow` (the
 flow's features, batch features, model, decision script), `reply` (decision to the server's BLPOP return).
 Queue, flow and reply come from the decision's millisecond times. Then the rates of --search-rates in order,
-until one misses p99 <= 10 ms: the highest rate held is reported. Results in bench/results/authorize.json.
+until one misses p99 <= 10 ms: the highest rate held is reported; then the rates of --neighbour-rates
+again next to `bench.neighbour` (one busy process per core). Results in bench/results/authorize.json.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import orjson
 
 from bench.bench_scoring import register_real_model
 from bench.common import parse_options, write_result
+from bench.neighbour import Neighbour
 from fraud_platform.config import Settings
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.simulator import SimulationConfig, simulate
@@ -182,6 +184,7 @@ def main() -> None:
         deadline_ms=1_000,
         rates=[200, 1_000, 2_000],
         search_rates=[1_500, 2_500, 3_000, 3_500, 4_000],
+        neighbour_rates=[1_000],
     )
     table = simulate(SimulationConfig(cards=args.cards, days=args.days, seed=args.seed)).transactions
     result: dict[str, object] = {
@@ -232,6 +235,18 @@ def main() -> None:
                 result["runs"] = runs
                 result["highest_rate_with_p99_within_10ms"] = max(held, default=None)
                 print("highest rate held with p99 <= 10 ms:", result["highest_rate_with_p99_within_10ms"])
+                neighboured = []
+                for rate in args.neighbour_rates:
+                    with Neighbour(seconds=args.warmup + args.seconds + 120):  # bounded if this process dies
+                        neighboured.append(
+                            asyncio.run(
+                                run_rate(
+                                    port, cards, merchants, rate, args.seconds, args.warmup, args.connections
+                                )
+                            )
+                        )
+                    print("with the neighbour:", neighboured[-1])
+                result["runs_with_neighbour"] = neighboured
         finally:
             server.stop()
     write_result("authorize", result)
