@@ -2,6 +2,7 @@
 
     python -m bench.bench_quality [--cards 5000 --days 150 --maturity 30 --folds 4 --trials 12 --seconds 600]
     python -m bench.bench_quality --handbook 1 [--cards 5000 --days 150 ...]
+    python -m bench.bench_quality --windows 7   # the 7-day training windows only (0: all history)
 
 Lands history into a temporary platform home and runs the batch side: the platform's simulator, or with
 `--handbook 1` a foreign shape (`fraud_platform.lib.foreign_data`: the Fraud Detection Handbook's generator as
@@ -43,6 +44,7 @@ TEXTBOOK = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 
 TEXTBOOK_TREES = 100
 HEADLINE = ("roc_auc", "average_precision", "card_precision_at_100")
 WEEK = np.timedelta64(7, "D")
+SHAPES = ("7d", "all")  # training windows: the 7 days before the gap, all history before it
 DAY = np.timedelta64(1, "D")
 
 
@@ -83,10 +85,17 @@ def textbook_scores(data: TrainingData, threads: int) -> np.ndarray:
     return score(booster, test.features)
 
 
-def run_folds(data: TrainingData, folds: int, trials: int, seconds: float, threads: int) -> dict[str, object]:
-    """Both fits on every fold of both window shapes; per-fold metrics and their mean ± std."""
+def run_folds(
+    data: TrainingData,
+    folds: int,
+    trials: int,
+    seconds: float,
+    threads: int,
+    shapes: tuple[str, ...] = SHAPES,
+) -> dict[str, object]:
+    """Both fits on every fold of each window shape; per-fold metrics and their mean ± std."""
     result: dict[str, object] = {}
-    for shape in ("7d", "all"):
+    for shape in shapes:
         rows = []
         for config in fold_windows(np.unique(data.event_days), folds, shape):
             fold = window(data, config)
@@ -128,15 +137,27 @@ def run_folds(data: TrainingData, folds: int, trials: int, seconds: float, threa
 def main() -> None:
     """Prepare the warehouse, run the protocol, print and save the result."""
     arguments = parse_options(
-        __doc__, cards=5_000, days=150, maturity=30, folds=4, trials=12, seconds=600, handbook=0, threads=1
+        __doc__,
+        cards=5_000,
+        days=150,
+        maturity=30,
+        folds=4,
+        trials=12,
+        seconds=600,
+        handbook=0,
+        threads=1,
+        windows=[7, 0],
     )
+    shapes = tuple("7d" if days == 7 else "all" for days in arguments.windows)
     began_load = os.getloadavg()
     land = (land_handbook_file if arguments.handbook else land_simulation)(arguments.cards, arguments.days)
     with tempfile.TemporaryDirectory() as home, prepared_home(Path(home), arguments.maturity, land):
         with duckdb.connect(str(Settings.from_env().warehouse_path), read_only=True) as connection:
             data = build_training_data(connection, arguments.maturity)
-        result = run_folds(data, arguments.folds, arguments.trials, arguments.seconds, arguments.threads)
-    for shape in ("7d", "all"):
+        result = run_folds(
+            data, arguments.folds, arguments.trials, arguments.seconds, arguments.threads, shapes
+        )
+    for shape in shapes:
         summary = result[shape]["summary"]  # type: ignore[index]
         for key in HEADLINE:
             print(
@@ -144,8 +165,9 @@ def main() -> None:
                 f"{summary['platform'][key]['std']:.3f}   textbook {summary['textbook'][key]['mean']:.3f} ± "
                 f"{summary['textbook'][key]['std']:.3f}"
             )
+    name = "quality_handbook" if arguments.handbook else "quality"
     write_result(
-        "quality_handbook" if arguments.handbook else "quality",
+        name + ("" if shapes == SHAPES else "".join(f"_{shape}" for shape in shapes)),
         {
             "options": vars(arguments),
             **result,
