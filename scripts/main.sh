@@ -7,7 +7,7 @@
 set -euo pipefail
 # Simulated history is months, not years: let labels mature after 30 days unless told otherwise.
 export FRAUD_PLATFORM_LABEL_MATURITY_DAYS="${FRAUD_PLATFORM_LABEL_MATURITY_DAYS:-30}"
-# A bounded model search keeps the whole job near five minutes on two cores.
+# A bounded model search (FRAUD_PLATFORM_SEARCH_SECONDS=45) keeps training to a few minutes on two cores.
 export FRAUD_PLATFORM_SEARCH_SECONDS="${FRAUD_PLATFORM_SEARCH_SECONDS:-45}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the project root: the paths below are relative to it
 source scripts/setup.sh
