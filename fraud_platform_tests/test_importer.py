@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fraud_platform.lib.importer import ImportFileError, ImportRejected, import_file, parse_column_map
@@ -485,8 +485,27 @@ GOOD_IDS = "pqrs"  # a small pool, so good rows repeat ids
 ROWS = st.one_of(st.sampled_from(GOOD_IDS).map(good_row), st.sampled_from([row for row, _ in BAD_ROWS]))
 
 
+def _iso(stamp: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+
+
+def _refused_for_zones(rows: list[list[object]]) -> bool:
+    """Whether the file is refused as a whole: its first timestamp is ISO-8601 without a zone and no row's
+    timestamp has one."""
+    stamps = [str(row[HEADER.index("timestamp")]).strip() for row in rows]
+    parsed = [_iso(stamp) for stamp in stamps if stamp]
+    zoned = any(value is not None and value.tzinfo is not None for value in parsed)
+    return bool(parsed) and parsed[0] is not None and parsed[0].tzinfo is None and not zoned
+
+
 @settings(max_examples=25, deadline=None)
 @given(rows=st.lists(ROWS, min_size=1, max_size=30))
+@example(
+    rows=[next(row for row, _ in BAD_ROWS if row[0] == "x7")]
+)  # only a naive timestamp: the file's error
 def test_every_row_is_either_loaded_or_rejected(rows: list[list[object]]) -> None:
     first_rows: dict[object, int] = {}
     for number, row in enumerate(rows, 1):
@@ -496,6 +515,11 @@ def test_every_row_is_either_loaded_or_rejected(rows: list[list[object]]) -> Non
         root = Path(directory)
         landing = LandingZone(root / "landing")
         path = write_csv(root / "f.csv", HEADER, rows)
+        if _refused_for_zones(rows):  # no row gives a zone: one error for the file, nothing landed
+            with pytest.raises(ImportFileError, match="timestamps have no time zone"):
+                import_file(path, landing, reject_dir=root / "rejects", max_reject_share=1)
+            assert listing(landing.root) == []
+            return
         if not first_rows:
             with pytest.raises(ImportRejected, match="every row rejected"):
                 import_file(path, landing, reject_dir=root / "rejects", max_reject_share=1)

@@ -68,6 +68,7 @@ CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 _DELIMITERS = (",", ";", "\t", "|")
+_ZONED = r"[T ]\d\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$"  # an ISO-8601 time with its zone
 _LABEL_VALUES = {"1": True, "true": True, "0": False, "false": False}
 _PROGRESS_CALLS = 10
 _MIN_CHUNK_ROWS = 1_000
@@ -244,7 +245,8 @@ def _zone(name: str | None) -> tzinfo | None:
 
 
 def _require_zones(path: Path, timestamps: pa.ChunkedArray) -> None:
-    """One error for the file when its first timestamp has no zone (rather than a reject per row)."""
+    """One error for the file when its timestamps have no zone: the first has none and no other has one
+    (rather than a reject per row). In a file that does give zones, a row without one is a row reject."""
     valid = timestamps.drop_null()
     if pa.types.is_string(valid.type):
         valid = valid.filter(pc.not_equal(pc.utf8_trim_whitespace(valid), ""))
@@ -254,6 +256,8 @@ def _require_zones(path: Path, timestamps: pa.ChunkedArray) -> None:
         naive = naive or (isinstance(first, str) and datetime.fromisoformat(first.strip()).tzinfo is None)
     except ValueError:  # not ISO-8601 (epoch ms, or bad): the row checks say which
         naive = False
+    if naive and pa.types.is_string(valid.type):
+        naive = not pc.any(pc.match_substring_regex(pc.utf8_trim_whitespace(valid), _ZONED)).as_py()
     if naive:
         raise ImportFileError(
             f"{path}: timestamps have no time zone (first: {str(first)!r:.40}); give the zone they are in with "
