@@ -35,8 +35,8 @@ from fraud_platform.lib.redis_server import LocalRedisServer
 from fraud_platform.lib.schema import DECISIONS
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.monitoring.demo import GPS_JITTER_DEGREES, jitter_coordinates
-from fraud_platform.monitoring.drift import psi
-from fraud_platform.monitoring.judge import ERROR, OK, WARN, Thresholds, judge_performance
+from fraud_platform.monitoring.drift import FeatureDrift, psi
+from fraud_platform.monitoring.judge import ERROR, OK, WARN, Thresholds, judge_drift, judge_performance
 from fraud_platform.monitoring.live import SnapshotLoad, define_live_decisions, replayed_count
 from fraud_platform.monitoring.performance import RealisedPerformance, label_maturity, realised_performance
 from fraud_platform.monitoring.served import decision_days, reference_features, served_day
@@ -332,6 +332,17 @@ def test_the_drift_reference_is_the_champions_test_window() -> None:
     )
     trained = reference_features(connection, 100, "2026-04-05")
     assert sorted(trained.features[:, 0]) == [1.0, 2.0] and "up to 2026-04-05" in trained.description
+
+
+def test_a_drift_verdict_names_the_features_at_its_level() -> None:
+    def drift(feature: str, value: float) -> FeatureDrift:
+        return FeatureDrift(feature, value, float("nan"), 1_000, 20_000, 0.0, 0.0)
+
+    broken, moved = drift("km_from_prev_txn", 3.8), drift("merchant_fraud_rate_30d", 0.12)
+    error = judge_drift([moved, broken], "2026-05-30", Thresholds())
+    assert error.severity == ERROR and "km_from_prev_txn" in error.reason and "merchant" not in error.reason
+    warning = judge_drift([moved, drift("amount", 0.01)], "2026-05-30", Thresholds())
+    assert warning.severity == WARN and "merchant_fraud_rate_30d" in warning.reason
 
 
 def test_psi_is_zero_on_the_same_distribution_and_large_on_a_shift() -> None:

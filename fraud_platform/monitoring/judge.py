@@ -71,7 +71,8 @@ def _level(value: float, warn: float, error: float, *, strict_warn: bool = False
 def judge_drift(
     drifts: Sequence[FeatureDrift], day: str, thresholds: Thresholds, what: str = "drift"
 ) -> Verdict:
-    """The worst PSI among `drifts` against the thresholds; the reason names every feature over warn.
+    """The worst PSI among `drifts` against the thresholds; the reason names every feature at the verdict's
+    level (at ERROR only those over the error threshold: a warning-level shift beside them is not the cause).
 
     Features constant within a day (DAY_CONSTANT_FEATURES) are not judged."""
     judged = [
@@ -89,8 +90,8 @@ def judge_drift(
         return Verdict(
             OK, f"{what}: max PSI({worst[0].feature})={worst[0].psi:.3f} < {thresholds.psi_warn} on {day}"
         )
-    over = [drift for drift in worst if drift.psi >= thresholds.psi_warn]
     limit = thresholds.psi_error if severity == ERROR else thresholds.psi_warn
+    over = [drift for drift in worst if drift.psi >= limit]
     listed = ", ".join(f"PSI({drift.feature})={drift.psi:.2f}" for drift in over[:_LISTED])
     more = f" and {len(over) - _LISTED} more" if len(over) > _LISTED else ""
     return Verdict(severity, f"{what}: {listed}{more} (max >= {limit}) on {day}")
