@@ -317,7 +317,10 @@ def import_command(
 
 
 def _materialised(result: Any) -> tuple[dict[str, Any], str]:
-    """Metadata per materialised asset, and a sentence on the run's asset checks; fail on a failed run."""
+    """Metadata per materialised asset, and a sentence on the run's asset checks (failed at ERROR, warnings,
+    or all passed); fail on a failed run."""
+    import dagster as dg
+
     if not result.success:
         from fraud_platform.pipeline import failure_causes
 
@@ -330,11 +333,19 @@ def _materialised(result: Any) -> tuple[dict[str, Any], str]:
         for event in result.get_asset_materialization_events()
     }
     evaluations = result.get_asset_check_evaluations()
-    failed = [
-        f"{check.asset_key.to_user_string()}:{check.check_name}" for check in evaluations if not check.passed
-    ]
-    checks = f"{len(evaluations)} checks passed" if not failed else f"FAILED checks: {', '.join(failed)}"
-    return metadata, checks
+
+    def named(severity: dg.AssetCheckSeverity) -> list[str]:
+        return [
+            f"{check.asset_key.to_user_string()}:{check.check_name}"
+            for check in evaluations
+            if not check.passed and check.severity == severity
+        ]
+
+    failed, warned = named(dg.AssetCheckSeverity.ERROR), named(dg.AssetCheckSeverity.WARN)
+    parts = [f"FAILED checks: {', '.join(failed)}"] if failed else []
+    parts += [f"warnings: {', '.join(warned)}"] if warned else []
+    passed = len(evaluations) - len(failed) - len(warned)
+    return metadata, "; ".join(parts) if parts else f"{passed} checks passed"
 
 
 @main.command(short_help="Load the landing zone into the DuckDB warehouse.")
