@@ -51,6 +51,7 @@ from fraud_platform.lib.schema import TRANSACTIONS
 from fraud_platform.lib.simulator import SimulatedData, SimulationConfig, simulate
 from fraud_platform.pipeline import instance_for, load_landing, refresh_batch_side, train_model
 from fraud_platform.scoring.decisions import read_decisions
+from fraud_platform.scoring.metrics import METRICS_KEY
 from fraud_platform.testing import ROOT, scoring_flow_process
 from fraud_platform.training import registry
 
@@ -163,6 +164,11 @@ def _runs(instance: dg.DagsterInstance, job: str, earlier: set[str]) -> list[dg.
     return [run for run in runs if run.run_id not in earlier]
 
 
+def _runs_of_sensor(instance: dg.DagsterInstance, sensor: str) -> list[dg.DagsterRun]:
+    """The runs `sensor` requested."""
+    return [run for run in instance.get_runs() if run.tags.get("dagster/sensor_name") == sensor]
+
+
 def _all_succeeded(runs: list[dg.DagsterRun]) -> bool:
     failed = [
         run for run in runs if run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -227,16 +233,17 @@ def test_the_running_stream_swaps_to_the_model_retrained_on_its_own_decisions(
             return logged >= len(live)
 
         _wait(live_landed, "the feature log to land the live days", running)
-        # 3. The claims feed.
+        # 3. The claims feed, once the runs the landing sensor has requested so far are done: a context run
+        # reads every landed batch when it runs, so claims landed while an earlier tick's runs are still
+        # queued would be checked before their transactions are loaded (a known race, see docs/operations.md).
+        _wait(lambda: _all_succeeded(_runs_of_sensor(instance, "landing_sensor")), "the first loads", running)
         zone.write_batch("claims", TRANSACTIONS.empty_table(), {"chargebacks": new_claims}, source="claims")
 
         # 4. The landing sensor loads everything landed; the schedule's stand-in rebuilds the batch side.
         landed = {batch.batch_id for batch in zone.batches()} - {"history"}
 
         def loaded() -> bool:
-            runs = [
-                run for run in instance.get_runs() if run.tags.get("dagster/sensor_name") == "landing_sensor"
-            ]
+            runs = _runs_of_sensor(instance, "landing_sensor")
             keys = ",".join(run.tags.get("dagster/run_key", "") for run in runs)
             return all(batch in keys for batch in landed) and _all_succeeded(runs)
 
@@ -253,7 +260,13 @@ def test_the_running_stream_swaps_to_the_model_retrained_on_its_own_decisions(
         v2 = registry.champion_version(mlflow)
         assert v2 is not None and str(v2.version) != str(v1.version)
 
-        # 5. The rest of the tail, after the promotion.
+        # 5. The rest of the tail, once the flow serves v2 (its watcher polls the registry off the hot path).
+        served_v2 = str(v2.version).encode()
+        _wait(
+            lambda: clean_redis.hget(METRICS_KEY, "model_version") == served_v2,
+            "the flow to serve v2",
+            running,
+        )
         after_swap = list(trickle)
         publish(clean_redis, after_swap, settings.stream_shards)
         _wait(
