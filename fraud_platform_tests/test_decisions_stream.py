@@ -5,13 +5,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import redis
 
 from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.lib.keys import DECISIONS_STREAM
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.schema import Transaction
-from fraud_platform.scoring.decisions import FeatureLog, read_decisions, write_decisions
+from fraud_platform.scoring.decisions import FeatureLog, FeatureLogError, read_decisions, write_decisions
 from fraud_platform.scoring.scorer import APPROVE, Decision
 
 
@@ -64,3 +65,21 @@ def test_a_quiet_feature_log_lands_its_decisions_without_new_traffic(tmp_path: P
     log.add(_decisions(2, start=3))
     log.close()  # what is left is published by the timer or, at the latest, at shutdown
     assert sorted(batch.parameters["decisions"] for batch in zone.batches()) == [2, 3]
+
+
+def test_a_failed_publication_keeps_the_decisions_and_is_raised(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "batches").write_text("not a directory")  # every publication fails
+    log = FeatureLog(landing, "broken", flush_events=1_000, flush_seconds=0.2)
+    log.add(_decisions(3))
+    deadline = time.monotonic() + 30
+    with pytest.raises(FeatureLogError, match="publishing failed"):
+        while time.monotonic() < deadline:  # the background publisher fails; the next add says so
+            log.add([])
+            time.sleep(0.05)
+    assert sum(decisions.num_rows for _, decisions in log.checkpoint()) == 3  # kept for the snapshot
+    (landing / "batches").unlink()
+    log.close()  # the disk is back: the decisions land
+    (batch,) = LandingZone(landing).batches()
+    assert batch.parameters["decisions"] == 3
