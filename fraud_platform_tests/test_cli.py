@@ -295,7 +295,7 @@ def test_decisions_as_a_table_filtered_and_as_json_lines(redis_server: LocalRedi
     assert review.exit_code == 0, review.output
     (row,) = review.output.splitlines()[1:-1]
     assert row.split()[:3] == ["2023-11-14T22:13:21Z", "t1", "c2"]
-    assert row.split()[4:6] == ["review", "0.600"]
+    assert row.split()[3:7] == ["12.50", "EUR", "review", "0.600"]
     assert row.endswith("txn_count_1h=7, amount_to_mean_30d=missing")
 
     declined = runner.invoke(main, ["decisions", "--decision", "decline", "--card", "c1"], env=env)
@@ -306,6 +306,7 @@ def test_decisions_as_a_table_filtered_and_as_json_lines(redis_server: LocalRedi
     lines = [json.loads(line) for line in as_json.output.splitlines()]
     assert [line["transaction_id"] for line in lines] == ["t11997", "t11999", "t12001"]
     assert {line["card_id"] for line in lines} == {"c1"} and lines[0]["event_time"] == 1_700_011_997_000
+    assert (lines[0]["amount"], lines[0]["currency"]) == (12.5, "EUR")
 
     nothing = runner.invoke(main, ["decisions", "--card", "nobody"], env=env)
     assert nothing.output.splitlines()[0] == "no decisions matching the filters"

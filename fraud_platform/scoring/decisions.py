@@ -158,12 +158,15 @@ def _reason_details(decision: Decision) -> list[dict[str, Any]]:
 
 
 def decision_event(decision: Decision) -> bytes:
-    """The decision as the JSON of its stream entry (times in epoch ms); `reason_details` gives each reason's
-    served value (null: missing) and its contribution to the score (log-odds)."""
+    """The decision as the JSON of its stream entry (times in epoch ms; the transaction's amount and currency);
+    `reason_details` gives each reason's served value (null: missing) and its contribution to the score
+    (log-odds)."""
     return orjson.dumps(
         {
             "transaction_id": decision.transaction_id,
             "card_id": decision.card_id,
+            "amount": decision.txn.amount,
+            "currency": decision.txn.currency,
             "score": decision.score,
             "decision": decision.decision,
             "reasons": decision.reasons,
