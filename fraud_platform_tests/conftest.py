@@ -1,7 +1,8 @@
 """Shared fixtures: an isolated platform home per test and a real Redis-compatible server process."""
 
 import gc
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import redis
 
 from fraud_platform.config import Settings
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
+from fraud_platform.scoring.models import ModelWatcher
 
 
 @pytest.fixture
@@ -36,6 +38,41 @@ def clean_redis(redis_server: LocalRedisServer) -> redis.Redis:
     connection = redis_server.client()
     connection.flushdb()
     return connection
+
+
+# The platform's background threads (the model watcher's refresher, the metrics heartbeat, the feature log's
+# publisher): a test that starts one stops it, or its frames (and all they reach) outlive the test run.
+PLATFORM_THREADS = ("model-refresh", "scoring-metrics", "feature-log-")
+
+
+def _platform_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name.startswith(PLATFORM_THREADS)}
+
+
+@pytest.fixture(autouse=True)
+def no_platform_thread_left() -> Iterator[None]:
+    """Fail a test that leaves a platform background thread running."""
+    before = _platform_threads()
+    yield
+    left = _platform_threads() - before
+    for thread in left:
+        thread.join(timeout=5)  # one that is stopping gets its moment
+    running = sorted(thread.name for thread in left if thread.is_alive())
+    assert not running, f"the test left platform threads running: {running}"
+
+
+@pytest.fixture
+def model_watcher() -> Iterator[Callable[[Settings], ModelWatcher]]:
+    """Build ModelWatchers that are stopped when the test ends."""
+    built: list[ModelWatcher] = []
+
+    def build(settings: Settings) -> ModelWatcher:
+        built.append(ModelWatcher(settings))
+        return built[-1]
+
+    yield build
+    for watcher in built:
+        watcher.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from fraud_platform.config import Settings
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.scoring.models import ModelWatcher
 from fraud_platform.testing import register_model, scoring_settings, set_champion
@@ -59,7 +60,10 @@ def mlflow_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_register_promote_and_serve_through_a_tracking_server(
-    tmp_path: Path, mlflow_server: tuple[str, Path], redis_server: LocalRedisServer
+    tmp_path: Path,
+    mlflow_server: tuple[str, Path],
+    redis_server: LocalRedisServer,
+    model_watcher: Callable[[Settings], ModelWatcher],
 ) -> None:
     url, artifacts = mlflow_server
     settings = dataclasses.replace(
@@ -74,7 +78,7 @@ def test_register_promote_and_serve_through_a_tracking_server(
     assert not settings.mlflow_artifact_root.exists()
     assert any(artifacts.rglob(registry.CONTRACT_FILE))
 
-    watcher = ModelWatcher(settings)
+    watcher = model_watcher(settings)
     watcher.start()
     served = watcher.current()
     assert served.version == version

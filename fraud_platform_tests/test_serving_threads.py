@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +87,9 @@ def test_zero_threads_leaves_xgboost_its_default(booster: xgb.Booster) -> None:
 
 @pytest.mark.usefixtures("restored_pools")
 def test_the_watcher_applies_the_configured_threads_to_every_model_it_serves(
-    registry_settings: Settings,
+    registry_settings: Settings, model_watcher: Callable[[Settings], ModelWatcher]
 ) -> None:
-    watcher = ModelWatcher(dataclasses.replace(registry_settings, scoring_threads=2))
+    watcher = model_watcher(dataclasses.replace(registry_settings, scoring_threads=2))
     first = watcher.start()
     assert first.version == "1" and first.threads == 2
     assert nthread(first.booster_for(10)) == 1 and nthread(first.booster_for(WIDE_BATCH_ROWS)) == 2
@@ -106,9 +106,11 @@ def test_the_watcher_applies_the_configured_threads_to_every_model_it_serves(
 
 
 @pytest.mark.usefixtures("restored_pools")
-def test_one_thread_by_default(registry_settings: Settings) -> None:
+def test_one_thread_by_default(
+    registry_settings: Settings, model_watcher: Callable[[Settings], ModelWatcher]
+) -> None:
     assert registry_settings.scoring_threads == 1  # nothing configured
-    model = ModelWatcher(registry_settings).start()
+    model = model_watcher(registry_settings).start()
     assert model.threads == 1
     assert nthread(model.booster_for(10)) == nthread(model.booster_for(WIDE_BATCH_ROWS)) == 1
     assert {pool["num_threads"] for pool in threadpool_info()} == {1}
