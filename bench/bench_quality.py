@@ -19,7 +19,9 @@ same rows and features:
 
 `--threads` is XGBoost's thread count for both fits (1 by default: on a shared, busy 2-core machine more
 OpenMP threads made fits several times slower; the models are the same). It writes per fold and as mean ± std: ROC AUC, average precision and card precision@100 by the standard rule
-(`fraud_platform.training.evaluation`), and the platform's search time, to bench/results/quality.json.
+(`fraud_platform.training.evaluation`), the platform's search time, and the mean daily difference in card
+precision@100 between the fits with its 95 % bootstrap interval over the test days (how many cards a day the
+difference is worth), to bench/results/quality.json.
 """
 
 import os
@@ -31,12 +33,13 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import xgboost as xgb
+from scipy.stats import bootstrap
 
 from bench.common import parse_options, write_result
 from bench.warehouse import land_handbook_file, land_simulation, prepared_home
 from fraud_platform.config import Settings
 from fraud_platform.training.dataset import SplitConfig, TrainingData, assign_splits, build_training_data
-from fraud_platform.training.evaluation import ranking_metrics
+from fraud_platform.training.evaluation import daily_card_precision, ranking_metrics
 from fraud_platform.training.model import TrainingConfig, fit, score, scored
 from fraud_platform.training.search import matrix
 
@@ -97,14 +100,19 @@ def run_folds(
     result: dict[str, object] = {}
     for shape in shapes:
         rows = []
+        daily_differences = []  # per test day: platform's card precision@100 - textbook's
         for config in fold_windows(np.unique(data.event_days), folds, shape):
             fold = window(data, config)
             test = fold.part("test")
             began = time.perf_counter()
             trained = fit(fold, TrainingConfig(search_trials=trials, search_seconds=seconds, threads=threads))
             fit_seconds = time.perf_counter() - began
-            platform = ranking_metrics(scored(score(trained.booster, test.features), test))
-            textbook = ranking_metrics(scored(textbook_scores(fold, threads), test))
+            platform_scored = scored(score(trained.booster, test.features), test)
+            textbook_scored = scored(textbook_scores(fold, threads), test)
+            platform, textbook = ranking_metrics(platform_scored), ranking_metrics(textbook_scored)
+            daily_differences.append(
+                daily_card_precision(platform_scored) - daily_card_precision(textbook_scored)
+            )
             rows.append(
                 {
                     "train": f"{config.train_from or fold.event_days.min()} .. {config.train_to}",
@@ -130,8 +138,26 @@ def run_folds(
             }
             for name in ("platform", "textbook")
         }
-        result[shape] = {"folds": rows, "summary": summary}
+        result[shape] = {
+            "folds": rows,
+            "summary": summary,
+            "card_precision_difference": difference_interval(np.concatenate(daily_differences)),
+        }
     return result
+
+
+def difference_interval(daily: np.ndarray) -> dict[str, float]:
+    """The mean daily difference in card precision@100 (platform - textbook) with its 95 % bootstrap
+    interval over the test days (seeded), and the days each fit was ahead."""
+    interval = bootstrap((daily,), np.mean, confidence_level=0.95, random_state=7, method="percentile")
+    return {
+        "mean": float(daily.mean()),
+        "low": float(interval.confidence_interval.low),
+        "high": float(interval.confidence_interval.high),
+        "days": len(daily),
+        "days_platform_ahead": int((daily > 0).sum()),
+        "days_textbook_ahead": int((daily < 0).sum()),
+    }
 
 
 def main() -> None:
@@ -165,6 +191,12 @@ def main() -> None:
                 f"{summary['platform'][key]['std']:.3f}   textbook {summary['textbook'][key]['mean']:.3f} ± "
                 f"{summary['textbook'][key]['std']:.3f}"
             )
+        difference = result[shape]["card_precision_difference"]  # type: ignore[index]
+        print(
+            f"{shape:<4}card precision@100 platform - textbook {difference['mean']:+.4f} "
+            f"(95% interval {difference['low']:+.4f} .. {difference['high']:+.4f} over {difference['days']} days; "
+            f"ahead on {difference['days_platform_ahead']}, behind on {difference['days_textbook_ahead']})"
+        )
     name = "quality_handbook" if arguments.handbook else "quality"
     write_result(
         name + ("" if shapes == SHAPES else "".join(f"_{shape}" for shape in shapes)),

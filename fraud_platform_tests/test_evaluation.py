@@ -4,7 +4,12 @@ earlier-detected cards removed, and the fit's prequential folds."""
 import numpy as np
 import pytest
 
-from fraud_platform.training.evaluation import Scored, card_precision_at_k, ranking_metrics
+from fraud_platform.training.evaluation import (
+    Scored,
+    card_precision_at_k,
+    daily_card_precision,
+    ranking_metrics,
+)
 from fraud_platform.training.search import SelectionError, bootstrap_win_share, prequential_folds
 
 NAT = np.datetime64("NaT", "D")
@@ -46,6 +51,7 @@ def test_card_precision_at_k_by_the_standard_rule() -> None:
         ]
     )
     assert card_precision_at_k(table, k=2) == pytest.approx((1 / 2 + 1 / 2 + 1 / 2) / 3)
+    assert daily_card_precision(table, k=2).tolist() == [1 / 2, 1 / 2, 1 / 2]  # the days, in order
     # Without the rule (nothing known, nothing detected) day 1 would rank k first: the rule changes the number.
     naive = _scored(
         [
@@ -54,6 +60,7 @@ def test_card_precision_at_k_by_the_standard_rule() -> None:
         ]
     )
     assert card_precision_at_k(naive, k=2) > card_precision_at_k(table, k=2)
+    assert daily_card_precision(naive, k=2)[0] == 1.0  # a and k, both fraudulent
 
 
 def test_card_precision_divides_by_k_even_when_fewer_cards_remain() -> None:

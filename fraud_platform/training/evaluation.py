@@ -31,6 +31,13 @@ class Scored:
 def card_precision_at_k(scored: Scored, k: int = CARD_PRECISION_K) -> float:
     """Mean over days of the share of fraudulent cards among the day's top k cards, known-compromised cards
     and cards detected on earlier days of the window removed (0.0 for an empty window)."""
+    daily = daily_card_precision(scored, k)
+    return float(daily.mean()) if len(daily) else 0.0
+
+
+def daily_card_precision(scored: Scored, k: int = CARD_PRECISION_K) -> np.ndarray:
+    """Each day's share of fraudulent cards among its top k cards (the days of the window in order), by the
+    standard rule of `card_precision_at_k`."""
     frame = pd.DataFrame(
         {
             "card": scored.card_ids,
@@ -55,7 +62,7 @@ def card_precision_at_k(scored: Scored, k: int = CARD_PRECISION_K) -> float:
         frauds = top.loc[top["fraud"] == 1, "card"]
         detected.update(frauds)
         precisions.append(len(frauds) / k)
-    return float(np.mean(precisions)) if precisions else 0.0
+    return np.array(precisions, dtype=np.float64)
 
 
 def recall_at_fpr(scores: np.ndarray, labels: np.ndarray, false_positive_rate: float = 0.01) -> float:
