@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from fraud_platform.cli import main
 from fraud_platform.config import Settings
 from fraud_platform.defs.automation import landing_sensor
-from fraud_platform.defs.raw import LANDING_DAYS
-from fraud_platform.defs.resources import LandingResource
+from fraud_platform.defs.raw import LANDING_DAYS, RAW_ASSETS, RAW_CHECKS
+from fraud_platform.defs.resources import LandingResource, build_resources
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.online_store import OnlineStore
 from fraud_platform.lib.redis_server import LocalRedisServer
@@ -288,3 +288,70 @@ def test_landing_sensor_requests_new_days_once(platform_env: Settings) -> None:
         dg.build_sensor_context(instance=instance, resources=resources, cursor=result.cursor)
     )
     assert again.skip_reason is not None and not again.run_requests
+
+
+def _tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
+    """One landing-sensor tick."""
+    landing = LandingResource(root=str(settings.landing_dir))
+    return landing_sensor(
+        dg.build_sensor_context(instance=instance, resources={"landing": landing}, cursor=cursor)
+    )
+
+
+def _execute(settings: Settings, instance: dg.DagsterInstance, tick: dg.SensorResult) -> list[str]:
+    """A tick's new days added and its runs executed in order (as the one-at-a-time run queue does); every
+    ERROR check passes; the failed WARN checks' descriptions."""
+    warnings = []
+    for request in tick.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(LANDING_DAYS.name, list(request.partition_keys))
+    for request in tick.run_requests:
+        result = dg.materialize(
+            [*RAW_ASSETS, *RAW_CHECKS],
+            selection=request.asset_selection,
+            instance=instance,
+            resources=build_resources(settings),
+            tags=request.tags,
+        )
+        evaluations = result.get_asset_check_evaluations()
+        failed = [check.check_name for check in evaluations if not check.passed]
+        assert result.success and all(
+            check.passed or check.severity == dg.AssetCheckSeverity.WARN for check in evaluations
+        ), failed
+        warnings += [f"{check.check_name}: {check.description}" for check in evaluations if not check.passed]
+    return warnings
+
+
+def test_a_context_run_reads_only_the_batches_its_tick_saw(platform_env: Settings) -> None:
+    settings = platform_env
+    zone = LandingZone(settings.landing_dir)
+    zone.write_batch("first", _transactions(), _context(), source="test")
+    instance = instance_for(settings)
+    tick = _tick(settings, instance)
+    # Before the tick's runs execute, a batch lands with a claim for a transaction of a day the tick did not
+    # request: the tick's context run must not read it (its transaction is not loaded yet).
+    late = _table(
+        [{"transaction_id": "t6", "card_id": "c2", "merchant_id": "m1", "amount": 70.0, "timestamp": _at(12, 9),
+          "channel": "pos", "currency": "USD"}],
+        {"timestamp": TIMESTAMP},
+    )  # fmt: skip
+    claim = _table(
+        [{"chargeback_id": "cb3", "transaction_id": "t6", "card_id": "c2", "reported_at": _at(12, 20)}],
+        {"reported_at": TIMESTAMP},
+    )
+    zone.write_batch("second", late, {"chargebacks": claim}, source="test")
+    # The first transactions run comes before any context run: its checks on cards and merchants say so.
+    assert _execute(settings, instance, tick) == [
+        "card_known: cannot check yet: raw.cards not loaded",
+        "merchant_known: cannot check yet: raw.merchants not loaded",
+    ]
+
+    def claims() -> set[str]:
+        with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:
+            return {
+                row[0] for row in connection.execute("SELECT chargeback_id FROM raw.chargebacks").fetchall()
+            }
+
+    assert claims() == {"cb1", "cb2"}
+    # The next tick loads the late transaction, then its claim.
+    assert _execute(settings, instance, _tick(settings, instance, tick.cursor)) == []
+    assert claims() == {"cb1", "cb2", "cb3"}

@@ -5,9 +5,9 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from fraud_platform.defs.raw import CONTEXT_ASSETS, LANDING_DAYS, raw_transactions
+from fraud_platform.defs.raw import BATCH_HORIZON_TAG, CONTEXT_ASSETS, LANDING_DAYS, raw_transactions
 from fraud_platform.defs.resources import LandingResource
-from fraud_platform.lib.landing import BatchManifest
+from fraud_platform.lib.landing import BatchHorizon, BatchManifest
 
 # A batch is stamped (created_at) just before it is published, so none appears later than this after a newer
 # one: batches older than the newest seen minus this are taken as seen, and the cursor stays small.
@@ -43,7 +43,9 @@ daily_batch_refresh = dg.ScheduleDefinition(
     description="Loads new landing batches: adds their days as partitions and materialises them.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingResource) -> dg.SensorResult:
-    """One run for the new batches' days (a single-run range) and one for their context tables.
+    """One run for the new batches' days (a single-run range) and one for their context tables, which reads
+    only the batches this tick saw (runs execute one at a time, in order: a claim never comes before the
+    transactions it refers to).
 
     The cursor is a watermark and the ids of the batches seen since it (a plain list of ids from earlier
     versions is read as ids with no watermark).
@@ -76,7 +78,9 @@ def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingResource
     if any(manifest.tables for manifest in new_batches):
         run_requests.append(
             dg.RunRequest(
-                run_key=f"context:{run_key}", asset_selection=[asset.key for asset in CONTEXT_ASSETS]
+                run_key=f"context:{run_key}",
+                asset_selection=[asset.key for asset in CONTEXT_ASSETS],
+                tags={BATCH_HORIZON_TAG: BatchHorizon.of(batches).to_json()},
             )
         )
     return dg.SensorResult(

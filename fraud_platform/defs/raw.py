@@ -5,7 +5,8 @@ replaces the days it covers, so loading is idempotent. A transaction_id landed w
 (an id reused upstream, or an import clashing with the stream's feature log) never blocks the load: the row
 of the first landed batch stands, the others move to `raw.quarantine` with the reason, and the run's
 metadata names them. The context tables are small and reloaded whole, keeping the newest batch's row for
-each key (for `decisions` the first: the decision the stream answered with stands).
+each key (for `decisions` the first: the decision the stream answered with stands); a run tagged with a
+batch horizon (`BATCH_HORIZON_TAG`, set by the landing sensor) reads only the batches it covers.
 """
 
 from pathlib import Path
@@ -18,8 +19,9 @@ import pyarrow.parquet as pq
 from dagster_duckdb import DuckDBResource
 
 from fraud_platform.defs.resources import LandingResource
-from fraud_platform.lib.landing import BatchManifest
+from fraud_platform.lib.landing import BatchHorizon, BatchManifest
 from fraud_platform.lib.schema import CONTEXT_TABLES, TRANSACTIONS
+from fraud_platform.monitoring.store import table_exists
 
 GROUP = "raw"
 # A transaction's identity for de-duplication: every column, the timestamp at the event schema's resolution
@@ -29,6 +31,9 @@ _TRANSACTION_IDENTITY = ", ".join(
     for field in TRANSACTIONS
 )
 LANDING_DAYS = dg.DynamicPartitionsDefinition(name="landing_day")
+# A context run tagged with a batch horizon (the landing sensor's, `BatchHorizon.to_json`) reads only the
+# batches its tick saw: claims landed after the tick wait for the tick that loads their transactions.
+BATCH_HORIZON_TAG = "fraud_platform/batch_horizon"
 QUARANTINE_TABLE = "raw.quarantine"
 REUSED_ID_REASON = "transaction_id reused with other content"
 
@@ -185,8 +190,11 @@ def _context_asset(table: str) -> dg.AssetsDefinition:
         kinds={"duckdb", "parquet"},
         description=_CONTEXT_DESCRIPTIONS[table],
     )
-    def _load(warehouse: DuckDBResource, landing: LandingResource) -> dg.MaterializeResult:
-        files = landing.zone().context_files(table)
+    def _load(
+        context: dg.AssetExecutionContext, warehouse: DuckDBResource, landing: LandingResource
+    ) -> dg.MaterializeResult:
+        horizon = context.run.tags.get(BATCH_HORIZON_TAG)
+        files = landing.zone().context_files(table, BatchHorizon.from_json(horizon) if horizon else None)
         stacked = _stack_batches(files, table)  # noqa: F841 - read by DuckDB's replacement scan
         with warehouse.get_connection() as connection:
             connection.execute("CREATE SCHEMA IF NOT EXISTS raw")
@@ -223,8 +231,9 @@ def _bad_rows_check(
 ) -> dg.AssetChecksDefinition:
     """An asset check that passes when `bad_rows_sql` (a SELECT of offending keys) returns no row.
 
-    `reads` names other raw tables the SQL joins, so the check runs after they are loaded. ERROR checks
-    block downstream assets; WARN checks report.
+    `reads` names other raw tables the SQL joins, so the check runs after they are loaded in the same run;
+    one not loaded at all yet fails the check (at its severity) with the table named. ERROR checks block
+    downstream assets; WARN checks report.
     """
 
     @dg.asset_check(
@@ -236,6 +245,14 @@ def _bad_rows_check(
     )
     def _check(warehouse: DuckDBResource) -> dg.AssetCheckResult:
         with warehouse.get_connection() as connection:
+            missing = [f"raw.{other}" for other in reads if not table_exists(connection, other, "raw")]
+            if missing:  # e.g. the landing sensor's first transactions run, before its context run
+                return dg.AssetCheckResult(
+                    passed=False,
+                    severity=severity,
+                    description=f"cannot check yet: {', '.join(missing)} not loaded",
+                    metadata={"not_loaded": dg.MetadataValue.text(", ".join(missing))},
+                )
             (bad,) = connection.execute(f"SELECT count(*) FROM ({bad_rows_sql})").fetchone()
             examples = connection.execute(f"{bad_rows_sql} LIMIT 5").fetchall()
         return dg.AssetCheckResult(

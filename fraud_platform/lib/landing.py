@@ -55,6 +55,49 @@ class BatchManifest:
         return sum(self.days.values())
 
 
+@dataclass(frozen=True)
+class BatchHorizon:
+    """The batches one reader saw: every batch stamped before `created_at`, and of those stamped at that
+    second, the ones in `batch_ids` (stamps have one-second resolution). A run given a horizon reads only
+    those batches, whatever landed between the moment it was requested and the moment it runs."""
+
+    created_at: str
+    batch_ids: tuple[str, ...]
+
+    @classmethod
+    def of(cls, batches: list[BatchManifest]) -> BatchHorizon:
+        """The horizon of these batches (at least one)."""
+        newest = max(datetime.fromisoformat(manifest.created_at) for manifest in batches)
+        return cls(
+            newest.isoformat(),
+            tuple(
+                sorted(
+                    manifest.batch_id
+                    for manifest in batches
+                    if datetime.fromisoformat(manifest.created_at) == newest
+                )
+            ),
+        )
+
+    def covers(self, manifest: BatchManifest) -> bool:
+        """True when the reader saw this batch."""
+        created, newest = datetime.fromisoformat(manifest.created_at), datetime.fromisoformat(self.created_at)
+        return created < newest or (created == newest and manifest.batch_id in self.batch_ids)
+
+    def to_json(self) -> str:
+        """The horizon as a run tag's value."""
+        return json.dumps({"created_at": self.created_at, "batch_ids": list(self.batch_ids)})
+
+    @classmethod
+    def from_json(cls, text: str) -> BatchHorizon:
+        """A horizon from `to_json`'s text; LandingError when it is not one."""
+        try:
+            state = json.loads(text)
+            return cls(str(state["created_at"]), tuple(str(batch) for batch in state["batch_ids"]))
+        except (ValueError, TypeError, KeyError) as error:
+            raise LandingError(f"not a batch horizon: {text!r} ({error})") from None
+
+
 def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     """Select and cast the columns of `schema` from `table`; raise LandingError naming a bad column."""
     missing = [field.name for field in schema if field.name not in table.column_names]
@@ -173,11 +216,16 @@ class LandingZone:
             for path in sorted((self.batches_dir / manifest.batch_id / "transactions").glob(pattern))
         ]
 
-    def context_files(self, table: str) -> list[Path]:
-        """Parquet files of one context table across batches, oldest batch first."""
+    def context_files(self, table: str, horizon: BatchHorizon | None = None) -> list[Path]:
+        """Parquet files of one context table across batches (those `horizon` covers; None: all), oldest
+        batch first."""
         if table not in CONTEXT_TABLES:
             raise LandingError(f"unknown context table {table!r}; known: {sorted(CONTEXT_TABLES)}")
-        files = [self.batches_dir / manifest.batch_id / f"{table}.parquet" for manifest in self.batches()]
+        files = [
+            self.batches_dir / manifest.batch_id / f"{table}.parquet"
+            for manifest in self.batches()
+            if horizon is None or horizon.covers(manifest)
+        ]
         return [path for path in files if path.is_file()]
 
     def transaction_ids(self) -> pa.ChunkedArray:
