@@ -37,7 +37,7 @@ import time
 from collections.abc import Mapping, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -50,7 +50,9 @@ from fraud_platform.lib.bus import STREAM_SOURCE, stream_id
 from fraud_platform.lib.keys import DECISIONS_STREAM, shard_of, shard_tag
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.schema import DECISIONS, TIMESTAMP, TRANSACTIONS
-from fraud_platform.scoring.scorer import Decision
+
+if TYPE_CHECKING:  # the scorer imports XGBoost and MLflow: `fraud-platform decisions` needs neither
+    from fraud_platform.scoring.scorer import Decision
 
 logger = logging.getLogger(__name__)
 MODEL_INDEX = {name: index for index, name in enumerate(MODEL_FEATURES)}

@@ -15,13 +15,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
 
 from fraud_platform.lib.keys import DEAD_LETTER_STREAM
-from fraud_platform.scoring.models import ModelWatcher
-from fraud_platform.scoring.scorer import Decision
+
+if TYPE_CHECKING:  # both import XGBoost and MLflow: readers of the metrics hash need neither
+    from fraud_platform.scoring.models import ModelWatcher
+    from fraud_platform.scoring.scorer import Decision
 
 logger = logging.getLogger(__name__)
 
