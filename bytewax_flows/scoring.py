@@ -192,8 +192,9 @@ class DecisionSink(DynamicSink[Decision]):
         self._shards = shards
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DecisionPartition:
-        """A writer for one worker."""
+        """A writer for one worker; the metrics' heartbeat starts with the first."""
         client = stream_client(self._url, self._cluster)
+        self._metrics.start()
         return _DecisionPartition(client, self._ttl, self._max_length, self._metrics, self._shards)
 
 

@@ -51,7 +51,17 @@ class ScoringMetrics:
         self._since = clock()
         self._lock = threading.RLock()  # the worker's batches and the heartbeat thread
         self._stopped = threading.Event()
-        threading.Thread(target=self._heartbeat, name="scoring-metrics", daemon=True).start()
+        self._heartbeat_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the heartbeat, once (the flow's decision writer calls it when the flow runs: a flow that is
+        built but never run starts no thread)."""
+        with self._lock:
+            if self._heartbeat_thread is None:
+                self._heartbeat_thread = threading.Thread(
+                    target=self._heartbeat, name="scoring-metrics", daemon=True
+                )
+                self._heartbeat_thread.start()
 
     def record(self, decisions: Sequence[Decision]) -> None:
         """Count a written batch of decisions and report if an interval has passed."""
