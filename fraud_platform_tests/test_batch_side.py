@@ -270,9 +270,7 @@ def test_landing_sensor_requests_new_days_once(platform_env: Settings) -> None:
     zone = LandingZone(settings.landing_dir)
     zone.write_batch("fixture", _transactions(), _context(), source="test")
     instance = instance_for(settings)
-    resources = {"landing": LandingResource(root=str(settings.landing_dir))}
-    context = dg.build_sensor_context(instance=instance, resources=resources)
-    result = landing_sensor(context)
+    result = _tick(settings, instance)
     (add_request,) = result.dynamic_partitions_requests
     assert list(add_request.partition_keys) == ["2026-03-01", "2026-03-02", "2026-03-04", "2026-03-10"]
     transactions, context_tables = result.run_requests
@@ -284,9 +282,7 @@ def test_landing_sensor_requests_new_days_once(platform_env: Settings) -> None:
     }
     instance.add_dynamic_partitions(LANDING_DAYS.name, list(add_request.partition_keys))
 
-    again = landing_sensor(
-        dg.build_sensor_context(instance=instance, resources=resources, cursor=result.cursor)
-    )
+    again = _tick(settings, instance, result.cursor)
     assert again.skip_reason is not None and not again.run_requests
 
 
