@@ -386,5 +386,7 @@ def test_an_undelivered_message_raises(tmp_path: Path) -> None:
         "p",
         **{"message.timeout.ms": "500", "log_level": "0"},
     )
-    with pytest.raises(UndeliveredMessage, match=r"Kafka did not take a message for topic p\.transactions"):
+    with pytest.raises(
+        UndeliveredMessage, match=r"Kafka did not take 1 message\(s\), the first for topic p\.transactions"
+    ):
         KafkaPublisher(settings).publish([{"card_id": "c1", "amount": 1}])
