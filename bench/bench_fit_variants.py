@@ -5,8 +5,10 @@
 Where bench_quality compares the platform's search with the textbook fit, this fits a handful of fixed
 candidates on every fold's whole training window (no search, no validation) and scores each on the test
 week: the textbook fit, the search's regularised stochastic starting point, variants of it (min child weight
-1, depth 3 and 5), and rank averages of the textbook with two of them (an ensemble the serving path would
-have to run as two models). Same data, folds and metrics as bench_quality (AP, card precision@100 by the
+1, depth 3 and 5), the textbook and stochastic fits with every fraudulent card-day weighted the same (card
+precision counts cards, not transactions), rank averages of the textbook with two of them (an ensemble the
+serving path would have to run as two models), and the perfect ranking (the test labels as scores: the
+ceiling of each metric on that week). Same data, folds and metrics as bench_quality (AP, card precision@100 by the
 standard rule, ROC AUC); the means per window shape go to bench/results/fit_variants[_handbook].json. It
 answers whether any simple change of the fit would beat the textbook on card precision@100, not which to
 ship: choosing a shipped default by its test weeks would tune the fit to this benchmark.
@@ -38,25 +40,51 @@ VARIANTS: dict[str, dict[str, float | int | str]] = {
     "stochastic_depth_3_min_child_1": {**STOCHASTIC, "max_depth": 3, "min_child_weight": 1.0},
     "stochastic_depth_5_min_child_1": {**STOCHASTIC, "max_depth": 5, "min_child_weight": 1.0},
 }
+# Fits whose frauds are weighted so that each fraudulent card-day weighs the same (the unit card precision counts).
+CARD_DAY_WEIGHTED = ("textbook", "stochastic")
 RANK_AVERAGES = {
     "rank_average_textbook_stochastic": ("textbook", "stochastic"),
     "rank_average_textbook_stochastic_min_child_1": ("textbook", "stochastic_min_child_1"),
 }
 
 
+def card_day_weights(data: TrainingData) -> np.ndarray:
+    """Row weights under which every fraudulent card-day weighs the same in total (its frauds share it) and
+    the frauds' total weight is unchanged; genuine rows weigh 1."""
+    weights = np.ones(len(data.labels))
+    frauds = data.labels == 1
+    _, card_day, counts = np.unique(
+        np.stack([data.card_ids[frauds].astype(str), data.event_days[frauds].astype(str)]),
+        axis=1,
+        return_inverse=True,
+        return_counts=True,
+    )
+    weights[frauds] = counts.mean() / counts[card_day.ravel()]
+    return weights
+
+
 def variant_scores(fold: TrainingData, threads: int) -> dict[str, np.ndarray]:
-    """Every variant fitted on the fold's training window (train + validation days), scores on its test week."""
+    """Every variant fitted on the fold's training window (train + validation days), scores on its test week;
+    the test labels themselves as the ceiling a perfect ranking reaches."""
     development, test = fold.part("train", "validation"), fold.part("test")
-    fit_matrix = matrix(development.features, development.labels)
+    weights = card_day_weights(development)
+    plain = matrix(development.features, development.labels)
+    weighted = matrix(development.features, development.labels, weights)
+    fits = [(name, params, plain, None) for name, params in VARIANTS.items()] + [
+        (f"{name}_card_day_weighted", VARIANTS[name], weighted, weights) for name in CARD_DAY_WEIGHTED
+    ]
     scores = {
         name: score(
             xgb.train(
-                booster_params(params, development.labels, 7, threads), fit_matrix, int(params["trees"])
+                booster_params(params, development.labels, 7, threads, fit_weights),
+                fit_matrix,
+                int(params["trees"]),
             ),
             test.features,
         ).astype(np.float64)
-        for name, params in VARIANTS.items()
+        for name, params, fit_matrix, fit_weights in fits
     }
+    scores["perfect_ranking"] = test.labels.astype(np.float64)
     for name, (first, second) in RANK_AVERAGES.items():
         scores[name] = (rankdata(scores[first]) + rankdata(scores[second])) / (2 * len(scores[first]))
     return scores
