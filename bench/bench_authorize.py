@@ -6,7 +6,7 @@ Starts its own Redis-compatible server on a free loopback port, an MLflow store 
 the scoring benchmark's real model (200 trees of depth 6, about 1 % reviewed and 0.2 % declined), random
 batch features for every simulated card and merchant, then the scoring flow (`python -m bytewax.run
 "bytewax_flows.scoring:build_flow()"`) and `fraud-platform serve` as processes of their own. This process is
-the load generator: an asyncio HTTP/1.1 client over keep-alive connections (opened as needed, up to
+the load generator: an asyncio HTTP/1.1 client on uvloop over keep-alive connections (opened as needed, up to
 --connections) sends live transactions of random simulated cards, open loop at a fixed rate: request i is due
 at start + i / rate, and its latency is measured from that intended time, so a stalled server is charged for
 every request that waited behind it (no coordinated omission).
@@ -14,11 +14,13 @@ every request that waited behind it (no coordinated omission).
 For each rate, after --warmup seconds not counted: p50 / p99 / p99.9 / max latency, the share of stand-in
 answers and the time split per request from the server's Server-Timing header (medians and p99, ms):
 `http` (client latency minus the server's own time: connection queueing, HTTP parsing, the loop), `handoff`
-(the one script: marker check, reply list, XADD), `queue` (on the bus until the flow took it in), `flow` (the
-flow's features, batch features, model, decision script), `reply` (decision to the server's BLPOP return).
-Queue, flow and reply come from the decision's millisecond times. Then the rates of --search-rates in order,
-until one misses p99 <= 10 ms: the highest rate held is reported; then the rates of --neighbour-rates
-again next to `bench.neighbour` (one busy process per core). Results in bench/results/authorize.json.
+(waiting for the loop turn's batch hand-off script: marker check, reply list, XADD), `queue` (on the bus
+until the flow took it in), `flow` (the flow's features, batch features, model, decision script), `reply`
+(decision to the server's inbox reader). Queue, flow and reply come from the decision's millisecond times.
+And the CPU time each process (load generator, server, flow, Redis) spent per request sent, from /proc. Then
+the rates of --search-rates in order, until one misses p99 <= 10 ms: the highest rate held is reported; then
+the rates of --neighbour-rates again next to `bench.neighbour` (one busy process per core). Results in
+bench/results/authorize.json.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import uvloop
 
 from bench.bench_scoring import register_real_model
-from bench.common import parse_options, write_result
+from bench.common import child_processes, cpu_seconds, parse_options, write_result
 from bench.neighbour import Neighbour
 from fraud_platform.config import Settings
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
@@ -103,8 +106,27 @@ async def run_rate(
     counted_from = int(rate * warmup)
     prefix = f"bench-{rate}-{time.time_ns():x}-"
 
-    async def one(index: int, due: float) -> None:
+    async def post(body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """POST on an idle keep-alive connection, else on a new one. An idle connection the server closed
+        (its keep-alive timeout) is dropped and the request sent on the next, as HTTP clients' pools do: safe
+        here, a re-sent transaction_id gets its first decision."""
         nonlocal opened
+        while idle:
+            connection = idle.pop()
+            try:
+                answer = await connection.post("/v1/authorize", body)
+            except (OSError, asyncio.IncompleteReadError):
+                connection.writer.close()
+                continue
+            idle.append(connection)
+            return answer
+        opened += 1
+        connection = Connection(*await asyncio.open_connection("127.0.0.1", port))
+        answer = await connection.post("/v1/authorize", body)
+        idle.append(connection)
+        return answer
+
+    async def one(index: int, due: float) -> None:
         event = {
             "transaction_id": f"{prefix}{index}",
             "card_id": cards[rng.integers(len(cards))],
@@ -114,17 +136,11 @@ async def run_rate(
             "timestamp": time.time_ns() // 1_000_000,
         }
         async with slots:
-            if idle:
-                connection = idle.pop()
-            else:
-                opened += 1
-                connection = Connection(*await asyncio.open_connection("127.0.0.1", port))
             try:
-                status, headers, body = await connection.post("/v1/authorize", orjson.dumps(event))
+                status, headers, body = await post(orjson.dumps(event))
             except (OSError, asyncio.IncompleteReadError):
                 outcome["errors"] += 1
                 return
-            idle.append(connection)
         latency_ms = (time.perf_counter() - due) * 1000
         if index < counted_from:
             return
@@ -210,25 +226,30 @@ def main() -> None:
             with running_api(env, home) as url:
                 port = int(url.rsplit(":", 1)[1])
                 cards, merchants = sorted(card_rows), sorted(merchant_rows)
-                runs = []
-                for rate in args.rates:
-                    runs.append(
-                        asyncio.run(
-                            run_rate(
-                                port, cards, merchants, rate, args.seconds, args.warmup, args.connections
-                            )
-                        )
+                processes = {"load generator": os.getpid(), "redis": server.running_pid()}
+                for pid, command in child_processes().items():
+                    processes["flow" if "bytewax.run" in command else "server"] = pid
+
+                def measure(rate: int) -> dict[str, object]:
+                    """One rate, with each process's CPU time per request sent (warm-up included)."""
+                    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+                    run = uvloop.run(
+                        run_rate(port, cards, merchants, rate, args.seconds, args.warmup, args.connections)
                     )
-                    print(runs[-1])
+                    sent = rate * (args.warmup + args.seconds)
+                    run["cpu_ms_per_request"] = {
+                        name: round((cpu_seconds(pid) - before[name]) * 1000 / sent, 3)
+                        for name, pid in processes.items()
+                    }
+                    print(run)
+                    return run
+
+                runs = [measure(rate) for rate in args.rates]
                 held = [
                     run["rate"] for run in runs if run["latency_p99_ms"] <= P99_BAR_MS and not run["errors"]
                 ]
                 for rate in args.search_rates:
-                    run = asyncio.run(
-                        run_rate(port, cards, merchants, rate, args.seconds, args.warmup, args.connections)
-                    )
-                    runs.append(run)
-                    print(run)
+                    runs.append(run := measure(rate))
                     if run["latency_p99_ms"] > P99_BAR_MS or run["errors"] or run["stand_ins"]:
                         break
                     held.append(rate)
@@ -238,14 +259,8 @@ def main() -> None:
                 neighboured = []
                 for rate in args.neighbour_rates:
                     with Neighbour(seconds=args.warmup + args.seconds + 120):  # bounded if this process dies
-                        neighboured.append(
-                            asyncio.run(
-                                run_rate(
-                                    port, cards, merchants, rate, args.seconds, args.warmup, args.connections
-                                )
-                            )
-                        )
-                    print("with the neighbour:", neighboured[-1])
+                        print("with the neighbour:")
+                        neighboured.append(measure(rate))
                 result["runs_with_neighbour"] = neighboured
         finally:
             server.stop()

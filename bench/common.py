@@ -31,6 +31,26 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_processes() -> dict[int, str]:
+    """This process's children (Linux /proc): pid -> command line."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        if parent == os.getpid():
+            children[int(stat.parent.name)] = command
+    return children
+
+
 def parse_options(doc: str, **defaults: int | list[int]) -> argparse.Namespace:
     """The command line of a benchmark: one `--name` option per default (`skew_events` -> `--skew-events`),
     typed like its default; the module docstring as help."""
@@ -38,7 +58,7 @@ def parse_options(doc: str, **defaults: int | list[int]) -> argparse.Namespace:
     for name, default in defaults.items():
         option = "--" + name.replace("_", "-")
         if isinstance(default, list):
-            parser.add_argument(option, type=int, nargs="+", default=default)
+            parser.add_argument(option, type=int, nargs="*", default=default)
         else:
             parser.add_argument(option, type=int, default=default)
     return parser.parse_args()

@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from fraud_platform.api.client import live_events
+from fraud_platform.api.gateway import CLIENT_NAME
 from fraud_platform.config import Settings
 from fraud_platform.features.backfill import backfill
 from fraud_platform.features.packing import REALTIME_LAYOUT
@@ -180,6 +181,34 @@ def test_a_burst_for_one_card_counts_every_transaction_once(platform: Platform) 
     assert np.allclose(served, expected, equal_nan=True)
     decided = [d["transaction_id"] for d in read_decisions(platform.client) if d["card_id"] == "burst-card"]
     assert sorted(decided) == sorted(event["transaction_id"] for event in burst)
+
+
+@pytest.mark.slow
+def test_a_batch_is_handed_off_together_and_answered_in_order(platform: Platform) -> None:
+    start = time.time_ns() // 1_000_000
+    batch = [
+        {
+            "transaction_id": f"batch-{index}",
+            "card_id": f"batch-card-{index % 7}",
+            "merchant_id": f"m-{index % 3}",
+            "amount": 5.0 + index,
+            "currency": "EUR",
+            "timestamp": start + index,
+        }
+        for index in range(60)
+    ]
+    response = httpx.post(f"{platform.url}/v1/authorize/batch", json=batch, timeout=CLIENT_TIMEOUT_S)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [result["transaction_id"] for result in results] == [event["transaction_id"] for event in batch]
+    assert not any(result["stand_in"] for result in results)
+    # One hand-off script for the 60 and one inbox reader: the server did not hold a connection per request.
+    connections = [c for c in platform.client.client_list() if c["name"] == CLIENT_NAME]
+    assert 1 <= len(connections) < len(batch) // 2
+    decided = [
+        d["transaction_id"] for d in read_decisions(platform.client) if d["card_id"].startswith("batch-")
+    ]
+    assert sorted(decided) == sorted(event["transaction_id"] for event in batch)
 
 
 @pytest.mark.slow

@@ -1,15 +1,20 @@
-"""Hand a transaction to the running scoring flow and wait for its decision, within a deadline.
+"""Hand transactions to the running scoring flow and wait for their decisions, within a deadline.
 
-The flow is the only writer of card state and of decisions. For one request the gateway runs
-`decisions.HANDOFF_SCRIPT` (one round trip): a transaction decided before gets its stored first decision at
-once; otherwise the script registers a reply list for the request and puts the event on the card's shard of
-the transactions stream (`bus.xadd_arguments`, as `fraud-platform replay` publishes). The gateway then waits
-on the reply list (BLPOP) until the flow's decision script pushes the decision there, or until the deadline:
-then, or when Redis cannot be reached, the answer is the configured stand-in decision, marked as such. A
-transaction that timed out is still decided by the flow when it gets to it, and recorded once like any
-other; only the caller got the stand-in. With FRAUD_PLATFORM_REDIS_CLUSTER=1 the client is an asyncio
-`RedisCluster` and the hand-off's keys carry the tag of the card's shard (`decisions.decision_tag`), so the
-script runs on the node of that shard.
+The flow is the only writer of card state and of decisions. The gateway collects the requests that arrive in
+one turn of the event loop and hands them off together: one `decisions.HANDOFF_SCRIPT` call (one round trip)
+per batch (per shard on a cluster). A transaction decided before gets its stored first decision at once;
+otherwise the script registers this server process's reply list (its inbox) for the transaction and puts the
+event on the card's shard of the transactions stream (`bus.xadd_arguments`, as `fraud-platform replay`
+publishes). One reader task per inbox pops the decisions the flow's decision script pushes there, many per
+round trip, and wakes the requests waiting for them. A request that has no decision by the deadline, or
+whose hand-off cannot reach Redis, gets the configured stand-in decision, marked as such. A transaction that
+timed out is still decided by the flow when it gets to it, and recorded once like any other; only the caller
+got the stand-in (its late decision reaches the inbox and is dropped). With FRAUD_PLATFORM_REDIS_CLUSTER=1
+the client is an asyncio `RedisCluster`, the hand-off's keys and the inbox carry the tag of the card's shard
+(`decisions.decision_tag`), so each script runs on the node of its shard, and there is one inbox per shard.
+
+Per request this costs a share of one script call and of one pop, instead of a script call and a blocking
+pop on a connection of its own: the server's Redis connections stay few under any load.
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ from fraud_platform.scoring.decisions import (
 from fraud_platform.scoring.metrics import METRICS_KEY
 
 FLOW, STORED, STAND_IN = "flow", "stored", "stand_in"
-# BLPOP is asked to give up this much before the deadline, so a late flow costs a clean nil reply rather than a
-# cancelled command (which closes the connection).
-_BLPOP_MARGIN_S = 0.002
+CLIENT_NAME = "fraud-platform-api"  # the server's connections in Redis's CLIENT LIST
 MAX_CONNECTIONS = 1_024
+HANDOFF_CHUNK = 500  # transactions per hand-off script call
+REPLIES_PER_POP = 1_000
+POP_BLOCK_S = 1.0  # an idle reader's wait per round trip
+RETRY_S = 0.05  # a reader's pause after a Redis error (requests meanwhile get stand-ins at their deadline)
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,28 @@ class Outcome:
     replied_at_ms: float = 0.0  # wall clock, epoch ms, when the decision reached the gateway
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """One request between its hand-off and its answer."""
+
+    txn: Transaction
+    tag: str
+    answer: asyncio.Future[tuple[str, dict[str, Any]]]
+    sent_at_ms: float = 0.0  # wall clock, epoch ms, when its hand-off was sent
+    handed_off: float = 0.0  # perf_counter when the hand-off returned
+    answered_at_ms: float = 0.0
+    answered: float = 0.0  # perf_counter when the answer arrived
+
+    def give(self, source: str, decision: dict[str, Any]) -> None:
+        """Answer the request (the first answer wins; one that gave up at its deadline takes none)."""
+        if not self.answer.done():
+            self.answered, self.answered_at_ms = time.perf_counter(), time.time() * 1000
+            self.answer.set_result((source, decision))
+
+
 class Gateway:
-    """One per server process: an asyncio Redis client that never waits past the deadline."""
+    """One per server process: an asyncio Redis client, the requests waiting, one inbox reader per tag; no
+    request waits past the deadline."""
 
     def __init__(self, settings: Settings, api: ApiSettings) -> None:
         self.settings = settings
@@ -74,59 +101,128 @@ class Gateway:
         self.client = client_class.from_url(
             redis_url(settings),
             socket_connect_timeout=self.deadline_s,
-            socket_timeout=self.deadline_s
-            + 1.0,  # BLPOP waits up to the deadline; the deadline cuts it short
+            socket_timeout=max(self.deadline_s, POP_BLOCK_S) + 1.0,
             retry=Retry(NoBackoff(), 0),
+            client_name=CLIENT_NAME,
             max_connections=MAX_CONNECTIONS,  # per node on a cluster
         )
         self._handoff = self.client.register_script(HANDOFF_SCRIPT)
+        self._token = secrets.token_hex(8)
+        self._waiting: dict[str, list[_Waiting]] = {}  # by transaction_id
+        self._outbox: list[_Waiting] = []  # requests of this loop turn, not handed off yet
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._readers: dict[str, asyncio.Task[None]] = {}  # by tag
 
     async def close(self) -> None:
-        """Release the connections."""
+        """Stop the readers and release the connections."""
+        for task in [*self._readers.values(), *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._readers.values(), *self._tasks, return_exceptions=True)
         await self.client.aclose()
 
     async def decide(self, txn: Transaction) -> Outcome:
         """The flow's decision for `txn` (or its stored first decision), else a stand-in within the deadline."""
         began = time.perf_counter()
+        request = self._enqueue(txn)
         try:
             async with asyncio.timeout(self.deadline_s):
-                return await self._decide(txn, began)
+                source, decision = await request.answer
         except TimeoutError:
             return Outcome(
                 STAND_IN, None, f"no decision within the deadline of {self.deadline_s * 1000:g} ms"
             )
         except redis.RedisError as error:
             return Outcome(STAND_IN, None, f"Redis unreachable: {type(error).__name__}")
-
-    async def _decide(self, txn: Transaction, began: float) -> Outcome:
-        tid = txn.transaction_id
-        tag = decision_tag(txn.card_id, self.settings.stream_shards, self.settings.redis_cluster)
-        reply = reply_key(tid, secrets.token_hex(8), tag)
-        stream, *entry = xadd_arguments(
-            txn.card_id, transaction_event(txn), self.settings.stream_shards, self.settings.stream_max_length
-        )
-        sent_at_ms = time.time() * 1000
-        stored = await self._handoff(
-            keys=[marker_key(tid, tag), waiting_key(tag), waiters_key(tid, tag), stream],
-            args=[tid, reply, REPLY_TTL_SECONDS, *entry],
-        )
-        handed_off = time.perf_counter()
-        handoff_ms = (handed_off - began) * 1000
-        if stored is not None:
-            return Outcome(STORED, orjson.loads(stored), handoff_ms=handoff_ms)
-        remaining = self.deadline_s - (handed_off - began) - _BLPOP_MARGIN_S
-        popped = await self.client.blpop([reply], timeout=max(remaining, 0.001))
-        replied = time.perf_counter()
-        if popped is None:
-            raise TimeoutError
+        finally:
+            self._forget(request)
+        handed_off = request.handed_off or request.answered  # the reply can overtake the hand-off's return
         return Outcome(
-            FLOW,
-            orjson.loads(popped[1]),
-            handoff_ms=handoff_ms,
-            wait_ms=(replied - handed_off) * 1000,
-            handed_off_at_ms=sent_at_ms,
-            replied_at_ms=time.time() * 1000,
+            source,
+            decision,
+            handoff_ms=(handed_off - began) * 1000,
+            wait_ms=(request.answered - handed_off) * 1000,
+            handed_off_at_ms=request.sent_at_ms,
+            replied_at_ms=request.answered_at_ms,
         )
+
+    def _enqueue(self, txn: Transaction) -> _Waiting:
+        """Register the request and queue its hand-off for the end of this loop turn."""
+        tag = decision_tag(txn.card_id, self.settings.stream_shards, self.settings.redis_cluster)
+        request = _Waiting(txn, tag, asyncio.get_running_loop().create_future())
+        self._waiting.setdefault(txn.transaction_id, []).append(request)
+        if tag not in self._readers:
+            self._readers[tag] = asyncio.create_task(self._read_replies(tag))
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(request)
+        return request
+
+    def _forget(self, request: _Waiting) -> None:
+        waiting = self._waiting.get(request.txn.transaction_id, [])
+        if request in waiting:
+            waiting.remove(request)
+        if not waiting:
+            self._waiting.pop(request.txn.transaction_id, None)
+
+    def _flush(self) -> None:
+        """Hand off the requests queued in this loop turn: one script call per tag and chunk."""
+        by_tag: dict[str, list[_Waiting]] = {}
+        for request in self._outbox:
+            by_tag.setdefault(request.tag, []).append(request)
+        self._outbox = []
+        for tag, requests in by_tag.items():
+            for start in range(0, len(requests), HANDOFF_CHUNK):
+                task = asyncio.create_task(self._hand_off(tag, requests[start : start + HANDOFF_CHUNK]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _hand_off(self, tag: str, requests: list[_Waiting]) -> None:
+        """One script call for `requests` (all of `tag`): each gets its stored decision, or waits for the flow."""
+        keys, events = [waiting_key(tag)], []
+        for request in requests:
+            tid = request.txn.transaction_id
+            stream, *entry = xadd_arguments(
+                request.txn.card_id,
+                transaction_event(request.txn),
+                self.settings.stream_shards,
+                self.settings.stream_max_length,
+            )
+            keys += [marker_key(tid, tag), waiters_key(tid, tag), stream]
+            events += [tid, *entry]
+        width = len(events) // len(requests) - 1  # XADD arguments per transaction, the same for every one
+        sent_at_ms = time.time() * 1000
+        for request in requests:
+            request.sent_at_ms = sent_at_ms
+        try:
+            stored = await self._handoff(
+                keys=keys, args=[reply_key(self._token, tag), REPLY_TTL_SECONDS, width, *events]
+            )
+        except redis.RedisError as error:
+            for request in requests:
+                if not request.answer.done():
+                    request.answer.set_exception(error)
+            return
+        handed_off = time.perf_counter()
+        for request, decision in zip(requests, stored, strict=True):
+            request.handed_off = handed_off
+            if decision is not None:
+                request.give(STORED, orjson.loads(decision))
+
+    async def _read_replies(self, tag: str) -> None:
+        """Pop this process's inbox of `tag` for as long as the server runs, answering the waiting requests."""
+        inbox = reply_key(self._token, tag)
+        while True:
+            try:
+                popped = await self.client.blmpop(
+                    POP_BLOCK_S, 1, inbox, direction="RIGHT", count=REPLIES_PER_POP
+                )
+            except redis.RedisError:
+                await asyncio.sleep(RETRY_S)
+                continue
+            for payload in popped[1] if popped else ():
+                decision = orjson.loads(payload)
+                for request in self._waiting.get(decision["transaction_id"], ()):
+                    request.give(FLOW, decision)
 
     async def readiness(self, stale_seconds: int) -> list[str]:
         """What keeps the API from deciding (empty: ready): Redis unreachable, no scoring flow reporting within

@@ -8,9 +8,10 @@
   (MAXLEN ~): consumers that need every decision read the feature log in the warehouse; the stream is the
   live view.
   The same call answers the API's waiting requests: a request adds the transaction_id to the set `awaiting`
-  and its reply list to the transaction's waiters list `awaiting:<transaction_id>` (`HANDOFF_SCRIPT`, run by
-  the API as it puts the event on the bus); the script pushes the first decision to every registered reply
-  list and removes the transaction from both. While no request waits, this costs one SCARD per call.
+  and its server's reply list (one per server process) to the transaction's waiters list
+  `awaiting:<transaction_id>` (`HANDOFF_SCRIPT`, run by the API as it puts the event on the bus); the script
+  pushes the first decision to every registered reply list and removes the transaction from both. While no
+  request waits, this costs one SCARD per call.
   The script runs atomically: there is no window in which a marker exists without its decision, or in which
   a waiter registers after the decision and misses it. On Redis Cluster every key the script and the
   hand-off touch carries the hash tag of the card's transactions shard (`decision_tag`): each shard has its
@@ -62,8 +63,8 @@ MARKER_PREFIX = "decided:"
 CHUNK = 1_000
 WAITING_KEY = "awaiting"  # the set of transaction_ids with API requests waiting for their decision
 WAITERS_PREFIX = "awaiting:"
-REPLY_PREFIX = "reply:"  # + transaction_id + ":" + a token: one reply list per waiting request
-# A reply list nobody reads any more (its request gave up at its deadline) disappears after this.
+REPLY_PREFIX = "reply:"  # + a token: one reply list (inbox) per API server process (and shard on a cluster)
+# A reply list nobody reads any more (its server stopped) disappears after this.
 REPLY_TTL_SECONDS = 60
 # KEYS[1] the stream, KEYS[2] WAITING_KEY, KEYS[i + 2] the i-th decision's marker; ARGV[1] the marker TTL,
 # ARGV[2] the stream's maximum length (0: untrimmed), ARGV[3] the reply lists' TTL, ARGV[4] WAITERS_PREFIX,
@@ -95,21 +96,30 @@ for i = 1, #KEYS - 2 do
 end
 return added
 """
-# The API's hand-off, atomic against _WRITE_SCRIPT: KEYS[1] the marker, KEYS[2] WAITING_KEY, KEYS[3] the
-# waiters list, KEYS[4] the card's shard of the transactions stream; ARGV[1] the transaction_id, ARGV[2] the
-# reply list to register, ARGV[3] the waiters list's TTL, ARGV[4...] the XADD arguments after the stream name
-# (`bus.xadd_arguments`). Returns the stored first decision when the transaction was decided already (nothing
-# is published); else registers the reply list, puts the event on the bus and returns nil.
+# The API's hand-off of a batch of transactions, atomic against _WRITE_SCRIPT: KEYS[1] WAITING_KEY, then per
+# transaction i KEYS[3i - 1] its marker, KEYS[3i] its waiters list, KEYS[3i + 1] its card's shard of the
+# transactions stream; ARGV[1] the reply list to register (the server process's inbox), ARGV[2] the waiters
+# lists' TTL, ARGV[3] the number w of XADD arguments per transaction, then per transaction its transaction_id
+# and its w XADD arguments after the stream name (`bus.xadd_arguments`). Returns, per transaction, its stored
+# first decision when it was decided already (nothing is published), else nil: the reply list is registered
+# and the event put on the bus.
 HANDOFF_SCRIPT = """
-local decided = redis.call('GET', KEYS[1])
-if decided then
-  return decided
+local inbox, ttl, width = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local stored = {}
+for i = 1, (#KEYS - 1) / 3 do
+  local at = 4 + (i - 1) * (width + 1)
+  local decided = redis.call('GET', KEYS[3 * i - 1])
+  if decided then
+    stored[i] = decided
+  else
+    redis.call('SADD', KEYS[1], ARGV[at])
+    redis.call('RPUSH', KEYS[3 * i], inbox)
+    redis.call('EXPIRE', KEYS[3 * i], ttl)
+    redis.call('XADD', KEYS[3 * i + 1], unpack(ARGV, at + 1, at + width))
+    stored[i] = false
+  end
 end
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('RPUSH', KEYS[3], ARGV[2])
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-redis.call('XADD', KEYS[4], unpack(ARGV, 4))
-return false
+return stored
 """
 
 
@@ -137,9 +147,9 @@ def waiting_key(tag: str = "") -> str:
     return f"{WAITING_KEY}:{tag}" if tag else WAITING_KEY
 
 
-def reply_key(transaction_id: str, token: str, tag: str = "") -> str:
-    """One waiting request's reply list."""
-    return f"{_prefix(REPLY_PREFIX, tag)}{transaction_id}:{token}"
+def reply_key(token: str, tag: str = "") -> str:
+    """An API server process's reply list (inbox): the decisions its requests wait for arrive there."""
+    return _prefix(REPLY_PREFIX, tag) + token
 
 
 def decisions_stream(tag: str = "") -> str:
