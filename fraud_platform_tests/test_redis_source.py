@@ -1,6 +1,7 @@
 """The Redis stream source's adaptive micro-batches against a real server: what is waiting comes at once (a
-few entries make a small batch), a backlog comes in full batches, and only an idle worker waits on XREAD
-BLOCK. Which reads blocked is read from the server's slow log (every command logged with its arguments)."""
+few entries make a small batch), a backlog comes in full batches, one XREAD per round reads all of a
+worker's shards, and only an idle worker waits on XREAD BLOCK. Which reads blocked is read from the server's
+slow log (every command logged with its arguments)."""
 
 from __future__ import annotations
 
@@ -78,26 +79,30 @@ def test_a_resumed_partition_reads_right_after_its_snapshot(
         resumed.close()
 
 
-def test_only_an_idle_worker_waits(command_log: redis.Redis, redis_server: LocalRedisServer) -> None:
+def test_one_read_per_round_serves_every_shard_and_only_an_idle_worker_waits(
+    command_log: redis.Redis, redis_server: LocalRedisServer
+) -> None:
     source = RedisStreamSource(redis_server.url, [QUIET, BUSY], batch_size=BATCH, block_ms=1)
-    waiting = source.build_part("in", QUIET, None)  # the worker's first partition: the one that may wait
-    polling = source.build_part("in", BUSY, None)
+    reading = source.build_part("in", QUIET, None)  # the worker's first partition: it reads for both
+    taking = source.build_part("in", BUSY, None)
     try:
-        assert waiting.next_batch() == []  # nothing read yet anywhere: an idle worker waits
+        assert reading.next_batch() == []  # nothing read yet anywhere: an idle worker waits
         add(command_log, BUSY, 5)
-        assert len(polling.next_batch()) == 5
-        assert waiting.next_batch() == []  # the worker is busy: its empty shard does not hold it up
-        assert polling.next_batch() == []
-        assert waiting.next_batch() == []  # a whole round without entries: idle again, waits
-        assert polling.next_batch() == []
+        assert taking.next_batch() == []  # nothing read for it since
+        assert reading.next_batch() == []  # idle before, so it may wait; BUSY's entries were waiting: at once
+        assert taking.next_batch() == [f"event {index}".encode() for index in range(5)]
+        assert reading.next_batch() == []  # the worker read entries last round: no wait
+        assert reading.next_batch() == []  # a whole read without entries: idle again, waits
         add(command_log, QUIET, BATCH + 1)
-        assert len(waiting.next_batch()) == BATCH  # idle before, and entries were waiting: at once
-        assert len(waiting.next_batch()) == 1  # it read entries itself: no wait
-        assert blocking_reads(command_log, QUIET) == [True, False, True, True, False]
-        assert blocking_reads(command_log, BUSY) == [False, False, False]  # never blocks
+        assert len(reading.next_batch()) == BATCH  # idle before, and entries were waiting: at once
+        assert len(reading.next_batch()) == 1  # it read entries: no wait
+        assert taking.snapshot() == command_log.xrevrange(BUSY, count=1)[0][0].decode()
+        expected = [True, True, False, True, True, False]
+        assert blocking_reads(command_log, QUIET) == expected
+        assert blocking_reads(command_log, BUSY) == expected  # the same reads: one XREAD for both shards
     finally:
-        waiting.close()
-        polling.close()
+        reading.close()
+        taking.close()
 
 
 def test_partitions_that_stop_when_drained_never_wait(

@@ -482,10 +482,19 @@ def read_entries(
     client: redis.Redis, stream: str, after: str, count: int, block_ms: int | None
 ) -> list[tuple[str, bytes | None]]:
     """Up to `count` entries after id `after` as (id, event payload or None); waits up to block_ms if none."""
-    reply = client.xread({stream: after}, count=count, block=block_ms)
-    if not reply:
-        return []
-    return [(entry_id.decode(), fields.get(_EVENT_KEY)) for entry_id, fields in reply[0][1]]
+    return read_streams(client, {stream: after}, count, block_ms).get(stream, [])
+
+
+def read_streams(
+    client: redis.Redis, after: Mapping[str, str], count: int, block_ms: int | None
+) -> dict[str, list[tuple[str, bytes | None]]]:
+    """One XREAD of several streams (of one slot on a cluster): up to `count` entries of each after its id in
+    `after`, as (id, event payload or None), for the streams that had any; waits up to block_ms if none had."""
+    reply = client.xread(dict(after), count=count, block=block_ms)
+    return {
+        stream.decode(): [(entry_id.decode(), fields.get(_EVENT_KEY)) for entry_id, fields in entries]
+        for stream, entries in reply or ()
+    }
 
 
 def write_dead_letters(client: redis.Redis, letters: Iterable[DeadLetter]) -> int:
