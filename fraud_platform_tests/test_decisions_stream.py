@@ -12,7 +12,13 @@ from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.lib.keys import DECISIONS_STREAM
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.schema import Transaction
-from fraud_platform.scoring.decisions import FeatureLog, FeatureLogError, read_decisions, write_decisions
+from fraud_platform.scoring.decisions import (
+    CONVERT_ROWS,
+    FeatureLog,
+    FeatureLogError,
+    read_decisions,
+    write_decisions,
+)
 from fraud_platform.scoring.scorer import APPROVE, Decision
 
 
@@ -65,6 +71,23 @@ def test_a_quiet_feature_log_lands_its_decisions_without_new_traffic(tmp_path: P
     log.add(_decisions(2, start=3))
     log.close()  # what is left is published by the timer or, at the latest, at shutdown
     assert sorted(batch.parameters["decisions"] for batch in zone.batches()) == [2, 3]
+
+
+def test_small_micro_batches_are_converted_to_arrow_together(tmp_path: Path) -> None:
+    log = FeatureLog(tmp_path / "landing", "small", flush_events=10_000, flush_seconds=3_600)
+    for start in range(0, 300, 3):  # 100 micro-batches of 3 decisions
+        log.add(_decisions(3, start=start))
+    parts = (
+        log.checkpoint()
+    )  # one part of the first 258 (converted together), one of the rest for the snapshot
+    assert [decisions.num_rows for _, decisions in parts] == [258, 42]
+    assert CONVERT_ROWS == 256
+    assert [id_ for _, decisions in parts for id_ in decisions.column("transaction_id").to_pylist()] == [
+        f"t{index}" for index in range(300)
+    ]
+    log.close()
+    (batch,) = LandingZone(tmp_path / "landing").batches()
+    assert batch.parameters["decisions"] == 300
 
 
 def test_a_failed_publication_keeps_the_decisions_and_is_raised(tmp_path: Path) -> None:
