@@ -20,6 +20,7 @@ pop on a connection of its own: the server's Redis connections stay few under an
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from fraud_platform.scoring.decisions import (
 )
 from fraud_platform.scoring.metrics import METRICS_KEY
 
+logger = logging.getLogger(__name__)
 FLOW, STORED, STAND_IN = "flow", "stored", "stand_in"
 CLIENT_NAME = "fraud-platform-api"  # the server's connections in Redis's CLIENT LIST
 MAX_CONNECTIONS = 1_024
@@ -220,8 +222,15 @@ class Gateway:
                 await asyncio.sleep(RETRY_S)
                 continue
             for payload in popped[1] if popped else ():
-                decision = orjson.loads(payload)
-                for request in self._waiting.get(decision["transaction_id"], ()):
+                try:
+                    decision = orjson.loads(payload)
+                    waiting = self._waiting.get(decision["transaction_id"], ())
+                except (orjson.JSONDecodeError, KeyError, TypeError):  # not written by the decision script
+                    logger.error(
+                        "inbox %s: skipped an entry that is not a decision: %r", inbox, payload[:200]
+                    )
+                    continue
+                for request in waiting:
                     request.give(FLOW, decision)
 
     async def readiness(self, stale_seconds: int) -> list[str]:
