@@ -29,7 +29,7 @@ from fraud_platform.lib.bus import (
     landing_days,
     publish,
     read_dead_letters,
-    read_entries,
+    read_streams,
     replay,
     stream_id,
     stream_last_id,
@@ -243,7 +243,8 @@ def test_publish_shards_by_card_and_keeps_each_cards_order(clean_redis: redis.Re
     assert publish(clean_redis, events, shards=3) == 50
     seen: dict[str, list[str]] = {}
     for shard in range(3):
-        for _, payload in read_entries(clean_redis, transactions_stream(shard), "0-0", 100, None):
+        stream = transactions_stream(shard)
+        for _, payload in read_streams(clean_redis, {stream: "0-0"}, 100, None)[stream]:
             event = orjson.loads(payload)
             assert shard_of(event["card_id"], 3) == shard
             seen.setdefault(event["card_id"], []).append(event["transaction_id"])
@@ -256,9 +257,9 @@ def test_stream_positions(clean_redis: redis.Redis) -> None:
     clean_redis.xadd(stream, {"other": "field"})
     last = clean_redis.xadd(stream, {EVENT_FIELD: b"{}"}).decode()
     assert stream_last_id(clean_redis, stream) == last
-    entries = read_entries(clean_redis, stream, "0-0", 10, None)
+    entries = read_streams(clean_redis, {stream: "0-0"}, 10, None)[stream]
     assert [payload for _, payload in entries] == [None, b"{}"]
-    assert read_entries(clean_redis, stream, last, 10, 1) == []  # waits 1 ms, nothing new
+    assert read_streams(clean_redis, {stream: last}, 10, 1) == {}  # waits 1 ms, nothing new
     assert stream_id("5-1") > stream_id("4-9") and stream_id("12") == (12, 0)
 
 

@@ -478,13 +478,6 @@ def stream_id(entry_id: str) -> tuple[int, int]:
     return int(millis), int(sequence or 0)
 
 
-def read_entries(
-    client: redis.Redis, stream: str, after: str, count: int, block_ms: int | None
-) -> list[tuple[str, bytes | None]]:
-    """Up to `count` entries after id `after` as (id, event payload or None); waits up to block_ms if none."""
-    return read_streams(client, {stream: after}, count, block_ms).get(stream, [])
-
-
 def read_streams(
     client: redis.Redis, after: Mapping[str, str], count: int, block_ms: int | None
 ) -> dict[str, list[tuple[str, bytes | None]]]:

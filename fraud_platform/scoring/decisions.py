@@ -334,8 +334,8 @@ class FeatureLog:
     Decisions are converted to Arrow tables CONVERT_ROWS at a time as they are added (the per-column cost of
     a conversion paid once per 256 decisions, not once per micro-batch, and no long pause either), the rest
     when a snapshot or a publication takes them; landing batches are written by a background thread
-    (parquet writing releases the GIL): the flow's worker never pauses long for a flush or a snapshot. A failed publication keeps the decisions buffered and is raised
-    by the next `add`."""
+    (parquet writing releases the GIL): the flow's worker never pauses long for a flush or a snapshot. A
+    failed publication keeps the decisions buffered and is raised by the next `add`."""
 
     def __init__(
         self,
