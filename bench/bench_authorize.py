@@ -18,7 +18,8 @@ answers and the time split per request from the server's Server-Timing header (m
 (waiting for the loop turn's batch hand-off script: marker check, reply list, XADD), `queue` (on the bus
 until the flow took it in), `flow` (the flow's features, batch features, model, decision script), `reply`
 (decision to the server's inbox reader). Queue, flow and reply come from the decision's millisecond times.
-And the CPU time each process (load generator, server, flow, Redis) spent per request sent, from /proc. Then
+And the CPU time each process (load generator, server, flow, Redis) spent per request sent, from /proc, and
+where the flow's worker spent the run, step by step (Bytewax's own step metrics: `bench.common.step_split`). Then
 the rates of --search-rates in order, until one misses p99 <= 10 ms: the highest rate held is reported; then
 the rates of --neighbour-rates again next to `bench.neighbour` (one busy process per core). Results in
 bench/results/authorize.json.
@@ -39,7 +40,15 @@ import orjson
 import uvloop
 
 from bench.bench_scoring import register_real_model
-from bench.common import child_processes, cpu_seconds, parse_options, write_result
+from bench.common import (
+    child_processes,
+    cpu_seconds,
+    dataflow_api,
+    parse_options,
+    step_seconds,
+    step_split,
+    write_result,
+)
 from bench.neighbour import Neighbour
 from fraud_platform.config import Settings
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
@@ -220,9 +229,11 @@ def main() -> None:
             card_rows, merchant_rows = load_random_batch_features(client, table, seed=args.seed)
             vectors = expected_features(table.slice(0, 50_000), card_rows, merchant_rows)
             result["model_version"] = register_real_model(settings, np.stack(list(vectors.values())))
+            flow_api_port = free_port()  # the flow's own step metrics: where its worker spends each run
             env = {
                 **os.environ,
                 **settings.environment(),
+                **dataflow_api(flow_api_port),
                 "FRAUD_PLATFORM_API_DEADLINE_MS": str(args.deadline_ms),
             }
             with running_api(env, home) as url:
@@ -233,8 +244,10 @@ def main() -> None:
                     processes["flow" if "bytewax.run" in command else "server"] = pid
 
                 def measure(rate: int) -> dict[str, object]:
-                    """One rate, with each process's CPU time per request sent (warm-up included)."""
+                    """One rate, with each process's CPU time per request sent and the flow's step split (warm-up
+                    included)."""
                     before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+                    steps_before, began = step_seconds(flow_api_port), time.perf_counter()
                     # The generator must not pause: its own garbage collections were most of the p99 at
                     # 1,000 requests/s (233 ms with them, 24-59 ms without). A run's garbage is bounded.
                     gc.collect()
@@ -254,7 +267,12 @@ def main() -> None:
                         name: round((cpu_seconds(pid) - before[name]) * 1000 / sent, 3)
                         for name, pid in processes.items()
                     }
-                    print(run)
+                    run["flow_step_split"] = step_split(
+                        steps_before, step_seconds(flow_api_port), time.perf_counter() - began
+                    )
+                    print({key: value for key, value in run.items() if key != "flow_step_split"})
+                    for row in run["flow_step_split"][:6]:
+                        print("   ", row)
                     return run
 
                 runs = [measure(rate) for rate in args.rates]

@@ -24,7 +24,9 @@ features, stored natively, thresholds set so that about 1 % of the events are re
    (both wall clock on this machine, 1 ms resolution), after a warm-up that is not counted. Measured in one
    run for each shard count of `--shard-counts`, with XGBoost's default threads (before) and one thread
    (after), each on the quiet machine and with the neighbour started before the flow (so its warm-up is
-   contended too) and stopped after it; `threading_table` is the before/after table in Markdown.
+   contended too) and stopped after it; `threading_table` is the before/after table in Markdown. Each run
+   also reports the flow's CPU (cores) and where its worker spent the measured window, step by step, from
+   Bytewax's own step metrics (`split_table`: calls per second, ms per call, share of the window).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import xgboost as xgb
 from bytewax.testing import run_main
 from threadpoolctl import threadpool_limits
 
-from bench.common import parse_options, write_result
+from bench.common import cpu_seconds, dataflow_api, parse_options, step_seconds, step_split, write_result
 from bench.neighbour import Neighbour
 from bytewax_flows import realtime_features, scoring
 from fraud_platform.config import Settings
@@ -68,6 +70,7 @@ from fraud_platform.training.model import TrainingConfig, fit, score
 REVIEW_SHARE, DECLINE_SHARE = 0.01, 0.002
 MODEL_BATCHES = (10, 1_000)  # rows per model call: a quiet stream's micro-batch, a backlog's
 REASON_BATCHES = (10, 100)  # flagged rows per reason-code call: ~1.2 % of a 1,000 and of an 8,000 backlog
+_LISTS = ("flow_metrics_lines", "step_split")  # printed apart
 THREADS = {0: "XGBoost's default (every core)", 1: "one thread"}  # before / after
 COST_THREADS = (*THREADS, 2)  # and whether two threads pay on a backlog's batches
 TREES = 200  # the size the brief's cost facts were measured with (fit's early stopping keeps far fewer here)
@@ -229,7 +232,8 @@ def latency(
     events = [dict(event) for event in (events * (needed // len(events) + 1))[:needed]]
     for index, event in enumerate(events):  # unique ids: a repeat would be a duplicate
         event["transaction_id"] = f"lat{index:09d}"
-    env = {**os.environ, **settings.environment(), "PYTHONUNBUFFERED": "1"}
+    api_port = free_port()
+    env = {**os.environ, **settings.environment(), **dataflow_api(api_port), "PYTHONUNBUFFERED": "1"}
     log_path = Path(settings.home) / "flow.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
@@ -245,7 +249,8 @@ def latency(
             for start in range(0, len(events), per_tick):
                 if start == warmup:
                     _wait_for(client, warmup, 120)
-                    next_at = time.perf_counter()
+                    steps_before, cpu_before = step_seconds(api_port), cpu_seconds(process.pid)
+                    next_at = window_began = time.perf_counter()
                 chunk = events[start : start + per_tick]
                 publish(client, chunk, settings.stream_shards)
                 now_ms = time.time_ns() // 1_000_000
@@ -256,6 +261,9 @@ def latency(
                 if pause > 0:
                     time.sleep(pause)
             _wait_for(client, len(events), 60)
+            window = time.perf_counter() - window_began
+            split = step_split(steps_before, step_seconds(api_port), window)
+            flow_cores = (cpu_seconds(process.pid) - cpu_before) / window
         finally:
             process.send_signal(signal.SIGINT)
             try:
@@ -279,6 +287,8 @@ def latency(
         "latency_max_ms": float(latencies.max()),
         "in_flow_p50_ms": float(np.percentile(in_flow, 50)),
         "in_flow_p99_ms": float(np.percentile(in_flow, 99)),
+        "flow_cores": round(flow_cores, 3),
+        "step_split": split,
         "flow_metrics_lines": [line for line in log_path.read_text().splitlines() if "decisions/s" in line][
             -3:
         ],
@@ -300,7 +310,7 @@ def latency_runs(
                         runs[name] = latency(configured, client, table, rate, seconds)
                 else:
                     runs[name] = latency(configured, client, table, rate, seconds)
-                print(name, {key: value for key, value in runs[name].items() if key != "flow_metrics_lines"})
+                print(name, {key: value for key, value in runs[name].items() if key not in _LISTS})
     return runs
 
 
@@ -331,6 +341,31 @@ def threading_table(runs: dict[str, dict[str, object]], costs: dict[str, dict[st
                 f" | {cost[f'approx_reasons_10_rows_threads_{threads}_us_per_row']} us"
                 f" | {cost[f'exact_reasons_10_rows_threads_{threads}_us_per_row']} us |"
             )
+    return lines
+
+
+def split_table(runs: dict[str, dict[str, object]]) -> list[str]:
+    """Where the flow's worker spent each one-thread run's measured window, in Markdown: per step the calls per
+    second, ms per call and share of the window (from Bytewax's own step metrics), and the flow's CPU."""
+    names = [name for name in runs if "_threads_1_" in name]
+    seconds = {name: runs[name]["measured_events"] / runs[name]["rate_per_second"] for name in names}
+    lines = ["| step (timed call) | " + " | ".join(name.removeprefix("latency_") for name in names) + " |"]
+    lines.append("|" + " --- |" * (len(names) + 1))
+    steps = {row["step"]: None for name in names for row in runs[name]["step_split"]}
+    for step in steps:
+        cells = []
+        for name in names:
+            row = next((row for row in runs[name]["step_split"] if row["step"] == step), None)
+            cells.append(
+                "-"
+                if row is None
+                else f"{row['calls'] / seconds[name]:,.0f}/s x {row['ms_per_call']:.3f} ms = "
+                f"{row['share_of_window']:.1%}"
+            )
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| flow CPU (cores) | " + " | ".join(f"{runs[name]['flow_cores']:.2f}" for name in names) + " |"
+    )
     return lines
 
 
@@ -387,7 +422,8 @@ def main() -> None:
             runs = latency_runs(settings, client, table, args.rate, args.seconds, args.shard_counts)
             result |= runs
             result["threading_table"] = threading_table(runs, costs)
-            print("\n".join(result["threading_table"]))
+            result["split_table"] = split_table(runs)
+            print("\n".join(result["threading_table"] + [""] + result["split_table"]))
         finally:
             server.stop()
     write_result("scoring", result)

@@ -1,12 +1,16 @@
-"""What every benchmark shares: the machine's description and where results are written."""
+"""What every benchmark shares: the machine's description, where results are written, and what processes and
+flow steps cost (CPU time from /proc, step times from Bytewax's own metrics)."""
 
 import argparse
 import json
 import os
 import platform
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -35,6 +39,52 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dataflow_api(port: int) -> dict[str, str]:
+    """The environment under which `bytewax.run` serves its own metrics (`/metrics` on `port`): every step's
+    time per call (`step_seconds`)."""
+    return {"BYTEWAX_DATAFLOW_API_ENABLED": "true", "BYTEWAX_DATAFLOW_API_PORT": str(port)}
+
+
+def step_seconds(port: int) -> dict[str, tuple[float, float]]:
+    """Each Bytewax step's time so far, from the flow's metrics (`dataflow_api`): `step_id (what)` ->
+    (seconds, calls), what being the timed call: next_batch, flat_map_batch, on_batch, write_batch..."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    steps: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if not family.name.endswith("_duration_seconds"):
+            continue
+        what = family.name.removeprefix("bytewax_").removesuffix("_duration_seconds")
+        for sample in family.samples:
+            key = f"{sample.labels['step_id']} ({what})"
+            seconds, calls = steps.get(key, (0.0, 0.0))
+            if sample.name.endswith("_sum"):
+                steps[key] = (seconds + sample.value, calls)
+            elif sample.name.endswith("_count"):
+                steps[key] = (seconds, calls + sample.value)
+    return steps
+
+
+def step_split(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], window_seconds: float
+) -> list[dict[str, object]]:
+    """Where a flow's worker spent a measured window (two `step_seconds` readings `window_seconds` apart):
+    per step its calls, ms per call and share of the window, largest first."""
+    split = []
+    for step, (seconds, calls) in after.items():
+        spent, called = seconds - before.get(step, (0.0, 0.0))[0], calls - before.get(step, (0.0, 0.0))[1]
+        if called:
+            split.append(
+                {
+                    "step": step,
+                    "calls": int(called),
+                    "ms_per_call": round(spent * 1000 / called, 3),
+                    "share_of_window": round(spent / window_seconds, 4),
+                }
+            )
+    return sorted(split, key=lambda row: -float(row["share_of_window"]))  # type: ignore[arg-type]
 
 
 def child_processes() -> dict[int, str]:
