@@ -19,9 +19,9 @@ answers and the time split per request from the server's Server-Timing header (m
 until the flow took it in), `flow` (the flow's features, batch features, model, decision script), `reply`
 (decision to the server's inbox reader). Queue, flow and reply come from the decision's millisecond times.
 And the CPU time each process (load generator, server, flow, Redis) spent per request sent, from /proc, and
-where the flow's worker spent the run, step by step (Bytewax's own step metrics: `bench.common.step_split`). Then
-the rates of --search-rates in order, until one misses p99 <= 10 ms: the highest rate held is reported; then
-the rates of --neighbour-rates again next to `bench.neighbour` (one busy process per core). Results in
+where the flow's worker spent the run, step by step (Bytewax's own step metrics: `bench.common.step_split`).
+Then the rates of --search-rates in order, until one misses p99 <= 10 ms: the highest rate held is reported;
+then the rates of --neighbour-rates again next to `bench.neighbour` (one busy process per core). Results in
 bench/results/authorize.json.
 """
 
@@ -244,8 +244,8 @@ def main() -> None:
                     processes["flow" if "bytewax.run" in command else "server"] = pid
 
                 def measure(rate: int) -> dict[str, object]:
-                    """One rate, with each process's CPU time per request sent and the flow's step split (warm-up
-                    included)."""
+                    """One rate, with each process's CPU time per request sent and the flow's step split
+                    (warm-up included)."""
                     before = {name: cpu_seconds(pid) for name, pid in processes.items()}
                     steps_before, began = step_seconds(flow_api_port), time.perf_counter()
                     # The generator must not pause: its own garbage collections were most of the p99 at

@@ -345,8 +345,8 @@ def threading_table(runs: dict[str, dict[str, object]], costs: dict[str, dict[st
 
 
 def split_table(runs: dict[str, dict[str, object]]) -> list[str]:
-    """Where the flow's worker spent each one-thread run's measured window, in Markdown: per step the calls per
-    second, ms per call and share of the window (from Bytewax's own step metrics), and the flow's CPU."""
+    """Where the flow's worker spent each one-thread run's measured window, in Markdown: per step the calls
+    per second, ms per call and share of the window (from Bytewax's own step metrics), and the flow's CPU."""
     names = [name for name in runs if "_threads_1_" in name]
     seconds = {name: runs[name]["measured_events"] / runs[name]["rate_per_second"] for name in names}
     lines = ["| step (timed call) | " + " | ".join(name.removeprefix("latency_") for name in names) + " |"]
