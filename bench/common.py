@@ -49,7 +49,8 @@ def dataflow_api(port: int) -> dict[str, str]:
 
 def step_seconds(port: int) -> dict[str, tuple[float, float]]:
     """Each Bytewax step's time so far, from the flow's metrics (`dataflow_api`): `step_id (what)` ->
-    (seconds, calls), what being the timed call: next_batch, flat_map_batch, on_batch, write_batch..."""
+    (seconds, calls), what being the timed call: next_batch, flat_map_batch, on_batch, write_batch... (and,
+    under recovery, `recovery (partd_write)`: the snapshots written to the recovery partitions)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     steps: dict[str, tuple[float, float]] = {}
@@ -58,7 +59,7 @@ def step_seconds(port: int) -> dict[str, tuple[float, float]]:
             continue
         what = family.name.removeprefix("bytewax_").removesuffix("_duration_seconds")
         for sample in family.samples:
-            key = f"{sample.labels['step_id']} ({what})"
+            key = f"{sample.labels.get('step_id', 'recovery')} ({what})"  # recovery's own writes name no step
             seconds, calls = steps.get(key, (0.0, 0.0))
             if sample.name.endswith("_sum"):
                 steps[key] = (seconds + sample.value, calls)
