@@ -9,10 +9,11 @@ week: the textbook fit, the search's regularised stochastic starting point, vari
 precision counts cards, not transactions), the same two fitted without the rows of cards already known to be
 compromised on their day (frauds card precision does not count: such a card is blocked), rank averages of
 the textbook with two of them (an ensemble the serving path would have to run as two models), and the
-perfect ranking (the test labels as scores: the ceiling of each metric on that week). Same data, folds and metrics as bench_quality (AP, card precision@100 by the
-standard rule, ROC AUC); the means per window shape go to bench/results/fit_variants[_handbook].json. It
-answers whether any simple change of the fit would beat the textbook on card precision@100, not which to
-ship: choosing a shipped default by its test weeks would tune the fit to this benchmark.
+perfect ranking (the test labels as scores: the ceiling of each metric on that week). Same data, folds and
+metrics as bench_quality (AP, card precision@100 by the standard rule, ROC AUC); the means per window shape go
+to bench/results/fit_variants[_handbook].json. It answers whether any simple change of the fit would beat the
+textbook on card precision@100, not which to ship: choosing a shipped default by its test weeks would tune
+the fit to this benchmark.
 """
 
 import os
