@@ -327,7 +327,7 @@ def latency_runs(
                         runs[name] = latency(configured, client, table, rate, seconds)
                 else:
                     runs[name] = latency(configured, client, table, rate, seconds)
-                print(name, {key: value for key, value in runs[name].items() if key not in _LISTS})
+                print(name, _summary(runs[name]))
     return runs
 
 
@@ -368,11 +368,11 @@ def split_table(runs: dict[str, dict[str, object]]) -> list[str]:
     seconds = {name: runs[name]["measured_events"] / runs[name]["rate_per_second"] for name in names}
     lines = ["| step (timed call) | " + " | ".join(name.removeprefix("latency_") for name in names) + " |"]
     lines.append("|" + " --- |" * (len(names) + 1))
-    steps = {row["step"]: None for name in names for row in runs[name]["step_split"]}
-    for step in steps:
+    by_step = {name: {row["step"]: row for row in runs[name]["step_split"]} for name in names}
+    for step in {step: None for name in names for step in by_step[name]}:  # every step, in first-seen order
         cells = []
         for name in names:
-            row = next((row for row in runs[name]["step_split"] if row["step"] == step), None)
+            row = by_step[name].get(step)
             cells.append(
                 "-"
                 if row is None
@@ -384,6 +384,10 @@ def split_table(runs: dict[str, dict[str, object]]) -> list[str]:
         "| flow CPU (cores) | " + " | ".join(f"{runs[name]['flow_cores']:.2f}" for name in names) + " |"
     )
     return lines
+
+
+def _summary(run: dict[str, object]) -> dict[str, object]:
+    return {key: value for key, value in run.items() if key not in _LISTS}
 
 
 def _shards(runs: dict[str, dict[str, object]]) -> list[int]:
@@ -442,7 +446,7 @@ def main() -> None:
             for interval in args.recovery_seconds:  # as docs/operations.md runs the flow: recovery on
                 name = f"latency_{args.shard_counts[0]}_shards_threads_1_recovery_{interval}s"
                 runs[name] = latency(one_thread, client, table, args.rate, args.seconds, interval)
-                print(name, {key: value for key, value in runs[name].items() if key not in _LISTS})
+                print(name, _summary(runs[name]))
             result |= runs
             result["threading_table"] = threading_table(runs, costs)
             result["split_table"] = split_table(runs)

@@ -75,7 +75,8 @@ def step_split(
     per step its calls, ms per call and share of the window, largest first."""
     split = []
     for step, (seconds, calls) in after.items():
-        spent, called = seconds - before.get(step, (0.0, 0.0))[0], calls - before.get(step, (0.0, 0.0))[1]
+        seconds_before, calls_before = before.get(step, (0.0, 0.0))
+        spent, called = seconds - seconds_before, calls - calls_before
         if called:
             split.append(
                 {
