@@ -124,8 +124,11 @@ class ServingModel:
         if booster is None or len(features) == 0:
             return [() for _ in range(len(features))]
         threads = self.threads_for(len(features)) or None  # None: XGBoost's default
-        matrix = xgb.DMatrix(features, feature_names=list(MODEL_FEATURES), missing=np.nan, nthread=threads)
-        contributions = booster.predict(matrix, pred_contribs=True, approx_contribs=True)
+        # Columns in MODEL_FEATURES order, as `scores` passes them: no names to set and check per call
+        matrix = xgb.DMatrix(features, missing=np.nan, nthread=threads)
+        contributions = booster.predict(
+            matrix, pred_contribs=True, approx_contribs=True, validate_features=False
+        )
         contributions = contributions[:, :-1]  # the last column is the bias
         top = np.argsort(-contributions, axis=1)[:, :REASON_CODES]
         return [
