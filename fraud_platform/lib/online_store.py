@@ -89,13 +89,17 @@ def write_with_ttl(
     chunk; on a server without MSETEX, pipelined SET ... EX. On Redis Cluster the same per group of keys
     with one hash tag (`by_tag`), one pipeline per chunk. Whether the server takes MSETEX is remembered per
     client."""
-    use_msetex = _takes_msetex(client)
+    use_msetex = not getattr(client, "_fraud_platform_no_msetex", False)
     if isinstance(client, RedisCluster):
         _write_by_tag(client, keys, values, ttl_seconds, chunk, use_msetex)
         return
     pipeline = client.pipeline(transaction=False)
     for start in range(0, len(keys), chunk):
-        pairs = _pairs(keys[start : start + chunk], values[start : start + chunk])
+        pairs = [
+            item
+            for pair in zip(keys[start : start + chunk], values[start : start + chunk], strict=True)
+            for item in pair
+        ]
         if use_msetex:
             try:
                 client.execute_command("MSETEX", len(pairs) // 2, *pairs, "EX", ttl_seconds)
@@ -108,28 +112,6 @@ def write_with_ttl(
         for key, value in zip(pairs[::2], pairs[1::2], strict=True):
             pipeline.set(key, value, ex=ttl_seconds)
         pipeline.execute()
-
-
-def _queue_writes(pipeline: redis.client.Pipeline, writes: Writes, use_msetex: bool) -> int:
-    """Queue `writes` on a pipeline: one MSETEX, or a SET ... EX per key; return how many replies they add."""
-    if not writes.keys:
-        return 0
-    if use_msetex:
-        pairs = _pairs(writes.keys, writes.values)
-        pipeline.execute_command("MSETEX", len(writes.keys), *pairs, "EX", writes.ttl_seconds)
-        return 1
-    for key, value in zip(writes.keys, writes.values, strict=True):
-        pipeline.set(key, value, ex=writes.ttl_seconds)
-    return len(writes.keys)
-
-
-def _pairs(keys: Sequence[str], values: Sequence[bytes]) -> list[str | bytes]:
-    return [item for pair in zip(keys, values, strict=True) for item in pair]
-
-
-def _takes_msetex(client: redis.Redis | RedisCluster) -> bool:
-    """False once the server refused MSETEX to this client (remembered on the client)."""
-    return not getattr(client, "_fraud_platform_no_msetex", False)
 
 
 def by_tag(keys: Sequence[str]) -> list[list[int]]:
@@ -299,20 +281,15 @@ class OnlineStore:
                 values = [flat[: len(card_keys)], flat[len(card_keys) :]]
             else:
                 pipeline = self.client.pipeline(transaction=False)
-                use_msetex = _takes_msetex(self.client)
-                queued = _queue_writes(pipeline, writes, use_msetex) if writes is not None else 0
+                if writes is not None:
+                    for key, value in zip(writes.keys, writes.values, strict=True):
+                        pipeline.set(key, value, ex=writes.ttl_seconds)
                 pipeline.get(BATCH_GENERATION_KEY)
                 for keys in (card_keys, merchant_keys):
                     if keys:
                         pipeline.mget(keys)
-                try:
-                    replies = pipeline.execute()
-                except redis.ResponseError as error:
-                    if not (queued and use_msetex and _msetex_unsupported(error)):
-                        raise
-                    self.client._fraud_platform_no_msetex = True  # type: ignore[attr-defined]
-                    continue  # the next attempt sets them with SET ... EX
-                current, *values = replies[queued:]
+                replies = pipeline.execute()
+                current, *values = replies[len(writes.keys) :] if writes is not None else replies
                 writes = None
                 values = [values.pop(0) if card_keys else [], values.pop(0) if merchant_keys else []]
             if current is not None and current.decode() == generation:
