@@ -142,7 +142,7 @@ def feature_steps(
     flow: Dataflow,
     source: Source[bytes | None] | Source[KafkaItem],
     dead_letter_sink: Sink[DeadLetter],
-    card_sink: Sink[FeatureRow] | None,
+    card_sink: Sink[FeatureRow],
     allowed_lateness_ms: int,
     row_sink: Sink[FeatureRow] | None = None,
     *,
@@ -151,7 +151,6 @@ def feature_steps(
 ) -> Stream[Served | FeatureRow]:
     """The feature part every flow shares: events in, card features and dead letters out. Returns every
     transaction's served row with the transaction (`Served`) and the corrections (what scoring consumes).
-    `card_sink` None: the caller writes the card features from what is returned (the scoring flow does).
     `event_window`: how far a timestamp may lie from its clock (`bus.EventWindow`); `transaction_ids`: the
     first-seen markers that dead-letter a reused id (None: only duplicates within a card are caught)."""
     payloads = op.input("transactions", flow, source)
@@ -169,13 +168,11 @@ def feature_steps(
     # a DeadLetter for a duplicate
     results = op.branch("split_duplicates", op.key_rm("unkey", updated), _is_output)
     # results.trues: Served | FeatureRow; results.falses: DeadLetter
-    if card_sink is not None or row_sink is not None:
-        rows = op.flat_map_batch("rows", results.trues, feature_rows)
-        # FeatureRow: served rows and corrections
-        if card_sink is not None:
-            op.output("card_features", rows, card_sink)
-        if row_sink is not None:
-            op.output("feature_rows", rows, row_sink)
+    rows = op.flat_map_batch("rows", results.trues, _rows)
+    # FeatureRow: served rows and corrections
+    op.output("card_features", rows, card_sink)
+    if row_sink is not None:
+        op.output("feature_rows", rows, row_sink)
     op.output("dead_letters", op.merge("all_dead_letters", checked.falses, results.falses), dead_letter_sink)
     return results.trues
 
@@ -298,8 +295,7 @@ def _is_output(item: Served | FeatureRow | DeadLetter) -> TypeGuard[Served | Fea
     return not isinstance(item, DeadLetter)
 
 
-def feature_rows(items: list[Served | FeatureRow]) -> list[FeatureRow]:
-    """The feature rows of the served transactions and corrections."""
+def _rows(items: list[Served | FeatureRow]) -> list[FeatureRow]:
     return [item.row if isinstance(item, Served) else item for item in items]
 
 

@@ -17,8 +17,7 @@
   With `exit_when_drained` a partition stops once it has read everything that was in its stream when it
   started (tests, benchmarks, replays of history).
 * `CardFeatureSink`: each card's newest feature vector, packed, under `card_realtime_key` with a TTL; one
-  MSETEX per batch (pipelined SET ... EX on servers without it), only the last row of a card in the batch
-  (`card_vector_writes`; the scoring flow sets the same in its batch-feature read's round trip instead).
+  MSETEX per batch (pipelined SET ... EX on servers without it), only the last row of a card in the batch.
 * `DeadLetterSink`: events the flow could not use, to the dead-letter stream with their reason.
 
 Writes are idempotent per card (SET) and the source is exactly-once on resume; dead letters may repeat
@@ -31,7 +30,7 @@ node.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -51,7 +50,7 @@ from fraud_platform.lib.bus import (
     write_dead_letters,
 )
 from fraud_platform.lib.keys import card_realtime_key
-from fraud_platform.lib.online_store import Writes, write_with_ttl
+from fraud_platform.lib.online_store import write_with_ttl
 from fraud_platform.lib.redis_server import RedisClient, redis_client
 
 # A restarting server (refused connections, then "loading the dataset") is waited for, up to about a minute,
@@ -191,17 +190,6 @@ class RedisStreamSource(FixedPartitionedSource[bytes | None, str]):
         return _StreamPartition(group, for_part, resume_state or STREAM_START, self._exit_when_drained)
 
 
-def card_vector_writes(rows: Iterable[FeatureRow], ttl_seconds: int) -> Writes:
-    """Each card's newest vector among `rows`, packed under `card_realtime_key`, to be set with the TTL."""
-    newest = {row.card_id: row.values for row in rows if row.latest}
-    pack = REALTIME_LAYOUT.pack
-    return Writes(
-        [card_realtime_key(card_id) for card_id in newest],
-        [pack(vector) for vector in newest.values()],
-        ttl_seconds,
-    )
-
-
 class _CardFeaturePartition(StatelessSinkPartition[FeatureRow]):
     def __init__(self, client: RedisClient, ttl_seconds: int) -> None:
         self._client = client
@@ -209,9 +197,12 @@ class _CardFeaturePartition(StatelessSinkPartition[FeatureRow]):
 
     def write_batch(self, items: list[FeatureRow]) -> None:
         """Write each card's newest vector of the batch with the TTL, in one round trip."""
-        writes = card_vector_writes(items, self._ttl)
-        if writes.keys:
-            write_with_ttl(self._client, *writes, chunk=len(writes.keys))
+        newest = {row.card_id: row.values for row in items if row.latest}
+        if newest:
+            pack = REALTIME_LAYOUT.pack
+            keys = [card_realtime_key(card_id) for card_id in newest]
+            values = [pack(vector) for vector in newest.values()]
+            write_with_ttl(self._client, keys, values, self._ttl, len(keys))
 
     def close(self) -> None:
         self._client.close()

@@ -5,8 +5,7 @@
 
 Runs exactly the steps of `bytewax_flows.realtime_features` (`feature_steps`), then for each batch of served
 rows (corrections are not re-decided: a decision is made once, at arrival) reads the batch features from
-Redis in one round trip, which also sets each card's newest feature vector (the feature flow's card sink, one
-round trip per batch fewer), assembles the training feature vector, scores the batch with one model call and
+Redis in one round trip, assembles the training feature vector, scores the batch with one model call and
 writes decisions to the decisions stream (idempotent by transaction_id) and to the feature log in the
 landing zone (one log per flow, durable with Bytewax recovery: `FeatureLogSink`). A transaction_id reused
 with other content is a dead letter (`realtime_features.TransactionIds`). The model is the registry's champion, checked every FRAUD_PLATFORM_MODEL_REFRESH_SECONDS and
@@ -38,11 +37,10 @@ from bytewax_flows.realtime_features import (
     GC_THRESHOLDS,
     Served,
     TransactionIds,
-    feature_rows,
     feature_steps,
     stream_connectors,
 )
-from bytewax_flows.redis_io import card_vector_writes, stream_client
+from bytewax_flows.redis_io import CardFeatureSink, stream_client
 from fraud_platform.config import Settings
 from fraud_platform.features.realtime import FeatureRow
 from fraud_platform.lib.bus import DeadLetter, EventWindow
@@ -61,6 +59,7 @@ def build_flow(
     source: Source[bytes | None] | Source[KafkaItem] | None = None,
     decision_sink: Sink[Decision] | None = None,
     dead_letter_sink: Sink[DeadLetter] | None = None,
+    card_sink: Sink[FeatureRow] | None = None,
     feature_log_sink: Sink[tuple[str, Decision]] | None = None,
     *,
     settings: Settings | None = None,
@@ -68,8 +67,7 @@ def build_flow(
     metrics_seconds: float = REPORT_SECONDS,
 ) -> Dataflow:
     """The dataflow; every connector not given defaults to the configured transport's (FRAUD_PLATFORM_TRANSPORT:
-    transactions in, dead letters and decisions out), Redis or the landing zone (from settings). The card
-    features go to Redis from the `score` step, in the round trip that reads the batch features.
+    transactions in, dead letters and decisions out), Redis (card features) or the landing zone (from settings).
 
     Loads the serving model first: raises `NoServableModel` (naming `fraud-platform train`) when the
     registry has no servable champion and the scoring mode is not "rules".
@@ -101,6 +99,7 @@ def build_flow(
         if settings.transport == "kafka"
         else redis_decisions
     )
+    card_sink = card_sink or CardFeatureSink(url, settings.feature_ttl_seconds, settings.redis_cluster)
     feature_log_sink = feature_log_sink or FeatureLogSink(settings)
 
     flow = Dataflow(FLOW_ID)
@@ -108,14 +107,13 @@ def build_flow(
         flow,
         source,
         dead_letter_sink,
-        None,  # the card features: written by `score`
+        card_sink,
         settings.allowed_lateness_seconds * 1000,
         event_window=EventWindow.from_settings(settings),
         transaction_ids=TransactionIds(client, settings.feature_ttl_seconds),
     )
     # Served | FeatureRow: each transaction's served row with the transaction; corrections
-    ttl = settings.feature_ttl_seconds
-    decisions = op.flat_map_batch("score", features, lambda items: _score_served(scorer, ttl, items))
+    decisions = op.flat_map_batch("score", features, lambda items: _score_served(scorer, items))
     # Decision: one per served transaction, scored with the model of its batch
     op.output("decisions", decisions, decision_sink)
     op.output(
@@ -128,15 +126,12 @@ def build_flow(
     return flow
 
 
-def _score_served(scorer: Scorer, ttl_seconds: int, items: list[Served | FeatureRow]) -> list[Decision]:
-    """Decisions for the served transactions; every card's newest vector (corrections included) is set in
-    the same round trip as the batch-feature reads."""
+def _score_served(scorer: Scorer, items: list[Served | FeatureRow]) -> list[Decision]:
     served = [item for item in items if isinstance(item, Served)]
     return scorer.score(
         [item.txn for item in served],
         [item.row.values for item in served],
         [item.received_ms for item in served],
-        card_vector_writes(feature_rows(items), ttl_seconds),
     )
 
 

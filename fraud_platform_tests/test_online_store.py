@@ -11,7 +11,6 @@ from fraud_platform.features.batch import CARD_BATCH_FEATURES, MERCHANT_BATCH_FE
 from fraud_platform.lib.keys import BATCH_GENERATION_KEY
 from fraud_platform.lib.online_store import (
     OnlineStore,
-    Writes,
     load_batch_features,
     pack_rows,
     unpack_rows,
@@ -91,36 +90,6 @@ def test_a_reader_never_sees_half_a_load_or_two_loads_mixed(redis_server: LocalR
     assert seen >= {2.0, 3.0} and seen <= {1.0, 2.0, 3.0, 4.0}  # never NaN: no key of a half load was read
     # Old generations are retired: only the current one's keys remain.
     assert len(list(client.scan_iter(match="batch:*:card:*:card-*", count=10_000))) == len(CARDS)
-
-
-class CountingConnection(redis.Connection):
-    """A real connection that counts what it sends: one send per round trip (a pipeline is one)."""
-
-    sends = 0
-
-    def send_packed_command(self, command: object, check_health: bool = True) -> None:
-        CountingConnection.sends += 1
-        super().send_packed_command(command, check_health)
-
-
-def test_writes_ride_along_with_the_batch_read(
-    clean_redis: redis.Redis, redis_server: LocalRedisServer
-) -> None:
-    _load(clean_redis, 2.0)
-    pool = redis.ConnectionPool.from_url(redis_server.url, connection_class=CountingConnection)
-    store = OnlineStore(redis.Redis(connection_pool=pool))
-    store.batch_features(CARDS[:1], [])  # connected, and the generation known
-    sends = CountingConnection.sends
-    cards, merchants = store.batch_features(
-        CARDS[:3], MERCHANTS[:2], Writes(["rt:a", "rt:b"], [b"first", b"second"], 600)
-    )
-    assert CountingConnection.sends - sends == 1  # the reads and the writes: one round trip
-    assert (cards == 2.0).all() and (merchants == 2.0).all()
-    assert clean_redis.mget(["rt:a", "rt:b"]) == [b"first", b"second"] and 0 < clean_redis.ttl("rt:b") <= 600
-    clean_redis.delete(BATCH_GENERATION_KEY)  # nothing loaded: the reads are NaN and the writes still land
-    cards, _ = OnlineStore(clean_redis).batch_features(CARDS[:1], [], Writes(["rt:c"], [b"third"], 600))
-    assert np.isnan(cards).all() and clean_redis.get("rt:c") == b"third"
-    pool.disconnect()
 
 
 def test_servers_without_msetex_get_the_same_load(tmp_path: Path) -> None:

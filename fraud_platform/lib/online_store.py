@@ -17,7 +17,6 @@ MGET per group, in one pipeline that the client splits per node (all nodes in on
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import redis
@@ -63,14 +62,6 @@ class LoadReport:
     def rows_per_second(self) -> float:
         """Entities written per second."""
         return (self.cards + self.merchants) / self.seconds if self.seconds else float("inf")
-
-
-class Writes(NamedTuple):
-    """Key/value pairs to set with a TTL (`write_with_ttl`'s arguments)."""
-
-    keys: list[str]
-    values: list[bytes]
-    ttl_seconds: int
 
 
 def _msetex_unsupported(error: redis.ResponseError) -> bool:
@@ -261,15 +252,9 @@ class OnlineStore:
         self._generation: str | None = None
 
     def batch_features(
-        self, card_ids: Sequence[str], merchant_ids: Sequence[str], writes: Writes | None = None
+        self, card_ids: Sequence[str], merchant_ids: Sequence[str]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Card and merchant feature matrices (rows in the given order; NaN rows where nothing is stored).
-
-        `writes` are set in the same round trip (the scoring flow's newest card vectors: one round trip per
-        batch fewer); on Redis Cluster, and when no batch features are loaded, in one of their own first."""
-        if writes is not None and self._cluster:
-            write_with_ttl(self.client, *writes)
-            writes = None
+        """Card and merchant feature matrices (rows in the given order; NaN rows where nothing is stored)."""
         for _attempt in range(3):
             generation = self._generation or self._current_generation()
             if generation is None:
@@ -281,16 +266,11 @@ class OnlineStore:
                 values = [flat[: len(card_keys)], flat[len(card_keys) :]]
             else:
                 pipeline = self.client.pipeline(transaction=False)
-                if writes is not None:
-                    for key, value in zip(writes.keys, writes.values, strict=True):
-                        pipeline.set(key, value, ex=writes.ttl_seconds)
                 pipeline.get(BATCH_GENERATION_KEY)
                 for keys in (card_keys, merchant_keys):
                     if keys:
                         pipeline.mget(keys)
-                replies = pipeline.execute()
-                current, *values = replies[len(writes.keys) :] if writes is not None else replies
-                writes = None
+                current, *values = pipeline.execute()
                 values = [values.pop(0) if card_keys else [], values.pop(0) if merchant_keys else []]
             if current is not None and current.decode() == generation:
                 self._generation = generation
@@ -300,8 +280,6 @@ class OnlineStore:
                     unpack_rows(merchants, len(MERCHANT_BATCH_FEATURES)),
                 )
             self._generation = current.decode() if current else None
-        if writes is not None:
-            write_with_ttl(self.client, *writes)
         return (
             np.full((len(card_ids), len(CARD_BATCH_FEATURES)), np.nan),
             np.full((len(merchant_ids), len(MERCHANT_BATCH_FEATURES)), np.nan),

@@ -1,7 +1,6 @@
 """Score a batch of served transactions: the same feature vector as training, one model call per batch.
 
-For each batch: the card and merchant batch features from Redis in one round trip (`OnlineStore`, which
-also sets the flow's newest card vectors in it), the
+For each batch: the card and merchant batch features from Redis in one round trip (`OnlineStore`), the
 on-demand features through the function training uses, `assemble` (the training matrix builder), one
 vectorised score, approve / review / decline from the model's thresholds, and reason codes only for the
 reviewed and declined rows (approximate contributions still cost tens of us per row, exact TreeSHAP about
@@ -20,7 +19,7 @@ from fraud_platform.features.batch import CARD_BATCH_FEATURES
 from fraud_platform.features.on_demand import on_demand_matrix
 from fraud_platform.features.realtime import FEATURE_NAMES as REALTIME_FEATURES
 from fraud_platform.features.vector import assemble
-from fraud_platform.lib.online_store import OnlineStore, Writes, write_with_ttl
+from fraud_platform.lib.online_store import OnlineStore
 from fraud_platform.lib.schema import Transaction
 from fraud_platform.scoring.models import ModelWatcher
 from fraud_platform.training.model import Thresholds
@@ -64,21 +63,14 @@ class Scorer:
         self.models = models
 
     def score(
-        self,
-        txns: Sequence[Transaction],
-        realtime: Sequence[Sequence[float]],
-        received_ms: Sequence[int],
-        writes: Writes | None = None,
+        self, txns: Sequence[Transaction], realtime: Sequence[Sequence[float]], received_ms: Sequence[int]
     ) -> list[Decision]:
-        """Decisions for a batch; `realtime` holds each transaction's served row in FEATURE_NAMES order.
-        `writes` go to Redis in the batch features' round trip (the flow's newest card vectors)."""
+        """Decisions for a batch; `realtime` holds each transaction's served row in FEATURE_NAMES order."""
         if not txns:
-            if writes is not None and writes.keys:
-                write_with_ttl(self.store.client, *writes)
             return []
         model = self.models.current()
         cards, merchants = self.store.batch_features(
-            [txn.card_id for txn in txns], [txn.merchant_id for txn in txns], writes
+            [txn.card_id for txn in txns], [txn.merchant_id for txn in txns]
         )
         on_demand = on_demand_matrix(
             np.fromiter((txn.amount for txn in txns), np.float64, len(txns)),
