@@ -220,8 +220,8 @@ def xgboost_costs(booster: xgb.Booster, sample: np.ndarray) -> dict[str, float]:
 
 
 def _contributions(booster: xgb.Booster, rows: np.ndarray, threads: int, approx: bool) -> np.ndarray:
-    matrix = xgb.DMatrix(rows, feature_names=list(MODEL_FEATURES), missing=np.nan, nthread=threads or None)
-    return booster.predict(matrix, pred_contribs=True, approx_contribs=approx)
+    matrix = xgb.DMatrix(rows, missing=np.nan, nthread=threads or None)
+    return booster.predict(matrix, pred_contribs=True, approx_contribs=approx, validate_features=False)
 
 
 def latency(
