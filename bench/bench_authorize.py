@@ -12,9 +12,11 @@ at start + i / rate, and its latency is measured from that intended time, so a s
 every request that waited behind it (no coordinated omission). The generator's garbage collector is off
 while it sends (its pauses are not the server's).
 
-For each rate, after --warmup seconds not counted: p50 / p99 / p99.9 / max latency, the share of stand-in
-answers and the time split per request from the server's Server-Timing header (medians and p99, ms):
-`http` (client latency minus the server's own time: connection queueing, HTTP parsing, the loop), `handoff`
+For each rate, after --warmup seconds not counted: p50 / p99 / p99.9 / max latency, the number of stand-in
+answers, the share of decisions reviewed or declined (`flagged_share`: only those rows pay for reason codes;
+the thresholds come from historical rows, and these random live requests flag more of them) and the time
+split per request from the server's Server-Timing header (medians and p99, ms): `http` (client latency
+minus the server's own time: connection queueing, HTTP parsing, the loop), `handoff`
 (waiting for the loop turn's batch hand-off script: marker check, reply list, XADD), `queue` (on the bus
 until the flow took it in), `flow` (the flow's features, batch features, model, decision script), `reply`
 (decision to the server's inbox reader). Queue, flow and reply come from the decision's millisecond times.
@@ -32,7 +34,7 @@ import gc
 import os
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,7 @@ async def run_rate(
     latencies: list[float] = []
     split: dict[str, list[float]] = defaultdict(list)
     outcome = {"stand_in": 0, "errors": 0}
+    decisions: Counter[str] = Counter()  # the flow's decisions (stand-ins not counted)
     total = int(rate * (warmup + seconds))
     counted_from = int(rate * warmup)
     prefix = f"bench-{rate}-{time.time_ns():x}-"
@@ -163,6 +166,7 @@ async def run_rate(
         if answer["stand_in"]:
             outcome["stand_in"] += 1
             return
+        decisions[answer["decision"]] += 1
         timing = server_timing(headers.get("server-timing", ""))
         split["http"].append(latency_ms - timing.get("handoff", 0.0) - timing.get("wait", 0.0))
         for name in SPLIT[1:]:
@@ -191,6 +195,9 @@ async def run_rate(
         "latency_max_ms": round(float(values.max()), 2) if len(values) else None,
         "stand_ins": outcome["stand_in"],
         "errors": outcome["errors"],
+        "flagged_share": round((len(values) - outcome["stand_in"] - decisions["approve"]) / len(values), 4)
+        if len(values)
+        else None,
         "connections_opened": opened,
         "split_p50_ms": {name: round(float(np.median(split[name])), 3) for name in SPLIT if split[name]},
         "split_p99_ms": {
