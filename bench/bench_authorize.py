@@ -116,7 +116,7 @@ async def run_rate(
     latencies: list[float] = []
     split: dict[str, list[float]] = defaultdict(list)
     outcome = {"stand_in": 0, "errors": 0}
-    decisions: Counter[str] = Counter()  # the flow's decisions (stand-ins not counted)
+    decisions: Counter[str] = Counter()  # the flow's decisions after the warm-up, by type
     total = int(rate * (warmup + seconds))
     counted_from = int(rate * warmup)
     prefix = f"bench-{rate}-{time.time_ns():x}-"
@@ -196,7 +196,7 @@ async def run_rate(
         "latency_max_ms": round(float(values.max()), 2) if len(values) else None,
         "stand_ins": outcome["stand_in"],
         "errors": outcome["errors"],
-        "flagged_share": round((len(values) - outcome["stand_in"] - decisions["approve"]) / len(values), 4)
+        "flagged_share": round((decisions["review"] + decisions["decline"]) / len(values), 4)
         if len(values)
         else None,
         "connections_opened": opened,
