@@ -64,7 +64,7 @@ from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.schema import parse_transaction
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.scoring.decisions import FeatureLog, read_decisions, write_decisions
-from fraud_platform.scoring.models import ModelWatcher
+from fraud_platform.scoring.models import ModelWatcher, feature_contributions
 from fraud_platform.scoring.scorer import Scorer
 from fraud_platform.testing import expected_features, load_random_batch_features, synthetic_data
 from fraud_platform.training import registry
@@ -198,7 +198,7 @@ def per_row_us(call: Callable[[], object], rows: int, min_seconds: float = 0.5) 
 
 def xgboost_costs(booster: xgb.Booster, sample: np.ndarray) -> dict[str, float]:
     """Microseconds per row of the model call and of both reason-code methods (exact TreeSHAP and the
-    approximate contributions the scorer serves, each with its DMatrix as the scorer builds it), by batch
+    approximate contributions the scorer serves, both through the scorer's `feature_contributions`), by batch
     size, with XGBoost's default threads (0), one thread and two."""
     booster = booster.copy()
     result: dict[str, float] = {}
@@ -212,16 +212,11 @@ def xgboost_costs(booster: xgb.Booster, sample: np.ndarray) -> dict[str, float]:
                 )
             for rows in REASON_BATCHES:
                 for method, approx in (("exact", False), ("approx", True)):
-                    call = partial(_contributions, booster, sample[:rows], threads, approx)
+                    call = partial(feature_contributions, booster, sample[:rows], threads or None, approx)
                     result[f"{method}_reasons_{rows}_rows_threads_{threads}_us_per_row"] = per_row_us(
                         call, rows
                     )
     return result
-
-
-def _contributions(booster: xgb.Booster, rows: np.ndarray, threads: int, approx: bool) -> np.ndarray:
-    matrix = xgb.DMatrix(rows, missing=np.nan, nthread=threads or None)
-    return booster.predict(matrix, pred_contribs=True, approx_contribs=approx, validate_features=False)
 
 
 def latency(

@@ -124,12 +124,7 @@ class ServingModel:
         if booster is None or len(features) == 0:
             return [() for _ in range(len(features))]
         threads = self.threads_for(len(features)) or None  # None: XGBoost's default
-        # Columns in MODEL_FEATURES order, as `scores` passes them: no names to set and check per call
-        matrix = xgb.DMatrix(features, missing=np.nan, nthread=threads)
-        contributions = booster.predict(
-            matrix, pred_contribs=True, approx_contribs=True, validate_features=False
-        )
-        contributions = contributions[:, :-1]  # the last column is the bias
+        contributions = feature_contributions(booster, features, threads)[:, :-1]  # the last: the bias
         top = np.argsort(-contributions, axis=1)[:, :REASON_CODES]
         return [
             tuple(
@@ -139,6 +134,16 @@ class ServingModel:
             )
             for columns, row_contributions in zip(top, contributions, strict=True)
         ]
+
+
+def feature_contributions(
+    booster: xgb.Booster, features: np.ndarray, threads: int | None, approximate: bool = True
+) -> np.ndarray:
+    """Each row's contribution of every feature (log-odds) and the bias last: approximate (Saabas) or exact
+    TreeSHAP, on `threads` XGBoost threads (None: its default). Columns are in MODEL_FEATURES order, as
+    `ServingModel.scores` takes them: no names are set and checked per call."""
+    matrix = xgb.DMatrix(features, missing=np.nan, nthread=threads)
+    return booster.predict(matrix, pred_contribs=True, approx_contribs=approximate, validate_features=False)
 
 
 RULES_MODEL = ServingModel(RULES_VERSION, RULES_THRESHOLDS)
