@@ -46,7 +46,7 @@ from fraud_platform.features.realtime import FeatureRow
 from fraud_platform.lib.bus import DeadLetter, EventWindow
 from fraud_platform.lib.online_store import OnlineStore
 from fraud_platform.lib.redis_server import redis_url
-from fraud_platform.scoring.decisions import FeatureLog, LogPart, write_decisions
+from fraud_platform.scoring.decisions import FeatureLog, LogEntry, write_decisions
 from fraud_platform.scoring.metrics import REPORT_SECONDS, ScoringMetrics
 from fraud_platform.scoring.models import ModelWatcher
 from fraud_platform.scoring.scorer import Decision, Scorer
@@ -198,7 +198,7 @@ class DecisionSink(DynamicSink[Decision]):
         return _DecisionPartition(client, self._ttl, self._max_length, self._metrics, self._shards)
 
 
-class _FeatureLogPartition(StatefulSinkPartition[Decision, list[LogPart]]):
+class _FeatureLogPartition(StatefulSinkPartition[Decision, list[LogEntry]]):
     def __init__(self, log: FeatureLog) -> None:
         self._log = log
 
@@ -206,8 +206,9 @@ class _FeatureLogPartition(StatefulSinkPartition[Decision, list[LogPart]]):
         """Buffer the batch; the log's publisher lands a batch when the buffer is full or old enough."""
         self._log.add(values)
 
-    def snapshot(self) -> list[LogPart]:
-        """The decisions not yet landed (Arrow tables, no pause to land them): recovery restores them."""
+    def snapshot(self) -> list[LogEntry]:
+        """The decisions not yet landed, spooled ones by name (no pause to land or pickle them): recovery
+        restores them."""
         return self._log.checkpoint()
 
     def close(self) -> None:
@@ -215,13 +216,14 @@ class _FeatureLogPartition(StatefulSinkPartition[Decision, list[LogPart]]):
         self._log.close()
 
 
-class FeatureLogSink(FixedPartitionedSink[Decision, list[LogPart]]):
+class FeatureLogSink(FixedPartitionedSink[Decision, list[LogEntry]]):
     """Scored transactions with their served features, to the landing zone in batches (one log per flow,
     items keyed FEATURE_LOG_PART): every `flush_events` decisions, or once the oldest buffered one has waited
     FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS, even when no new transaction arrives.
 
     Durable with Bytewax recovery (any snapshot interval): each snapshot (epoch end) holds the decisions not
-    yet landed, and a resumed flow starts with them. Without recovery a kill -9 loses the buffer (at most
+    yet landed (those older than half a second as the names of their files in the landing zone's `.spool`
+    directory), and a resumed flow starts with them. Without recovery a kill -9 loses the buffer (at most
     `flush_events` decisions or `flush_seconds` of them). With several workers or processes the decisions
     travel to the worker that holds the partition (Bytewax's exchange; across processes, pickled)."""
 
@@ -238,7 +240,7 @@ class FeatureLogSink(FixedPartitionedSink[Decision, list[LogPart]]):
         return 0
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: list[LogPart] | None
+        self, step_id: str, for_part: str, resume_state: list[LogEntry] | None
     ) -> _FeatureLogPartition:
         """The log, its buffer restored from the last snapshot when the flow resumes."""
         log = FeatureLog(

@@ -1,6 +1,8 @@
 """Where decisions go: the decisions stream (once per transaction_id, trimmed to the configured length) and
-the feature log (landed in batches, also when the stream goes quiet)."""
+the feature log (landed in batches, also when the stream goes quiet; spooled to disk once snapshots are
+taken, so a snapshot names files instead of holding the decisions)."""
 
+import pickle
 import time
 from pathlib import Path
 
@@ -14,8 +16,12 @@ from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.schema import Transaction
 from fraud_platform.scoring.decisions import (
     CONVERT_ROWS,
+    SPOOL_RETAIN_SNAPSHOTS,
+    SPOOL_SECONDS,
     FeatureLog,
     FeatureLogError,
+    LogEntry,
+    SpooledPart,
     read_decisions,
     write_decisions,
 )
@@ -106,3 +112,61 @@ def test_a_failed_publication_keeps_the_decisions_and_is_raised(tmp_path: Path) 
     log.close()  # the disk is back: the decisions land
     (batch,) = LandingZone(landing).batches()
     assert batch.parameters["decisions"] == 3
+
+
+def _spooled_snapshot(log: FeatureLog) -> list[LogEntry]:
+    """The log's next snapshot once the publisher has spooled every buffered decision."""
+    deadline = time.monotonic() + 30
+    while True:
+        snapshot = log.checkpoint()
+        if all(isinstance(entry, SpooledPart) for entry in snapshot):
+            return snapshot
+        assert time.monotonic() < deadline, "the buffered decisions were never spooled"
+        time.sleep(0.05)
+
+
+def test_once_snapshots_are_taken_they_name_spooled_files_and_a_resumed_log_lands_them(
+    tmp_path: Path,
+) -> None:
+    landing = tmp_path / "landing"
+    log = FeatureLog(landing, "spooled", flush_events=100_000, flush_seconds=3_600)
+    decisions = _decisions(3_000)
+    log.add(decisions[:1_000])
+    assert all(isinstance(entry, tuple) for entry in log.checkpoint())  # the first snapshot holds tables
+    log.add(decisions[1_000:])
+    snapshot = _spooled_snapshot(log)
+    assert sum(entry.rows for entry in snapshot) == 3_000
+    as_tables = pickle.dumps([entry.read() for entry in snapshot])
+    assert len(pickle.dumps(snapshot)) * 100 < len(as_tables)  # names, not 3,000 decisions
+
+    resumed = FeatureLog(landing, "spooled", flush_events=100_000, flush_seconds=3_600, buffered=snapshot)
+    resumed.close()  # as after a kill -9: the resumed flow lands what the snapshot names
+    (batch,) = LandingZone(landing).batches()
+    assert batch.parameters["decisions"] == 3_000
+    log.close()
+
+
+def test_a_landed_spooled_part_is_deleted_only_once_later_snapshots_no_longer_name_it(tmp_path: Path) -> None:
+    log = FeatureLog(tmp_path / "landing", "retained", flush_events=100_000, flush_seconds=3_600)
+    log.checkpoint()
+    log.add(_decisions(300))
+    (part,) = _spooled_snapshot(log)
+    log.flush()  # landed after the snapshot that names it
+    for _ in range(SPOOL_RETAIN_SNAPSHOTS - 1):
+        log.checkpoint()
+    time.sleep(3 * SPOOL_SECONDS)  # the publisher's passes in between delete nothing
+    assert part.directory.is_dir()  # a snapshot still in flight may name it
+    log.checkpoint()
+    deadline = time.monotonic() + 30
+    while part.directory.exists():
+        assert time.monotonic() < deadline, "the landed spooled part was never deleted"
+        time.sleep(0.05)
+    log.close()
+    (batch,) = LandingZone(tmp_path / "landing").batches()
+    assert batch.parameters["decisions"] == 300
+
+
+def test_a_snapshot_naming_a_missing_spooled_part_fails_with_its_name(tmp_path: Path) -> None:
+    missing = SpooledPart(tmp_path / "landing" / ".spool" / "gone", rows=12)
+    with pytest.raises(FeatureLogError, match=r"spooled part .*gone \(12 decisions\) is unreadable"):
+        FeatureLog(tmp_path / "landing", "resumed", buffered=[missing])

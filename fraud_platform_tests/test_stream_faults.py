@@ -144,6 +144,7 @@ def test_three_kill_9s_at_the_main_jobs_settings_lose_no_feature_log_record(
     output, _ = last.communicate(timeout=600)
     assert last.returncode == 0, output
     _assert_decided_exactly_once(clean_redis, history)
+    assert any((settings.landing_dir / ".spool").iterdir())  # the snapshots named spooled parts
 
     assert load_landing(settings, instance_for(settings)).success
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as connection:

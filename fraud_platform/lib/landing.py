@@ -128,6 +128,7 @@ class LandingZone:
         self.root = Path(root)
         self.batches_dir = self.root / "batches"
         self.staging_dir = self.root / ".staging"
+        self.spool_dir = self.root / ".spool"  # the stream's feature log parts named by recovery snapshots
 
     def write_batch(
         self,

@@ -23,9 +23,10 @@
   `flush_events` decisions are buffered, when the oldest has waited `flush_seconds` (on a quiet stream
   too), and at shutdown, by a background thread: the worker only converts the decisions to Arrow, 256 at a
   time. The landing sensor loads the batches into the warehouse like any other. Under Bytewax recovery,
-  `checkpoint` makes the log durable with the point the flow resumes from: each snapshot holds the Arrow
-  parts not landed yet and a resumed flow starts with them, so a kill -9 loses no decision; a part landed
-  after the snapshot is logged again on replay, and the load keeps its first copy.
+  `checkpoint` makes the log durable with the point the flow resumes from: each snapshot holds the parts
+  not landed yet and a resumed flow starts with them, so a kill -9 loses no decision; a part landed after
+  the snapshot is logged again on replay, and the load keeps its first copy. The background thread spools
+  the parts to disk every half second (`SpooledPart`), so a snapshot carries file names, not the decisions.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -322,6 +325,37 @@ LogPart = tuple[pa.Table, pa.Table]  # a part of the feature log: its transactio
 # Decisions converted to Arrow together: at 1,000 tx/s the flow's micro-batches hold a few decisions each, and
 # converting each one cost about 0.9 ms of the worker's time per micro-batch on the slower host.
 CONVERT_ROWS = 256
+# How often the publisher spools converted parts to disk once snapshots are taken: a snapshot holds at most
+# about this long of decisions as tables, the rest as file names.
+SPOOL_SECONDS = 0.5
+# Snapshots taken after a spooled part landed before its files are deleted: the newest committed snapshot
+# no longer names it (the first one after the landing may still be in flight when a crash comes).
+SPOOL_RETAIN_SNAPSHOTS = 3
+
+
+@dataclass(frozen=True)
+class SpooledPart:
+    """A part of the feature log written to its spool directory (Arrow IPC files, synced) for snapshots."""
+
+    directory: Path
+    rows: int
+
+    def read(self) -> LogPart:
+        """The part's transactions and decisions; FeatureLogError names a spooled part that is gone."""
+        try:
+            return (
+                pa.ipc.open_file(pa.memory_map(str(self.directory / "transactions.arrow"))).read_all(),
+                pa.ipc.open_file(pa.memory_map(str(self.directory / "decisions.arrow"))).read_all(),
+            )
+        except (OSError, pa.ArrowInvalid) as error:
+            raise FeatureLogError(
+                f"feature log: spooled part {self.directory} ({self.rows} decisions) is unreadable: {error}; "
+                "a recovery snapshot names it (restore the landing zone's .spool directory with the "
+                "recovery store)"
+            ) from error
+
+
+LogEntry = LogPart | SpooledPart  # what a recovery snapshot of the log holds
 
 
 class FeatureLogError(RuntimeError):
@@ -334,8 +368,14 @@ class FeatureLog:
     Decisions are converted to Arrow tables CONVERT_ROWS at a time as they are added (the per-column cost of
     a conversion paid once per 256 decisions, not once per micro-batch, and no long pause either), the rest
     when a snapshot or a publication takes them; landing batches are written by a background thread
-    (parquet writing releases the GIL): the flow's worker never pauses long for a flush or a snapshot. A
-    failed publication keeps the decisions buffered and is raised by the next `add`."""
+    (parquet writing releases the GIL): the flow's worker never pauses long for a flush. A failed
+    publication keeps the decisions buffered and is raised by the next `add`.
+
+    Once snapshots are taken (`checkpoint`, Bytewax recovery on), the same thread spools the converted parts
+    to the landing zone's `.spool` directory every SPOOL_SECONDS, so a snapshot holds the names of spooled
+    parts and only the newest half second of decisions as tables: the worker no longer pickles every
+    decision not yet landed at each snapshot. A spooled part's files are deleted SPOOL_RETAIN_SNAPSHOTS
+    snapshots after it landed."""
 
     def __init__(
         self,
@@ -343,19 +383,24 @@ class FeatureLog:
         name: str,
         flush_events: int = 50_000,
         flush_seconds: float = 60.0,
-        buffered: Sequence[LogPart] = (),
+        buffered: Sequence[LogEntry] = (),
     ) -> None:
         self.zone = LandingZone(landing_dir)
         self.name = name
         self.flush_events = flush_events
         self.flush_seconds = flush_seconds
-        self._parts: list[LogPart] = list(buffered)  # restored from a recovery snapshot, or empty
+        self._entries: list[LogEntry] = list(buffered)  # restored from a recovery snapshot, then converted
+        for entry in self._entries:
+            if isinstance(entry, SpooledPart) and not entry.directory.is_dir():
+                entry.read()  # raises FeatureLogError naming the missing part
         self._decisions: list[Decision] = []  # added since the last conversion to a part
-        self._rows = sum(decisions.num_rows for _, decisions in self._parts)
-        self._publishing: list[LogPart] = []  # taken by a publication that has not landed yet
+        self._rows = sum(_rows(entry) for entry in self._entries)
+        self._in_flight: list[LogEntry] = []  # taken by a spooling or publication not finished yet
+        self._snapshots = 0  # checkpoints taken; spooling starts with the first
+        self._landed: list[tuple[SpooledPart, int]] = []  # spooled parts landed, with the snapshot count then
         self._oldest = time.monotonic()  # monotonic time the oldest buffered decision arrived
         self._lock = threading.Lock()  # guards the buffer
-        self._publication = threading.Lock()  # one publication at a time
+        self._publication = threading.Lock()  # one spooling or publication at a time
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._failure: Exception | None = None
@@ -390,15 +435,18 @@ class FeatureLog:
         with self._publication:
             return self._publish(self._take())
 
-    def checkpoint(self) -> list[LogPart]:
-        """What a recovery snapshot must hold for no decision to be lost: every part not landed yet (a part
-        landed after the snapshot is logged again on replay; the load keeps its first copy)."""
+    def checkpoint(self) -> list[LogEntry]:
+        """What a recovery snapshot must hold for no decision to be lost: every part not landed yet, spooled
+        ones by name (a part landed after the snapshot is logged again on replay; the load keeps its first
+        copy)."""
         with self._lock:
+            self._snapshots += 1
             self._convert()
-            return [*self._publishing, *self._parts]
+            return [*self._in_flight, *self._entries]
 
     def close(self) -> str | None:
-        """Stop the publisher and publish what is buffered."""
+        """Stop the publisher and publish what is buffered (spooled parts stay: the last snapshot may name
+        them, and a flow resumed from it lands them again)."""
         self._closed.set()
         self._wake.set()
         self._publisher.join()
@@ -407,38 +455,88 @@ class FeatureLog:
     def _convert(self) -> None:
         """The decisions not converted yet become one part (the caller holds the lock)."""
         if self._decisions:
-            self._parts.append(decision_tables(self._decisions))
+            self._entries.append(decision_tables(self._decisions))
             self._decisions = []
 
-    def _take(self) -> list[LogPart]:
+    def _take(self) -> list[LogEntry]:
         with self._lock:
             self._convert()
-            taken, self._parts, self._rows = self._parts, [], 0
-            self._publishing = taken
+            taken, self._entries, self._rows = self._entries, [], 0
+            self._in_flight = taken
             return taken
 
     def _publish_when_due(self) -> None:
         while not self._closed.is_set():
-            self._wake.wait(min(1.0, self.flush_seconds / 4))
+            self._wake.wait(min(SPOOL_SECONDS, self.flush_seconds / 4))
             self._wake.clear()
             with self._lock:
                 due = self._rows >= self.flush_events or (
                     self._rows > 0 and time.monotonic() - self._oldest >= self.flush_seconds
                 )
-            if due and not self._closed.is_set():
-                try:
+                spooling = self._snapshots > 0
+            if self._closed.is_set():
+                break
+            try:
+                if due:
                     self.flush()
-                    self._failure = None
-                except Exception as error:  # e.g. a full disk: the decisions stay buffered (and in every
-                    # snapshot), the next add() raises in the flow, so a failure is never silent
-                    logger.exception("feature log: publishing %d decisions failed", self._rows)
-                    self._failure = error
+                elif spooling:
+                    self._spool()
+                self._delete_landed()
+                self._failure = None
+            except Exception as error:  # e.g. a full disk: the decisions stay buffered (and in every
+                # snapshot), the next add() raises in the flow, so a failure is never silent
+                logger.exception("feature log: publishing or spooling %d decisions failed", self._rows)
+                self._failure = error
 
-    def _publish(self, taken: list[LogPart]) -> str | None:
+    def _spool(self) -> None:
+        """Write the parts held as tables to one spooled part (synced), which takes their place in the buffer."""
+        with self._publication:
+            with self._lock:
+                parts = [entry for entry in self._entries if not isinstance(entry, SpooledPart)]
+                if not parts:
+                    return
+                self._entries = [entry for entry in self._entries if isinstance(entry, SpooledPart)]
+                self._in_flight = parts
+            replacement: list[LogEntry] = parts  # kept as tables if the spooling fails
+            try:
+                replacement = [self._write_spooled(parts)]
+            finally:
+                with self._lock:  # after the spooled parts before it, before the parts converted meanwhile
+                    spooled = sum(isinstance(entry, SpooledPart) for entry in self._entries)
+                    self._entries[spooled:spooled] = replacement
+                    self._in_flight = []
+
+    def _write_spooled(self, parts: list[LogPart]) -> SpooledPart:
+        transactions = pa.concat_tables([part[0] for part in parts])
+        decisions = pa.concat_tables([part[1] for part in parts])
+        self.zone.spool_dir.mkdir(parents=True, exist_ok=True)
+        directory = self.zone.spool_dir / f"{self.name}-{time.time_ns():x}-{os.getpid()}"
+        staging = directory.with_suffix(".staging")
+        staging.mkdir()
+        for file_name, table in (("transactions.arrow", transactions), ("decisions.arrow", decisions)):
+            with open(staging / file_name, "wb") as file:
+                with pa.ipc.new_file(file, table.schema) as writer:
+                    writer.write_table(table)
+                file.flush()
+                os.fsync(file.fileno())
+        os.rename(staging, directory)
+        _sync_directory(self.zone.spool_dir)
+        return SpooledPart(directory, decisions.num_rows)
+
+    def _delete_landed(self) -> None:
+        """Delete the spooled parts landed SPOOL_RETAIN_SNAPSHOTS snapshots ago."""
+        with self._lock:
+            due = [part for part, at in self._landed if self._snapshots - at >= SPOOL_RETAIN_SNAPSHOTS]
+            self._landed = [(part, at) for part, at in self._landed if part not in due]
+        for part in due:
+            shutil.rmtree(part.directory, ignore_errors=True)
+
+    def _publish(self, taken: list[LogEntry]) -> str | None:
         if not taken:
             return None
-        transactions = pa.concat_tables([part[0] for part in taken])
-        decisions = pa.concat_tables([part[1] for part in taken])
+        parts = [entry.read() if isinstance(entry, SpooledPart) else entry for entry in taken]
+        transactions = pa.concat_tables([part[0] for part in parts])
+        decisions = pa.concat_tables([part[1] for part in parts])
         batch_id = f"stream-{self.name}-{time.time_ns():x}-{os.getpid()}"
         try:
             self.zone.write_batch(
@@ -453,11 +551,24 @@ class FeatureLog:
             )
         except BaseException:
             with self._lock:  # back to the front of the buffer, in order
-                self._parts = [*taken, *self._parts]
+                self._entries = [*taken, *self._entries]
                 self._rows += decisions.num_rows
-                self._publishing = []
+                self._in_flight = []
             raise
         with self._lock:
-            self._publishing = []
+            self._in_flight = []
+            self._landed += [(entry, self._snapshots) for entry in taken if isinstance(entry, SpooledPart)]
         logger.info("feature log: %d decisions landed as batch %s", decisions.num_rows, batch_id)
         return batch_id
+
+
+def _rows(entry: LogEntry) -> int:
+    return entry.rows if isinstance(entry, SpooledPart) else entry[1].num_rows
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
