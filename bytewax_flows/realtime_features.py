@@ -21,7 +21,6 @@ scoring flow (`bytewax_flows.scoring`) runs exactly these steps before it scores
 
 from __future__ import annotations
 
-import copy
 import gc
 import hashlib
 import time
@@ -161,8 +160,9 @@ def feature_steps(
     # checked.trues: Transaction; checked.falses: DeadLetter
     by_card = op.key_on("key_by_card", checked.trues, _card_id)
     # (card_id, Transaction)
+    snapshots = Snapshots()
     updated = op.stateful_batch(
-        "update_card_state", by_card, lambda state: CardFeatures(state, allowed_lateness_ms)
+        "update_card_state", by_card, lambda state: CardFeatures(state, allowed_lateness_ms, snapshots)
     )
     # (card_id, Served | FeatureRow | DeadLetter): served rows with their transaction, then corrections;
     # a DeadLetter for a duplicate
@@ -186,26 +186,38 @@ class Served(NamedTuple):
     received_ms: int
 
 
-class CardFeatures(StatefulBatchLogic[Transaction, Served | FeatureRow | DeadLetter, CardState | None]):
+class Snapshots:
+    """Whether a flow's card states have been snapshotted (Bytewax recovery on); shared by its cards."""
+
+    def __init__(self) -> None:
+        self.taken = False
+
+
+class CardFeatures(StatefulBatchLogic[Transaction, Served | FeatureRow | DeadLetter, bytes | None]):
     """One card's step: `update` for each of its transactions in a batch; a duplicate becomes a dead letter.
     The served row of each transaction comes wrapped in `Served`, corrections as plain rows.
 
     (`stateful_map` would wrap the same call in two more Python layers per event; this is the measured
-    cheaper equivalent.) Snapshots are copy-on-write: the state is handed out as is and deep-copied (cheap
-    by design of CardState) before the card's next update, so the copies of every card touched in an epoch are
-    paid by their next events, not all at once in the pause at the epoch's end.
+    cheaper equivalent.) A snapshot is the packed state (`CardState.pack`, bytes). Once the flow takes
+    snapshots, each batch packs the state it leaves, so the pause at an epoch's end pickles bytes instead of
+    every card touched in the epoch (8 against 0.3 us a card on the slower host). A flow resumed from a
+    snapshot of the earlier format (the state itself) takes it as it is.
     """
 
-    def __init__(self, state: CardState | None, allowed_lateness_ms: int) -> None:
-        self.state = state
+    def __init__(
+        self, resume_state: bytes | CardState | None, allowed_lateness_ms: int, snapshots: Snapshots
+    ) -> None:
+        packed = isinstance(resume_state, bytes)
+        self.state = CardState.unpack(resume_state) if packed else resume_state
+        self.packed = resume_state if packed else None  # the state's snapshot, None when not packed yet
         self.allowed_lateness_ms = allowed_lateness_ms
-        self._handed_out = False  # the state object was given to a snapshot: never change it in place
+        self.snapshots = snapshots
 
     def on_batch(self, values: list[Transaction]) -> tuple[list[Served | FeatureRow | DeadLetter], bool]:
-        """Rows for the card's transactions of this batch, in order; the state is kept."""
+        """Rows for the card's transactions of this batch, in order; the state is kept (and packed once the
+        flow takes snapshots)."""
         emitted: list[Served | FeatureRow | DeadLetter] = []
-        state = copy.deepcopy(self.state) if self._handed_out else self.state
-        self._handed_out = False
+        state = self.state
         received_ms = time.time_ns() // 1_000_000
         for txn in values:
             try:
@@ -216,12 +228,15 @@ class CardFeatures(StatefulBatchLogic[Transaction, Served | FeatureRow | DeadLet
             emitted.append(Served(txn, rows[0], received_ms))  # `update` returns the served row first
             emitted.extend(rows[1:])
         self.state = state
+        self.packed = state.pack() if self.snapshots.taken and state is not None else None
         return emitted, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> CardState | None:
-        """The card's state for recovery, effectively immutable: the next update works on a copy."""
-        self._handed_out = True
-        return self.state
+    def snapshot(self) -> bytes | None:
+        """The card's packed state for recovery."""
+        self.snapshots.taken = True
+        if self.packed is None and self.state is not None:
+            self.packed = self.state.pack()
+        return self.packed
 
 
 class TransactionIds:

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import sys
 from datetime import UTC, datetime
 
 import numpy as np
@@ -246,6 +247,20 @@ def test_cards_are_independent_and_states_copy_deeply() -> None:
     copied = copy.deepcopy(states["c1"])
     update(states["c1"], txn("d", 3))
     assert copied.ids == ["a", "c"] and states["c1"].ids == ["a", "c", "d"]
+
+
+def test_a_packed_state_unpacks_to_the_same_state_with_missing_coordinates_and_any_ids() -> None:
+    states, _ = run([txn("a\u00e9", 0, merchant="m-\u00fc", coords=None), txn("b\x00", 1, amount=0.0)])
+    packed = states["c1"].pack()
+    unpacked = CardState.unpack(packed)
+    assert unpacked.ids == ["a\u00e9", "b\x00"] and unpacked.amounts == [10.0, 0.0]
+    assert math.isnan(unpacked.lats[0]) and unpacked.lons[1] == 0.0
+    assert unpacked.merchants[0] is sys.intern("m-\u00fc")  # shared with every other card again
+    assert (unpacked.card_id, unpacked.times, unpacked.merchants) == (
+        "c1",
+        states["c1"].times,
+        states["c1"].merchants,
+    )
 
 
 # ------------------------------------------------------------------ parity under reordering (property)

@@ -17,12 +17,12 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bytewax_flows.realtime_features import build_flow
+from bytewax_flows.realtime_features import CardFeatures, Snapshots, build_flow
 from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource
 from fraud_platform.config import Settings
 from fraud_platform.features.backfill import backfill
 from fraud_platform.features.packing import REALTIME_LAYOUT
-from fraud_platform.features.realtime import FEATURE_NAMES, FeatureRow
+from fraud_platform.features.realtime import FEATURE_NAMES, CardState, FeatureRow
 from fraud_platform.lib.bus import (
     DUPLICATE_REASON,
     EVENT_FIELD,
@@ -35,7 +35,7 @@ from fraud_platform.lib.keys import card_realtime_key, transactions_stream
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.schema import TRANSACTIONS, Transaction
 from fraud_platform.lib.simulator import SimulationConfig, simulate
-from fraud_platform_tests.test_realtime_features import arrivals
+from fraud_platform_tests.test_realtime_features import arrivals, txn
 
 TTL = 3_600
 BAD_PAYLOADS = [b"{not json", b"[1, 2]", b'{"transaction_id": "x"}', b"x" * 20_000]
@@ -205,6 +205,24 @@ def test_redis_source_resumes_exactly_after_recovery(
         f"stream entry has no '{EVENT_FIELD}' field"
     ]
     assert_store_matches(clean_redis, history, expected_features(history))
+
+
+def test_card_snapshots_are_packed_states_packed_by_each_batch_once_the_flow_snapshots() -> None:
+    snapshots = Snapshots()
+    first, second = CardFeatures(None, 300_000, snapshots), CardFeatures(None, 300_000, snapshots)
+    first.on_batch([txn("a", 0)])
+    assert first.packed is None  # no snapshot taken yet: nothing packed
+    snapshot = first.snapshot()
+    assert CardState.unpack(snapshot) == first.state
+    second.on_batch([txn("x", 0, card="c2")])  # the flow takes snapshots now: every batch packs its state
+    assert second.packed is not None and CardState.unpack(second.packed) == second.state
+
+    resumed = CardFeatures(snapshot, 300_000, Snapshots())
+    (resumed_row,), _ = resumed.on_batch([txn("b", 1)])
+    (uninterrupted_row,), _ = first.on_batch([txn("b", 1)])
+    assert resumed_row.row == uninterrupted_row.row
+    assert resumed_row.row.values[FEATURE_NAMES.index("txn_count_10m")] == 2
+    assert resumed.state == first.state
 
 
 def _bytewax_run(arguments: list[str], env: dict[str, str]) -> subprocess.Popen:

@@ -23,6 +23,7 @@ Semantics (also in docs/architecture.md, "Real-time features"):
 
 from __future__ import annotations
 
+import marshal
 import math
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
@@ -139,8 +140,7 @@ class CardState:
     """A card's recent events as parallel lists sorted by (timestamp_ms, transaction_id).
 
     Coordinates are NaN when the event had none; merchant ids are interned (shared between cards). Lists
-    of immutable values copy cheaply, which matters: the flow copies a card's state before the first update
-    after each snapshot (copy-on-write, `CardFeatures`).
+    of immutable values pack cheaply (`pack`), which matters: the flow snapshots states as packed bytes.
     """
 
     card_id: str
@@ -159,16 +159,17 @@ class CardState:
     def __len__(self) -> int:
         return len(self.times)
 
-    def __deepcopy__(self, memo: dict[int, object]) -> CardState:
-        return CardState(
-            self.card_id,
-            self.times[:],
-            self.ids[:],
-            self.amounts[:],
-            self.merchants[:],
-            self.lats[:],
-            self.lons[:],
+    def pack(self) -> bytes:
+        """The state as bytes (marshal: half the size and the time of pickling it), a recovery snapshot."""
+        return marshal.dumps(
+            (self.card_id, self.times, self.ids, self.amounts, self.merchants, self.lats, self.lons)
         )
+
+    @classmethod
+    def unpack(cls, packed: bytes) -> CardState:
+        """The state `pack` wrote, its merchant ids interned again."""
+        card_id, times, ids, amounts, merchants, lats, lons = marshal.loads(packed)
+        return cls(card_id, times, ids, amounts, [intern(merchant) for merchant in merchants], lats, lons)
 
 
 def update(
