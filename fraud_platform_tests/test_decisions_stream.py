@@ -3,6 +3,7 @@ the feature log (landed in batches, also when the stream goes quiet; spooled to 
 taken, so a snapshot names files instead of holding the decisions)."""
 
 import pickle
+import shutil
 import time
 from pathlib import Path
 
@@ -170,3 +171,17 @@ def test_a_snapshot_naming_a_missing_spooled_part_fails_with_its_name(tmp_path: 
     missing = SpooledPart(tmp_path / "landing" / ".spool" / "gone", rows=12)
     with pytest.raises(FeatureLogError, match=r"spooled part .*gone \(12 decisions\) is unreadable"):
         FeatureLog(tmp_path / "landing", "resumed", buffered=[missing])
+
+
+def test_a_spooled_part_gone_before_landing_fails_the_publication_and_stays_named(tmp_path: Path) -> None:
+    log = FeatureLog(tmp_path / "landing", "lost", flush_events=100_000, flush_seconds=3_600)
+    log.checkpoint()
+    log.add(_decisions(300))
+    (part,) = _spooled_snapshot(log)
+    shutil.rmtree(part.directory)
+    with pytest.raises(FeatureLogError, match=r"spooled part .* is unreadable"):
+        log.flush()
+    assert log.checkpoint() == [part]  # still named by every snapshot: never dropped silently
+    with pytest.raises(FeatureLogError):
+        log.close()
+    assert not LandingZone(tmp_path / "landing").batches()

@@ -534,11 +534,11 @@ class FeatureLog:
     def _publish(self, taken: list[LogEntry]) -> str | None:
         if not taken:
             return None
-        parts = [entry.read() if isinstance(entry, SpooledPart) else entry for entry in taken]
-        transactions = pa.concat_tables([part[0] for part in parts])
-        decisions = pa.concat_tables([part[1] for part in parts])
         batch_id = f"stream-{self.name}-{time.time_ns():x}-{os.getpid()}"
         try:
+            parts = [entry.read() if isinstance(entry, SpooledPart) else entry for entry in taken]
+            transactions = pa.concat_tables([part[0] for part in parts])
+            decisions = pa.concat_tables([part[1] for part in parts])
             self.zone.write_batch(
                 batch_id,
                 transactions,
@@ -552,7 +552,7 @@ class FeatureLog:
         except BaseException:
             with self._lock:  # back to the front of the buffer, in order
                 self._entries = [*taken, *self._entries]
-                self._rows += decisions.num_rows
+                self._rows += sum(_rows(entry) for entry in taken)
                 self._in_flight = []
             raise
         with self._lock:
