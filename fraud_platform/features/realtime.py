@@ -160,7 +160,8 @@ class CardState:
         return len(self.times)
 
     def pack(self) -> bytes:
-        """The state as bytes (marshal: half the size and the time of pickling it), a recovery snapshot."""
+        """The state as bytes (marshal: half the size and the time of pickling it), a recovery snapshot;
+        marshal's format is the interpreter's own, so a snapshot is resumed by the same Python version."""
         return marshal.dumps(
             (self.card_id, self.times, self.ids, self.amounts, self.merchants, self.lats, self.lons)
         )
