@@ -200,8 +200,8 @@ class CardFeatures(StatefulBatchLogic[Transaction, Served | FeatureRow | DeadLet
     (`stateful_map` would wrap the same call in two more Python layers per event; this is the measured
     cheaper equivalent.) A snapshot is the packed state (`CardState.pack`, bytes). Once the flow takes
     snapshots, each batch packs the state it leaves, so the pause at an epoch's end pickles bytes instead of
-    every card touched in the epoch (8 against 0.6 us a card on the slower host, the simulator's cards). A flow resumed from a
-    snapshot of the earlier format (the state itself) takes it as it is.
+    every card touched in the epoch (8 against 0.6 us a card on the slower host, the simulator's cards). A
+    flow resumed from a snapshot of the earlier format (the state itself) takes it as it is.
     """
 
     def __init__(

@@ -489,7 +489,8 @@ class FeatureLog:
                 self._failure = error
 
     def _spool(self) -> None:
-        """Write the parts held as tables to one spooled part (synced), which takes their place in the buffer."""
+        """Write the parts held as tables to one spooled part (synced), which takes their place in the
+        buffer."""
         with self._publication:
             with self._lock:
                 parts = [entry for entry in self._entries if not isinstance(entry, SpooledPart)]
