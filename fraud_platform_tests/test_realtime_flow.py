@@ -17,7 +17,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bytewax_flows.realtime_features import CardFeatures, Snapshots, build_flow
+from bytewax_flows.realtime_features import CardFeatures, build_flow
 from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource
 from fraud_platform.config import Settings
 from fraud_platform.features.backfill import backfill
@@ -207,22 +207,20 @@ def test_redis_source_resumes_exactly_after_recovery(
     assert_store_matches(clean_redis, history, expected_features(history))
 
 
-def test_card_snapshots_are_packed_states_packed_by_each_batch_once_the_flow_snapshots() -> None:
-    snapshots = Snapshots()
-    first, second = CardFeatures(None, 300_000, snapshots), CardFeatures(None, 300_000, snapshots)
+def test_a_card_snapshot_is_its_state_packed_by_the_batch_and_resumes_identically() -> None:
+    first = CardFeatures(None, 300_000)
+    assert first.snapshot() is None
     first.on_batch([txn("a", 0)])
-    assert first.packed is None  # no snapshot taken yet: nothing packed
     snapshot = first.snapshot()
-    assert CardState.unpack(snapshot) == first.state
-    second.on_batch([txn("x", 0, card="c2")])  # the flow takes snapshots now: every batch packs its state
-    assert second.packed is not None and CardState.unpack(second.packed) == second.state
+    assert isinstance(snapshot, bytes) and CardState.unpack(snapshot) == first.state
 
-    resumed = CardFeatures(snapshot, 300_000, Snapshots())
-    (resumed_row,), _ = resumed.on_batch([txn("b", 1)])
-    (uninterrupted_row,), _ = first.on_batch([txn("b", 1)])
-    assert resumed_row.row == uninterrupted_row.row
-    assert resumed_row.row.values[FEATURE_NAMES.index("txn_count_10m")] == 2
-    assert resumed.state == first.state
+    resumed = CardFeatures(snapshot, 300_000)
+    earlier_format = CardFeatures(CardState.unpack(snapshot), 300_000)  # a snapshot taken before packing
+    rows = [card.on_batch([txn("b", 1)])[0] for card in (first, resumed, earlier_format)]
+    assert [row.row for (row,) in rows] == [rows[0][0].row] * 3
+    assert rows[0][0].row.values[FEATURE_NAMES.index("txn_count_10m")] == 2
+    assert resumed.state == earlier_format.state == first.state
+    assert CardState.unpack(resumed.snapshot()) == first.state  # the batch packed the state it left
 
 
 def _bytewax_run(arguments: list[str], env: dict[str, str]) -> subprocess.Popen:

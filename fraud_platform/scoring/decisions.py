@@ -371,11 +371,11 @@ class FeatureLog:
     (parquet writing releases the GIL): the flow's worker never pauses long for a flush. A failed
     publication keeps the decisions buffered and is raised by the next `add`.
 
-    Once snapshots are taken (`checkpoint`, Bytewax recovery on), the same thread spools the converted parts
-    to the landing zone's `.spool` directory every SPOOL_SECONDS, so a snapshot holds the names of spooled
-    parts and only the newest half second of decisions as tables: the worker no longer pickles every
-    decision not yet landed at each snapshot. A spooled part's files are deleted SPOOL_RETAIN_SNAPSHOTS
-    snapshots after it landed."""
+    Once snapshots are taken (`checkpoint`: Bytewax asks at every epoch's end, with recovery or without),
+    the same thread spools the converted parts to the landing zone's `.spool` directory every SPOOL_SECONDS,
+    so a snapshot holds the names of spooled parts and only the newest half second of decisions as tables:
+    the worker no longer pickles every decision not yet landed at each snapshot. A spooled part's files are
+    deleted SPOOL_RETAIN_SNAPSHOTS snapshots after it landed."""
 
     def __init__(
         self,
