@@ -145,6 +145,7 @@ def test_once_snapshots_are_taken_they_name_spooled_files_and_a_resumed_log_land
     (batch,) = LandingZone(landing).batches()
     assert batch.parameters["decisions"] == 3_000
     log.close()
+    assert all(entry.directory.is_dir() for entry in snapshot)  # named by its last snapshot: kept
 
 
 def test_a_landed_spooled_part_is_deleted_only_once_later_snapshots_no_longer_name_it(tmp_path: Path) -> None:
@@ -185,3 +186,20 @@ def test_a_spooled_part_gone_before_landing_fails_the_publication_and_stays_name
     with pytest.raises(FeatureLogError):
         log.close()
     assert not LandingZone(tmp_path / "landing").batches()
+
+
+def test_close_deletes_the_landed_spooled_parts_no_newest_snapshot_names(tmp_path: Path) -> None:
+    spool = LandingZone(tmp_path / "landing").spool_dir
+    log = FeatureLog(tmp_path / "landing", "closing", flush_events=100_000, flush_seconds=3_600)
+    log.checkpoint()
+    log.add(_decisions(300))
+    (landed_earlier,) = _spooled_snapshot(log)
+    log.flush()
+    assert log.checkpoint() == log.checkpoint() == []  # the newest snapshots name nothing
+    log.add(_decisions(300, start=300))
+    deadline = time.monotonic() + 30
+    while set(spool.iterdir()) <= {landed_earlier.directory}:  # spooled after the last snapshot, unnamed
+        assert time.monotonic() < deadline, "the decisions were never spooled"
+        time.sleep(0.05)
+    log.close()  # lands the second part; neither is named by the newest snapshots
+    assert not landed_earlier.directory.exists() and not list(spool.iterdir())

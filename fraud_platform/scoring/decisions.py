@@ -37,6 +37,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -328,9 +329,9 @@ CONVERT_ROWS = 256
 # How often the publisher spools converted parts to disk once snapshots are taken: a snapshot holds at most
 # about this long of decisions as tables, the rest as file names.
 SPOOL_SECONDS = 0.5
-# Snapshots taken after a spooled part landed before its files are deleted: the newest committed snapshot
-# no longer names it (the first one after the landing may still be in flight when a crash comes).
-SPOOL_RETAIN_SNAPSHOTS = 3
+# A landed spooled part's files are deleted once this many of the newest snapshots no longer name it: the
+# newest committed snapshot then does not (the newest one may still be in flight when a crash comes).
+SPOOL_RETAIN_SNAPSHOTS = 2
 
 
 @dataclass(frozen=True)
@@ -375,7 +376,8 @@ class FeatureLog:
     the same thread spools the converted parts to the landing zone's `.spool` directory every SPOOL_SECONDS,
     so a snapshot holds the names of spooled parts and only the newest half second of decisions as tables:
     the worker no longer pickles every decision not yet landed at each snapshot. A spooled part's files are
-    deleted SPOOL_RETAIN_SNAPSHOTS snapshots after it landed."""
+    deleted once it landed and none of the SPOOL_RETAIN_SNAPSHOTS newest snapshots names it, also at `close`
+    (a flow resumed from its last snapshot adopts the parts that one names)."""
 
     def __init__(
         self,
@@ -396,8 +398,10 @@ class FeatureLog:
         self._decisions: list[Decision] = []  # added since the last conversion to a part
         self._rows = sum(_rows(entry) for entry in self._entries)
         self._in_flight: list[LogEntry] = []  # taken by a spooling or publication not finished yet
-        self._snapshots = 0  # checkpoints taken; spooling starts with the first
-        self._landed: list[tuple[SpooledPart, int]] = []  # spooled parts landed, with the snapshot count then
+        # the spooled parts each of the newest checkpoints named (spooling starts with the first checkpoint),
+        # and those landed since
+        self._named: deque[set[SpooledPart]] = deque(maxlen=SPOOL_RETAIN_SNAPSHOTS)
+        self._landed: list[SpooledPart] = []
         self._oldest = time.monotonic()  # monotonic time the oldest buffered decision arrived
         self._lock = threading.Lock()  # guards the buffer
         self._publication = threading.Lock()  # one spooling or publication at a time
@@ -440,17 +444,20 @@ class FeatureLog:
         ones by name (a part landed after the snapshot is logged again on replay; the load keeps its first
         copy)."""
         with self._lock:
-            self._snapshots += 1
             self._convert()
-            return [*self._in_flight, *self._entries]
+            entries = [*self._in_flight, *self._entries]
+            self._named.append({entry for entry in entries if isinstance(entry, SpooledPart)})
+            return entries
 
     def close(self) -> str | None:
-        """Stop the publisher and publish what is buffered (spooled parts stay: the last snapshot may name
-        them, and a flow resumed from it lands them again)."""
+        """Stop the publisher and publish what is buffered; the spooled parts the newest snapshots name stay (a
+        flow resumed from the last one lands them again)."""
         self._closed.set()
         self._wake.set()
         self._publisher.join()
-        return self.flush()
+        batch_id = self.flush()
+        self._delete_landed()
+        return batch_id
 
     def _convert(self) -> None:
         """The decisions not converted yet become one part (the caller holds the lock)."""
@@ -473,7 +480,7 @@ class FeatureLog:
                 due = self._rows >= self.flush_events or (
                     self._rows > 0 and time.monotonic() - self._oldest >= self.flush_seconds
                 )
-                spooling = self._snapshots > 0
+                spooling = bool(self._named)
             if self._closed.is_set():
                 break
             try:
@@ -525,10 +532,13 @@ class FeatureLog:
         return SpooledPart(directory, decisions.num_rows)
 
     def _delete_landed(self) -> None:
-        """Delete the spooled parts landed SPOOL_RETAIN_SNAPSHOTS snapshots ago."""
+        """Delete the landed spooled parts that none of the SPOOL_RETAIN_SNAPSHOTS newest snapshots names."""
         with self._lock:
-            due = [part for part, at in self._landed if self._snapshots - at >= SPOOL_RETAIN_SNAPSHOTS]
-            self._landed = [(part, at) for part, at in self._landed if part not in due]
+            if len(self._named) < SPOOL_RETAIN_SNAPSHOTS:  # a snapshot of an earlier run may still name them
+                return
+            named = set().union(*self._named)
+            due = [part for part in self._landed if part not in named]
+            self._landed = [part for part in self._landed if part in named]
         for part in due:
             shutil.rmtree(part.directory, ignore_errors=True)
 
@@ -558,7 +568,7 @@ class FeatureLog:
             raise
         with self._lock:
             self._in_flight = []
-            self._landed += [(entry, self._snapshots) for entry in taken if isinstance(entry, SpooledPart)]
+            self._landed += [entry for entry in taken if isinstance(entry, SpooledPart)]
         logger.info("feature log: %d decisions landed as batch %s", decisions.num_rows, batch_id)
         return batch_id
 
