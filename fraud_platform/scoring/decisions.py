@@ -450,8 +450,8 @@ class FeatureLog:
             return entries
 
     def close(self) -> str | None:
-        """Stop the publisher and publish what is buffered; the spooled parts the newest snapshots name stay (a
-        flow resumed from the last one lands them again)."""
+        """Stop the publisher and publish what is buffered; the spooled parts the newest snapshots name stay
+        (a flow resumed from the last one lands them again)."""
         self._closed.set()
         self._wake.set()
         self._publisher.join()
