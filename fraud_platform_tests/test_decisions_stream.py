@@ -5,6 +5,7 @@ taken, so a snapshot names files instead of holding the decisions)."""
 import pickle
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +70,8 @@ def test_a_quiet_feature_log_lands_its_decisions_without_new_traffic(tmp_path: P
     log = FeatureLog(tmp_path / "landing", "quiet", flush_events=1_000, flush_seconds=0.2)
     zone = LandingZone(tmp_path / "landing")
     log.add(_decisions(3))
-    deadline = time.monotonic() + 30
-    while not zone.batches():  # no other add() comes: only the timer can publish
-        assert time.monotonic() < deadline, "the buffered decisions never landed"
-        time.sleep(0.05)
+    # no other add() comes: only the timer can publish
+    _eventually(lambda: bool(zone.batches()), "the buffered decisions never landed")
     (batch,) = zone.batches()
     assert batch.parameters["decisions"] == 3
     log.add(_decisions(2, start=3))
@@ -115,15 +114,25 @@ def test_a_failed_publication_keeps_the_decisions_and_is_raised(tmp_path: Path) 
     assert batch.parameters["decisions"] == 3
 
 
+def _eventually(condition: Callable[[], bool], what: str) -> None:
+    """Wait up to 30 s for the background publisher to make `condition` true; fail saying `what` did not
+    happen."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def _spooled_snapshot(log: FeatureLog) -> list[LogEntry]:
     """The log's next snapshot once the publisher has spooled every buffered decision."""
-    deadline = time.monotonic() + 30
-    while True:
-        snapshot = log.checkpoint()
-        if all(isinstance(entry, SpooledPart) for entry in snapshot):
-            return snapshot
-        assert time.monotonic() < deadline, "the buffered decisions were never spooled"
-        time.sleep(0.05)
+    snapshots: list[list[LogEntry]] = []
+
+    def spooled() -> bool:
+        snapshots.append(log.checkpoint())
+        return all(isinstance(entry, SpooledPart) for entry in snapshots[-1])
+
+    _eventually(spooled, "the buffered decisions were never spooled")
+    return snapshots[-1]
 
 
 def test_once_snapshots_are_taken_they_name_spooled_files_and_a_resumed_log_lands_them(
@@ -159,10 +168,7 @@ def test_a_landed_spooled_part_is_deleted_only_once_later_snapshots_no_longer_na
     time.sleep(3 * SPOOL_SECONDS)  # the publisher's passes in between delete nothing
     assert part.directory.is_dir()  # a snapshot still in flight may name it
     log.checkpoint()
-    deadline = time.monotonic() + 30
-    while part.directory.exists():
-        assert time.monotonic() < deadline, "the landed spooled part was never deleted"
-        time.sleep(0.05)
+    _eventually(lambda: not part.directory.exists(), "the landed spooled part was never deleted")
     log.close()
     (batch,) = LandingZone(tmp_path / "landing").batches()
     assert batch.parameters["decisions"] == 300
@@ -197,9 +203,9 @@ def test_close_deletes_the_landed_spooled_parts_no_newest_snapshot_names(tmp_pat
     log.flush()
     assert log.checkpoint() == log.checkpoint() == []  # the newest snapshots name nothing
     log.add(_decisions(300, start=300))
-    deadline = time.monotonic() + 30
-    while set(spool.iterdir()) <= {landed_earlier.directory}:  # spooled after the last snapshot, unnamed
-        assert time.monotonic() < deadline, "the decisions were never spooled"
-        time.sleep(0.05)
+    # spooled after the last snapshot: no snapshot names it
+    _eventually(
+        lambda: not set(spool.iterdir()) <= {landed_earlier.directory}, "the decisions were never spooled"
+    )
     log.close()  # lands the second part; neither is named by the newest snapshots
     assert not landed_earlier.directory.exists() and not list(spool.iterdir())
