@@ -26,7 +26,7 @@ import xgboost as xgb
 from scipy.stats import rankdata
 
 from bench.bench_quality import HEADLINE, SHAPES, fold_windows, window
-from bench.common import parse_options, write_result
+from bench.common import parse_options, write_study
 from bench.warehouse import land_handbook_file, land_simulation, prepared_home
 from fraud_platform.config import Settings
 from fraud_platform.training.dataset import TrainingData, build_training_data
@@ -123,14 +123,8 @@ def main() -> None:
                 print(
                     f"{shape:<4}{name:<46}" + "  ".join(f"{key} {value:.4f}" for key, value in means.items())
                 )
-    write_result(
-        "fit_variants_handbook" if arguments.handbook else "fit_variants",
-        {
-            "options": vars(arguments),
-            **result,
-            "load_average_before": began_load,
-            "load_average_after": os.getloadavg(),
-        },
+    write_study(
+        "fit_variants_handbook" if arguments.handbook else "fit_variants", arguments, result, began_load
     )
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import xgboost as xgb
 from scipy.stats import bootstrap
 
-from bench.common import parse_options, write_result
+from bench.common import parse_options, write_study
 from bench.warehouse import land_handbook_file, land_simulation, prepared_home
 from fraud_platform.config import Settings
 from fraud_platform.training.dataset import SplitConfig, TrainingData, assign_splits, build_training_data
@@ -198,14 +198,11 @@ def main() -> None:
             f"ahead on {difference['days_platform_ahead']}, behind on {difference['days_textbook_ahead']})"
         )
     name = "quality_handbook" if arguments.handbook else "quality"
-    write_result(
+    write_study(
         name + ("" if shapes == SHAPES else "".join(f"_{shape}" for shape in shapes)),
-        {
-            "options": vars(arguments),
-            **result,
-            "load_average_before": began_load,
-            "load_average_after": os.getloadavg(),
-        },
+        arguments,
+        result,
+        began_load,
     )
 
 

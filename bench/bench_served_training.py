@@ -55,7 +55,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
 from bench.bench_quality import HEADLINE, fold_windows, window
-from bench.common import parse_options, write_result
+from bench.common import parse_options, write_study
 from bench.warehouse import land_simulation, prepared_home
 from bytewax_flows import realtime_features
 from bytewax_flows.scoring import build_flow
@@ -292,17 +292,11 @@ def main() -> None:
     table = markdown(result["summary"])  # type: ignore[arg-type]
     print(table)
     print(counts, asdict(stream))
-    write_result(
+    write_study(
         "served_training",
-        {
-            "options": vars(arguments),
-            **counts,
-            "stream": asdict(stream),
-            **result,
-            "markdown": table,
-            "load_average_before": began_load,
-            "load_average_after": os.getloadavg(),
-        },
+        arguments,
+        {**counts, "stream": asdict(stream), **result, "markdown": table},
+        began_load,
     )
 
 

@@ -35,6 +35,21 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
+def write_study(
+    name: str, arguments: argparse.Namespace, result: dict[str, Any], load_before: tuple[float, float, float]
+) -> Path:
+    """`write_result` for a study run: its options, its result and the load average before and after it."""
+    return write_result(
+        name,
+        {
+            "options": vars(arguments),
+            **result,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+    )
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
