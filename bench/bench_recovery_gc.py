@@ -5,10 +5,11 @@
 With recovery on, each card is one key in the recovery partition's `snaps` table, and every commit runs
 Bytewax's garbage collection over that table: a GROUP BY over every stored key for its newest snapshot, then a
 DELETE of the older ones (the statement below is Bytewax 0.21.1's, as compiled into its extension module; the
-table is the one `python -m bytewax.recovery` creates). The worker runs it in the dataflow's thread, so its
-cost is a pause of the flow. This fills a partition made by `bytewax.recovery` with `--keys` cards of one
-300-byte snapshot each, then times `--commits` rounds of a snapshot of `--touched` cards and the collection,
-as a flow at 1,000 tx/s with `-s 1` would; results to bench/results/recovery_gc.json.
+table is the one `python -m bytewax.recovery` creates). The worker holding the partition runs it between
+epochs, so its cost is a pause of the flow (the scoring flow's pauses under `-s 1` grow with it). This fills
+a partition made by `bytewax.recovery` with `--keys` cards of one 300-byte snapshot each, then times
+`--commits` rounds of a snapshot of `--touched` cards and the collection, as a flow at 1,000 tx/s with `-s 1`
+would; results to bench/results/recovery_gc.json.
 """
 
 import os
