@@ -45,10 +45,9 @@ def collection_ms(partition: Path, keys: int, touched: int, commits: int) -> lis
         connection.commit()
         times = []
         for epoch in range(2, commits + 2):
-            first = (epoch * touched) % keys
-            connection.executemany(
-                INSERT, ((STEP_ID, f"card-{key:09d}", epoch, state) for key in range(first, first + touched))
-            )
+            first = epoch * touched
+            cards = {(first + offset) % keys for offset in range(touched)}  # at most every stored card
+            connection.executemany(INSERT, ((STEP_ID, f"card-{card:09d}", epoch, state) for card in cards))
             connection.commit()
             began = time.perf_counter()
             connection.execute(BYTEWAX_GC, (epoch - 1,))
