@@ -16,6 +16,7 @@ from fraud_platform.cli import main
 from fraud_platform.config import Settings
 from fraud_platform.features.backfill import VERSION_COLUMN, backfill
 from fraud_platform.features.realtime import FEATURE_DEFINITION_VERSION
+from fraud_platform.lib import bus
 from fraud_platform.lib.bus import (
     DEAD_LETTER_PAYLOAD_BYTES,
     DEFAULT_EVENT_WINDOW,
@@ -125,6 +126,19 @@ def test_the_window_follows_the_settings_and_a_replay_carries_its_own_clock() ->
     replayed = {**GOOD, "timestamp": GOOD_MS - DAY_MS, REPLAY_CLOCK_FIELD: GOOD_MS}
     assert decode_event(orjson.dumps(replayed), window).timestamp_ms == GOOD_MS - DAY_MS
     assert decode_event(orjson.dumps(replayed), window, now_ms=GOOD_MS).timestamp_ms == GOOD_MS - DAY_MS
+
+
+def test_an_accepted_event_formats_no_dates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dates are formatted for a dead letter's reason only: the accepted path (every event of a replay) does
+    not pay for them."""
+    formatted: list[int] = []
+    monkeypatch.setattr(bus, "_utc", lambda millis: formatted.append(millis) or "")
+    replayed = {**GOOD, "timestamp": GOOD_MS - DAY_MS, REPLAY_CLOCK_FIELD: GOOD_MS}
+    assert isinstance(decode_event(orjson.dumps(replayed), now_ms=GOOD_MS), Transaction)
+    assert isinstance(decode_event(orjson.dumps(GOOD), now_ms=NOW_MS), Transaction)
+    assert formatted == []
+    assert isinstance(decode_event(orjson.dumps({**replayed, "timestamp": 946_684_800_000})), DeadLetter)
+    assert formatted == [946_684_800_000, GOOD_MS]  # the event's time and its replay clock, in the reason
 
 
 @pytest.mark.parametrize(

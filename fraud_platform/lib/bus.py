@@ -97,9 +97,9 @@ class EventWindow:
         """Why `timestamp_ms` is implausible against the replay clock (None: live, the wall clock `now_ms`),
         or None when it is plausible."""
         if replay_clock is None:
-            clock, name = now_ms, "wall clock"
+            clock = now_ms
         elif type(replay_clock) is int and MIN_TIMESTAMP_MS <= replay_clock <= now_ms + self.max_future_ms:
-            clock, name = replay_clock, f"replay clock ({_utc(replay_clock)})"
+            clock = replay_clock
         else:
             return (
                 f"field '{REPLAY_CLOCK_FIELD}' must be epoch ms from {TIMESTAMP_RANGE[:4]} up to now, "
@@ -108,12 +108,12 @@ class EventWindow:
         if timestamp_ms > clock + self.max_future_ms:
             return (
                 f"field 'timestamp' ({_utc(timestamp_ms)}) is {_duration(timestamp_ms - clock)} ahead of the "
-                f"{name}, more than {MAX_EVENT_FUTURE_VAR}={self.max_future_ms // 1000}"
+                f"{_clock_name(replay_clock)}, more than {MAX_EVENT_FUTURE_VAR}={self.max_future_ms // 1000}"
             )
         if timestamp_ms < clock - self.max_age_ms:
             return (
                 f"field 'timestamp' ({_utc(timestamp_ms)}) is {_duration(clock - timestamp_ms)} behind the "
-                f"{name}, more than {MAX_EVENT_AGE_VAR}={self.max_age_ms // DAY_MS}"
+                f"{_clock_name(replay_clock)}, more than {MAX_EVENT_AGE_VAR}={self.max_age_ms // DAY_MS}"
             )
         return None
 
@@ -123,6 +123,11 @@ DEFAULT_EVENT_WINDOW = EventWindow()
 
 def _utc(millis: int) -> str:
     return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _clock_name(replay_clock: int | None) -> str:
+    """The clock an event was judged against, for its dead letter (formatted only when there is one)."""
+    return "wall clock" if replay_clock is None else f"replay clock ({_utc(replay_clock)})"
 
 
 def _duration(millis: int) -> str:
