@@ -20,7 +20,6 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pandas as pd
 import xgboost as xgb
 from sklearn.metrics import average_precision_score
 
@@ -29,7 +28,7 @@ from bench.common import parse_options, write_study
 from bench.warehouse import land_handbook_file, land_simulation, prepared_home
 from fraud_platform.config import Settings
 from fraud_platform.training.dataset import TrainingData, build_training_data
-from fraud_platform.training.evaluation import card_precision_at_k
+from fraud_platform.training.evaluation import card_days, card_precision_at_k
 from fraud_platform.training.model import TrainingConfig, score, scored
 from fraud_platform.training.search import STARTING_POINTS, booster_params, matrix, prequential_folds, search
 
@@ -38,19 +37,9 @@ METRICS = ("average_precision", "card_day_average_precision", "card_precision_at
 
 
 def card_day_average_precision(scores: np.ndarray, data: TrainingData) -> float:
-    """Average precision over card-days: each card's maximum score per day, cards known to be compromised
-    before the day left out (card precision's rule without the cut at k)."""
-    frame = pd.DataFrame(
-        {
-            "card": data.card_ids,
-            "day": data.event_days,
-            "score": scores,
-            "fraud": data.labels,
-            "known": data.card_fraud_known_days,
-        }
-    )
-    frame = frame[~(frame["known"] < frame["day"])]
-    daily = frame.groupby(["day", "card"]).agg(score=("score", "max"), fraud=("fraud", "max"))
+    """Average precision over card-days (`evaluation.card_days`: each card's maximum score per day, cards
+    known to be compromised before the day left out): card precision's rule without the cut at k."""
+    daily = card_days(scored(scores, data))
     return float(average_precision_score(daily["fraud"], daily["score"]))
 
 

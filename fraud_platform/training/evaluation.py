@@ -35,9 +35,9 @@ def card_precision_at_k(scored: Scored, k: int = CARD_PRECISION_K) -> float:
     return float(daily.mean()) if len(daily) else 0.0
 
 
-def daily_card_precision(scored: Scored, k: int = CARD_PRECISION_K) -> np.ndarray:
-    """Each day's share of fraudulent cards among its top k cards (the days of the window in order), by the
-    standard rule of `card_precision_at_k`."""
+def card_days(scored: Scored) -> pd.DataFrame:
+    """One row per (day, card) in that order: the card's maximum score that day and whether any of its
+    transactions that day was fraudulent; cards known to be compromised before the day left out."""
     frame = pd.DataFrame(
         {
             "card": scored.card_ids,
@@ -49,11 +49,17 @@ def daily_card_precision(scored: Scored, k: int = CARD_PRECISION_K) -> np.ndarra
     )
     # Known before the day: a label that became known during the day does not yet remove the card.
     frame = frame[~(frame["known"] < frame["day"])]
-    daily = (
+    return (
         frame.groupby(["day", "card"], sort=True)
         .agg(score=("score", "max"), fraud=("fraud", "max"))
         .reset_index()
     )
+
+
+def daily_card_precision(scored: Scored, k: int = CARD_PRECISION_K) -> np.ndarray:
+    """Each day's share of fraudulent cards among its top k cards (the days of the window in order), by the
+    standard rule of `card_precision_at_k`."""
+    daily = card_days(scored)
     detected: set[object] = set()
     precisions = []
     for day in np.unique(scored.event_days):
