@@ -13,7 +13,8 @@ features, stored natively, thresholds set so that about 1 % of the events are re
    scoring flow in this process (`run_main`, the flow as `bytewax.run` builds it, `exit_when_drained=True`)
    from the streams to the decisions stream and the feature log, once per FRAUD_PLATFORM_SCORING_THREADS
    value of `--throughput-threads` (0 = XGBoost's default, every core); the real-time feature flow alone on
-   the same streams for comparison; the scoring parts per event outside Bytewax.
+   the same streams for comparison; each run's CPU per event in this process and in the Redis server, and
+   the server's own time per event by command; the scoring parts per event outside Bytewax.
 2. XGBoost's calls per row, quiet and next to the neighbour (`bench.neighbour`: one busy process per core):
    the model call on 10 and 1,000 rows, and both reason-code methods, exact TreeSHAP (`pred_contribs`) and
    the approximate contributions the scorer serves (`approx_contribs`), on 10 and 100 flagged rows, each
@@ -112,10 +113,11 @@ def reset_streams(client: redis.Redis) -> None:
 
 
 def throughput(
-    settings: Settings, client: redis.Redis, table: pa.Table, scoring_threads: list[int]
+    settings: Settings, client: redis.Redis, table: pa.Table, scoring_threads: list[int], server_pid: int
 ) -> dict[str, object]:
     """Events/s of the scoring flow (once per thread setting) and of the feature flow alone, from the
-    streams, one worker."""
+    streams, one worker; with each run's CPU per event in this process (the flow and its threads) and in the
+    Redis server (`server_pid`), and the server's own time per event by command (`redis_time`)."""
     events = list(events_from_table(table))
     result: dict[str, object] = {"events": len(events)}
     runs = [(f"scoring_threads_{threads}", scoring, threads) for threads in scoring_threads]
@@ -129,14 +131,33 @@ def throughput(
             flow = module.build_flow(
                 settings=dataclasses.replace(settings, scoring_threads=threads), exit_when_drained=True
             )
+            client.config_resetstat()
+            pids = {"flow": os.getpid(), "redis": server_pid}
+            cpu_before = {process: cpu_seconds(pid) for process, pid in pids.items()}
             began = time.perf_counter()
             run_main(flow)
             seconds = time.perf_counter() - began
+        cpu_used = {process: cpu_seconds(pid) - cpu_before[process] for process, pid in pids.items()}
         result[f"{name}_flow_seconds"] = round(seconds, 2)
         result[f"{name}_flow_events_per_second"] = round(len(events) / seconds)
+        result[f"{name}_flow_cpu_cores"] = round(cpu_used["flow"] / seconds, 2)
+        for process, used in cpu_used.items():
+            result[f"{name}_{process}_cpu_us_per_event"] = round(used / len(events) * 1e6, 1)
+        result[f"{name}_redis_time_us_per_event"] = redis_time(client, len(events))
         if module is scoring:
             result[f"{name}_decisions_written"] = client.xlen(DECISIONS_STREAM)
     return result
+
+
+def redis_time(client: redis.Redis, events: int) -> dict[str, float]:
+    """The server's own time per event by command since its statistics were reset (INFO commandstats; a
+    script's time includes the commands it calls, which are also listed on their own), the largest first."""
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): round(stat["usec"] / events, 2)
+        for name, stat in sorted(stats.items(), key=lambda item: -item[1]["usec"])
+        if stat["usec"] >= events / 100  # 0.01 us per event or more
+    }
 
 
 def parts(settings: Settings, client: redis.Redis, table: pa.Table, vectors: dict) -> dict[str, float]:
@@ -436,7 +457,9 @@ def main() -> None:
             sample = np.stack(list(vectors.values())[:50_000])
             version = register_real_model(settings, sample)
             result: dict[str, object] = {"cards": args.cards, "days": args.days, "model_version": version}
-            result["throughput"] = throughput(settings, client, table, args.throughput_threads)
+            result["throughput"] = throughput(
+                settings, client, table, args.throughput_threads, server.running_pid()
+            )
             print(result["throughput"])
             result["parts"] = parts(settings, client, table, vectors)
             print(result["parts"])
