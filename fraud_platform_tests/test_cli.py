@@ -238,12 +238,22 @@ def test_ui_mlflow_serves_the_platforms_store_on_loopback_and_stops_on_ctrl_c(pl
             assert json.load(response)["experiments"][0]["name"] == "Default"
         # The platform's store, not a ./mlflow.db in some working directory.
         assert Path(platform_env.mlflow_tracking_uri.removeprefix("sqlite:///")).is_file()
+        # The UI and its server, not MLflow's job runner and its consumers (GenAI jobs the platform never has).
+        running = _process_group(ui.pid)
+        assert len(running) == 2 and not any("mlflow.server.jobs" in command for command in running), running
         os.killpg(ui.pid, signal.SIGINT)
         ui.wait(timeout=60)
+        assert _process_group(ui.pid) == [], "Ctrl-C left processes of the UI running"
     finally:
         if ui.poll() is None:
             os.killpg(ui.pid, signal.SIGKILL)
             ui.wait()
+
+
+def _process_group(group: int) -> list[str]:
+    """The command lines of the processes in a process group."""
+    found = subprocess.run(["pgrep", "-g", str(group), "-a"], capture_output=True, text=True, check=False)
+    return found.stdout.splitlines()
 
 
 def _decision(

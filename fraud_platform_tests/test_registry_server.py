@@ -45,6 +45,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as docs/scale-out.md runs it
     )
     url = f"http://127.0.0.1:{port}"
     try:
