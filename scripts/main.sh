@@ -22,6 +22,17 @@ WARM_UP_DAYS=${WARM_UP_DAYS:-90}
 # (python -m fraud_platform.monitoring.demo drift): its distance and speed features drift, the drift check
 # fails on exactly those and the monitoring retrain sensor asks for a training run. Empty: no drift.
 DRIFT_DAY=${DRIFT_DAY:-}
+# A home the main job ran in keeps what its live week left: each transaction's first content claimed, each
+# decided once, the feature log's first copy loaded; and the drift rewrites a landed day in place. So a drift
+# demo needs a home the main job never ran in, and a home with a drifted day cannot show a clean week again.
+RECOVERY="$FRAUD_PLATFORM_HOME/recovery/main-job"
+DRIFTED="$FRAUD_PLATFORM_HOME/main-job-drifted-day"
+if [ -d "$RECOVERY" ] && { [ -n "$DRIFT_DAY" ] || [ -f "$DRIFTED" ]; }; then
+  echo "scripts/main.sh: the main job already ran in $FRAUD_PLATFORM_HOME$([ -f "$DRIFTED" ] && echo \
+    " with GPS drift injected on $(cat "$DRIFTED")"), and its live week cannot be replayed with other content:" \
+    "start over with '.venv/bin/fraud-platform redis stop && rm -rf $FRAUD_PLATFORM_HOME', then run this again" >&2
+  exit 2
+fi
 
 if [ -z "${REDIS_URL:-}" ]; then
   fraud-platform redis start
@@ -46,10 +57,10 @@ fraud-platform refresh
 fraud-platform train --train-from "$TRAIN_FROM" --train-to "$TRAIN_TO" --test-from "$TEST_FROM" --test-to "$TEST_TO"
 if [ -n "$DRIFT_DAY" ]; then
   python -m fraud_platform.monitoring.demo drift "$DRIFT_DAY"
+  echo "$DRIFT_DAY" > "$DRIFTED"
 fi
 
 # The stream keeps its state between runs through Bytewax recovery, as a restarted production flow does.
-RECOVERY="$FRAUD_PLATFORM_HOME/recovery/main-job"
 rm -rf "$RECOVERY" && mkdir -p "$RECOVERY" && python -m bytewax.recovery "$RECOVERY" 1
 score() { python -m bytewax.run "bytewax_flows.scoring:build_flow(exit_when_drained=True)" -r "$RECOVERY" -s 5 -b 0; }
 # Warm-up: the days before the first live day fill each card's windows. They are decided too, served the
