@@ -2,7 +2,8 @@
 # Screenshots of the UIs after the main job, with a real headless browser: the distribution's Chromium
 # (apt-get install chromium) driven by Playwright (pip extra "test"). Starts the Dagster and MLflow UIs on
 # free loopback ports with the platform's environment, saves docs/images/*.png, stops the UIs.
-#   scripts/main.sh && scripts/screenshots.sh        # DAY=YYYY-MM-DD picks the monitoring partition shown
+#   DRIFT_DAY=last scripts/main.sh && scripts/screenshots.sh   # the README's pictures: the drifted last day
+#   DAY=YYYY-MM-DD picks the monitoring partition shown (default: the newest monitored day)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
@@ -66,13 +67,15 @@ shots = [
 with sync_playwright() as playwright:
     browser = playwright.chromium.launch(executable_path=os.environ["CHROMIUM"], args=["--no-sandbox"])
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    # Dagster's first-visit newsletter dialog opens a second after a page loads, over whatever it shows:
+    # the browser starts as one that dismissed it (the UI's own localStorage flag).
+    page.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
     for name, url, ready in shots:
         page.goto(url, wait_until="load", timeout=120_000)  # the UIs poll: never "networkidle"
         page.wait_for_selector(ready, timeout=90_000)
-        skip = page.locator("button:has-text('Skip')")  # Dagster's first-visit newsletter dialog
-        if skip.count():
-            skip.first.click()
         time.sleep(3)  # the graph's layout animation
+        if page.locator("[role=dialog]").count():
+            raise SystemExit(f"a dialog covers {url}: not saving {name}")
         page.screenshot(path=str(images / name))
         print(f"saved {images / name} ({url})")
     browser.close()
