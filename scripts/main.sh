@@ -28,9 +28,11 @@ DRIFT_DAY=${DRIFT_DAY:-}
 RECOVERY="$FRAUD_PLATFORM_HOME/recovery/main-job"
 DRIFTED="$FRAUD_PLATFORM_HOME/main-job-drifted-day"
 if [ -d "$RECOVERY" ] && { [ -n "$DRIFT_DAY" ] || [ -f "$DRIFTED" ]; }; then
-  echo "scripts/main.sh: the main job already ran in $FRAUD_PLATFORM_HOME$([ -f "$DRIFTED" ] && echo \
-    " with GPS drift injected on $(cat "$DRIFTED")"), and its live week cannot be replayed with other content:" \
-    "start over with '.venv/bin/fraud-platform redis stop && rm -rf $FRAUD_PLATFORM_HOME', then run this again" >&2
+  drifted=""
+  [ -f "$DRIFTED" ] && drifted=" with GPS drift injected on $(cat "$DRIFTED")"
+  echo "scripts/main.sh: the main job already ran in $FRAUD_PLATFORM_HOME$drifted, and its live week cannot be" \
+    "replayed with other content: start over with" \
+    "'.venv/bin/fraud-platform redis stop && rm -rf $FRAUD_PLATFORM_HOME', then run this again" >&2
   exit 2
 fi
 
