@@ -38,9 +38,10 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -284,38 +285,59 @@ def read_decisions(
     return [orjson.loads(fields[DECISION_FIELD.encode()]) for _, fields in entries]
 
 
-def _timestamps(millis: list[int]) -> pa.Array:
-    return pa.array(millis, pa.int64()).cast(pa.timestamp("ms", tz="UTC")).cast(TIMESTAMP)
+def _timestamps(millis: Sequence[int]) -> pa.Array:
+    return pa.array(np.asarray(millis, np.int64) * 1000, TIMESTAMP)  # epoch ms to the schema's microseconds
+
+
+# A transaction's values in TRANSACTIONS order (its epoch ms for the timestamp column).
+_TRANSACTION_VALUES = attrgetter(
+    *("timestamp_ms" if field.name == "timestamp" else field.name for field in TRANSACTIONS)
+)
+
+
+def _transposed(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows of equal length as columns."""
+    return list(zip(*rows, strict=True))
 
 
 def decision_tables(decisions: Sequence[Decision]) -> tuple[pa.Table, pa.Table]:
-    """The transactions and the `decisions` context table of a feature-log batch."""
-    txns = [decision.txn for decision in decisions]
+    """The transactions and the `decisions` context table of a feature-log batch (columns transposed in C:
+    the worker converts every decision it makes)."""
+    (
+        ids,
+        cards,
+        scores,
+        verdicts,
+        reasons,
+        versions,
+        event_ms,
+        received_ms,
+        decision_ms,
+        txns,
+        features,
+        _,
+    ) = _transposed(decisions)
     transactions = pa.table(
         {
-            **{
-                field.name: pa.array([getattr(txn, field.name) for txn in txns], field.type)
-                for field in TRANSACTIONS
-                if field.name != "timestamp"
-            },
-            "timestamp": _timestamps([txn.timestamp_ms for txn in txns]),
+            field.name: _timestamps(values) if field.name == "timestamp" else pa.array(values, field.type)
+            for field, values in zip(TRANSACTIONS, _transposed(map(_TRANSACTION_VALUES, txns)), strict=True)
         }
-    ).select(TRANSACTIONS.names)
-    features = np.stack([decision.features for decision in decisions]).astype(np.float32)
-    offsets = pa.array(np.arange(0, features.size + 1, len(MODEL_FEATURES), dtype=np.int32))
+    )
+    vectors = np.concatenate(features).astype(np.float32, copy=False)
+    offsets = pa.array(np.arange(0, vectors.size + 1, len(MODEL_FEATURES), dtype=np.int32))
     table = pa.table(
         {
-            "transaction_id": [decision.transaction_id for decision in decisions],
-            "card_id": [decision.card_id for decision in decisions],
-            "score": pa.array([decision.score for decision in decisions], pa.float64()),
-            "decision": [decision.decision for decision in decisions],
-            "reasons": pa.array([list(decision.reasons) for decision in decisions], pa.list_(pa.string())),
-            "model_version": [decision.model_version for decision in decisions],
-            "event_time": _timestamps([decision.event_ms for decision in decisions]),
-            "received_time": _timestamps([decision.received_ms for decision in decisions]),
-            "decision_time": _timestamps([decision.decision_ms for decision in decisions]),
+            "transaction_id": ids,
+            "card_id": cards,
+            "score": pa.array(scores, pa.float64()),
+            "decision": verdicts,
+            "reasons": pa.array(reasons, pa.list_(pa.string())),
+            "model_version": versions,
+            "event_time": _timestamps(event_ms),
+            "received_time": _timestamps(received_ms),
+            "decision_time": _timestamps(decision_ms),
             "feature_definition_version": [FEATURE_DEFINITION_VERSION] * len(decisions),
-            "features": pa.ListArray.from_arrays(offsets, pa.array(features.ravel())),
+            "features": pa.ListArray.from_arrays(offsets, pa.array(vectors)),
         },
         schema=DECISIONS,
     )

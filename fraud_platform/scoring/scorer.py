@@ -87,9 +87,11 @@ class Scorer:
         scores = model.scores(features)
         decisions = decide(scores, model.thresholds)
         flagged = np.flatnonzero(decisions != APPROVE)
-        reasons: list[tuple[tuple[str, float], ...]] = [()] * len(txns)
+        reasons: list[tuple[str, ...]] = [()] * len(txns)  # only flagged rows have reasons
+        contributions: list[tuple[float, ...]] = [()] * len(txns)
         for row, row_reasons in zip(flagged.tolist(), model.explain(features[flagged]), strict=True):
-            reasons[row] = row_reasons
+            reasons[row] = tuple(name for name, _ in row_reasons)
+            contributions[row] = tuple(share for _, share in row_reasons)
         decided_ms = time.time_ns() // 1_000_000
         return [
             Decision(
@@ -97,14 +99,14 @@ class Scorer:
                 txn.card_id,
                 row_score,
                 decision,
-                tuple(name for name, _ in reasons[row]),
+                reasons[row],
                 model.version,
                 txn.timestamp_ms,
                 received_ms[row],
                 decided_ms,
                 txn,
                 features[row],
-                tuple(share for _, share in reasons[row]),
+                contributions[row],
             )
             for row, (txn, row_score, decision) in enumerate(
                 zip(txns, scores.tolist(), decisions.tolist(), strict=True)
