@@ -4,6 +4,8 @@ taken, so a snapshot names files instead of holding the decisions)."""
 
 import pickle
 import shutil
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.schema import Transaction
 from fraud_platform.scoring.decisions import (
     CONVERT_ROWS,
+    PUBLISHER_NICENESS,
     SPOOL_RETAIN_SNAPSHOTS,
     SPOOL_SECONDS,
     FeatureLog,
@@ -77,6 +80,28 @@ def test_a_quiet_feature_log_lands_its_decisions_without_new_traffic(tmp_path: P
     log.add(_decisions(2, start=3))
     log.close()  # what is left is published by the timer or, at the latest, at shutdown
     assert sorted(batch.parameters["decisions"] for batch in zone.batches()) == [2, 3]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own niceness is Linux's")
+def test_the_feature_log_lands_at_the_lowest_cpu_priority(tmp_path: Path) -> None:
+    log = FeatureLog(tmp_path / "landing", "background", flush_events=1_000, flush_seconds=3_600)
+    try:
+        (publisher,) = [thread for thread in threading.enumerate() if thread.name == "feature-log-background"]
+        _eventually(
+            lambda: _niceness(publisher.native_id) == PUBLISHER_NICENESS, "the publisher kept niceness 0"
+        )
+        assert (
+            _niceness(threading.get_native_id()) == 0
+        )  # the caller's thread (the flow's worker) keeps its own
+        assert PUBLISHER_NICENESS == 19
+    finally:
+        log.close()
+
+
+def _niceness(thread_id: int | None) -> int:
+    """A thread of this process's nice value, from /proc (field 19 of its stat line)."""
+    stat = Path(f"/proc/self/task/{thread_id}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[16])
 
 
 def test_small_micro_batches_are_converted_to_arrow_together(tmp_path: Path) -> None:
