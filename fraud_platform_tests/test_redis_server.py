@@ -38,6 +38,9 @@ def test_the_password_is_not_on_the_command_line(tmp_path: Path) -> None:
         assert server.client().info("server")["config_file"] == str(server.config_file)
         assert (server.config_file.stat().st_mode & 0o777) == 0o600
         assert server.client().config_get("dir")["dir"] == str(server.data_dir)
+        # the append-only file is rewritten only past 1 GB: each rewrite is a burst of CPU (docs/operations.md)
+        rewrite_floor = server.client().config_get("auto-aof-rewrite-min-size")["auto-aof-rewrite-min-size"]
+        assert int(rewrite_floor) == 1024**3
     finally:
         server.stop()
 
