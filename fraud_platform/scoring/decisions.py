@@ -502,7 +502,10 @@ class FeatureLog:
 
     def _publish_when_due(self) -> None:
         if sys.platform == "linux":  # Linux gives each thread a niceness of its own
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PUBLISHER_NICENESS)
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PUBLISHER_NICENESS)
+            except OSError as error:  # a sandbox refusing it: landing at normal priority still lands
+                logger.warning("feature log: landing at normal CPU priority (%s)", error)
         while not self._closed.is_set():
             self._wake.wait(min(SPOOL_SECONDS, self.flush_seconds / 4))
             self._wake.clear()
