@@ -15,8 +15,9 @@ librdkafka properties (TLS, SASL) from the settings. Features and the online sto
   Redis can tell: a batch's decisions whose `decided:<transaction_id>` marker is absent are produced and
   flushed (acknowledged by the brokers), then the Redis decision sink sets the markers and appends to the
   live decisions stream. A crash between the flush and the markers produces those decisions again on
-  recovery (at most one batch per worker): the topic is at-least-once, and consumers dedupe by
-  transaction_id. Nothing is lost: no marker is set before its decision is on Kafka.
+  recovery (at most one batch): the topic is at-least-once, and consumers dedupe by transaction_id.
+  Nothing is lost: no marker is set before its decision is on Kafka. One partition, like the Redis
+  decision sink: one producer per flow.
 
 Every producer raises on an undelivered message (`bus.raise_undelivered`), so the flow stops (and
 recovers) instead of dropping output.
@@ -29,8 +30,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import redis
 from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import DynamicSink, StatefulSinkPartition, StatelessSinkPartition
 
+from bytewax_flows.partitions import OnePartitionSink
 from bytewax_flows.redis_io import stream_client
 from fraud_platform.config import Settings
 from fraud_platform.lib.bus import (
@@ -188,12 +190,12 @@ def undecided(client: redis.Redis, decisions: list[Decision], shards: int | None
     return list(fresh.values())
 
 
-class _DecisionPartition(StatelessSinkPartition["Decision"]):
+class _DecisionPartition(StatefulSinkPartition["Decision", None]):
     def __init__(
         self,
         client: redis.Redis,
         producer: StatelessSinkPartition[KafkaSinkMessage[Any, bytes]],
-        markers: StatelessSinkPartition[Decision],
+        markers: StatefulSinkPartition[Decision, None],
         shards: int,
     ) -> None:
         self._client = client
@@ -202,11 +204,17 @@ class _DecisionPartition(StatelessSinkPartition["Decision"]):
         self._shards = shards
 
     def write_batch(self, items: list[Decision]) -> None:
-        """Produce the new decisions and wait for the brokers, then mark them decided in Redis."""
+        """Produce the new decisions and wait for the brokers, then mark them decided in Redis (the markers of
+        the batch before are confirmed first, so that it counts as decided)."""
+        self._markers.snapshot()  # the Redis sink confirms its batch in flight
         self._producer.write_batch(
             [decision_message(decision) for decision in undecided(self._client, items, self._shards)]
         )
         self._markers.write_batch(items)
+
+    def snapshot(self) -> None:
+        """Confirm the markers in flight."""
+        self._markers.snapshot()
 
     def close(self) -> None:
         self._producer.close()
@@ -214,21 +222,24 @@ class _DecisionPartition(StatelessSinkPartition["Decision"]):
         self._client.close()
 
 
-class KafkaDecisionSink(DynamicSink["Decision"]):
+class KafkaDecisionSink(OnePartitionSink["Decision", None]):
     """Decisions to the decisions topic, keyed by card_id; `markers` (the Redis decision sink) records each
-    transaction as decided after its decision is on Kafka and keeps the live decisions stream."""
+    transaction as decided after its decision is on Kafka and keeps the live decisions stream. Items
+    (key, Decision), any key: one partition, one producer."""
 
-    def __init__(self, settings: Settings, redis_url: str, markers: DynamicSink[Decision]) -> None:
+    PART = "decisions"
+
+    def __init__(self, settings: Settings, redis_url: str, markers: OnePartitionSink[Decision, None]) -> None:
         self._settings = settings
         self._url = redis_url
         self._markers = markers
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DecisionPartition:
-        """A producer and a Redis writer for one worker."""
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DecisionPartition:
+        """A producer and the Redis decisions partition."""
         topic = kafka_topics(self._settings.kafka_topic_prefix).decisions
         return _DecisionPartition(
             stream_client(self._url, self._settings.redis_cluster),
-            _producer(self._settings, topic, step_id, worker_index, worker_count),
-            self._markers.build(step_id, worker_index, worker_count),
+            _producer(self._settings, topic, step_id, 0, 1),
+            self._markers.build_part(step_id, for_part, None),
             self._settings.stream_shards,
         )

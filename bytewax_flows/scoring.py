@@ -6,8 +6,11 @@
 Runs exactly the steps of `bytewax_flows.realtime_features` (`feature_steps`), then for each batch of served
 rows (corrections are not re-decided: a decision is made once, at arrival) reads the batch features from
 Redis in one round trip, assembles the training feature vector, scores the batch with one model call and
-writes decisions to the decisions stream (idempotent by transaction_id) and to the feature log in the
-landing zone (one log per flow, durable with Bytewax recovery: `FeatureLogSink`). A transaction_id reused
+writes decisions to the decisions stream (idempotent by transaction_id; `DecisionSink` does not wait for
+Redis's reply before the next batch, and confirms it before each epoch ends) and to the feature log in the
+landing zone (one log per flow, durable with Bytewax recovery: `FeatureLogSink`). Both sinks have one
+partition (`partitions.OnePartitionSink`): with several workers every decision is written by the worker
+that holds it. A transaction_id reused
 with other content is a dead letter (`realtime_features.TransactionIds`). The model is the registry's champion, checked every FRAUD_PLATFORM_MODEL_REFRESH_SECONDS and
 swapped between batches; without a champion the flow refuses to start unless FRAUD_PLATFORM_SCORING_MODE=rules.
 Every 10 s a log line and the hash `metrics:scoring` show throughput, latency, dead letters and model version.
@@ -20,19 +23,13 @@ from __future__ import annotations
 import gc
 import logging
 
-import redis
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.outputs import (
-    DynamicSink,
-    FixedPartitionedSink,
-    Sink,
-    StatefulSinkPartition,
-    StatelessSinkPartition,
-)
+from bytewax.outputs import Sink, StatefulSinkPartition
 
 from bytewax_flows.kafka_io import KafkaDecisionSink, KafkaItem
+from bytewax_flows.partitions import OnePartitionSink
 from bytewax_flows.realtime_features import (
     GC_THRESHOLDS,
     Served,
@@ -45,19 +42,20 @@ from fraud_platform.config import Settings
 from fraud_platform.features.realtime import FeatureRow
 from fraud_platform.lib.bus import DeadLetter, EventWindow
 from fraud_platform.lib.online_store import OnlineStore
-from fraud_platform.lib.redis_server import redis_url
-from fraud_platform.scoring.decisions import FeatureLog, LogEntry, write_decisions
+from fraud_platform.lib.redis_server import RedisClient, redis_url
+from fraud_platform.scoring.decisions import FeatureLog, LogEntry, PipelinedDecisionWriter
 from fraud_platform.scoring.metrics import REPORT_SECONDS, ScoringMetrics
 from fraud_platform.scoring.models import ModelWatcher
 from fraud_platform.scoring.scorer import Decision, Scorer
 
 FLOW_ID = "scoring"
 FEATURE_LOG_PART = "feature-log"  # the feature log's one partition (one log per flow)
+DECISIONS_KEY = "decision"  # the key of the items of the decisions sinks (each has one partition)
 
 
 def build_flow(
     source: Source[bytes | None] | Source[KafkaItem] | None = None,
-    decision_sink: Sink[Decision] | None = None,
+    decision_sink: Sink[tuple[str, Decision]] | None = None,
     dead_letter_sink: Sink[DeadLetter] | None = None,
     card_sink: Sink[FeatureRow] | None = None,
     feature_log_sink: Sink[tuple[str, Decision]] | None = None,
@@ -115,10 +113,10 @@ def build_flow(
     # Served | FeatureRow: each transaction's served row with the transaction; corrections
     decisions = op.flat_map_batch("score", features, lambda items: _score_served(scorer, items))
     # Decision: one per served transaction, scored with the model of its batch
-    op.output("decisions", decisions, decision_sink)
-    op.output(
-        "feature_log", op.flat_map_batch("to_feature_log", decisions, _to_feature_log), feature_log_sink
-    )
+    keyed = op.flat_map_batch("keyed", decisions, _keyed)
+    # (DECISIONS_KEY, Decision): for the sinks of one partition
+    op.output("decisions", keyed, decision_sink)
+    op.output("feature_log", keyed, feature_log_sink)
     # The model, its thread pools and the libraries are long-lived: keep full collections from walking them
     # (p99.9 at 1,000 tx/s went from 37-110 to 6-14 ms). A model swapped in later is not frozen: a booster
     # is a handful of Python objects around native memory.
@@ -135,45 +133,46 @@ def _score_served(scorer: Scorer, items: list[Served | FeatureRow]) -> list[Deci
     )
 
 
-def _to_feature_log(decisions: list[Decision]) -> list[tuple[str, Decision]]:
-    return [(FEATURE_LOG_PART, decision) for decision in decisions]
+def _keyed(decisions: list[Decision]) -> list[tuple[str, Decision]]:
+    return [(DECISIONS_KEY, decision) for decision in decisions]
 
 
-class _DecisionPartition(StatelessSinkPartition[Decision]):
-    def __init__(
-        self,
-        client: redis.Redis,
-        ttl_seconds: int,
-        max_length: int,
-        metrics: ScoringMetrics,
-        shards: int | None = None,
-    ) -> None:
+class _DecisionPartition(StatefulSinkPartition[Decision, None]):
+    def __init__(self, client: RedisClient, writer: PipelinedDecisionWriter, metrics: ScoringMetrics) -> None:
         self._client = client
-        self._ttl = ttl_seconds
-        self._max_length = max_length
+        self._writer = writer
         self._metrics = metrics
-        self._shards = shards
 
     def write_batch(self, items: list[Decision]) -> None:
-        """Write the batch's new decisions (one script call per 1,000) and count them in the metrics."""
-        write_decisions(self._client, items, self._ttl, self._max_length, shards=self._shards)
+        """Send the batch's decisions (one script call per 1,000), confirm the batch before, and count them."""
+        self._writer.write(items)
         self._metrics.record(items)
 
+    def snapshot(self) -> None:
+        """Confirm the batch in flight (written again if it failed): the epoch ends with every decision in."""
+        self._writer.confirm()
+
     def close(self) -> None:
-        """Report the last interval's numbers, stop the heartbeat and following the registry, and release the
-        connection."""
+        """Confirm the batch in flight, report the last interval's numbers, stop the heartbeat and following
+        the registry, and release the connection."""
+        self._writer.close()
         self._metrics.report()
         self._metrics.stop()
         self._metrics.models.stop()
         self._client.close()
 
 
-class DecisionSink(DynamicSink[Decision]):
-    """Decisions to the decisions stream, once per transaction_id (markers live `ttl_seconds`).
+class DecisionSink(OnePartitionSink[Decision, None]):
+    """Decisions to the decisions stream, once per transaction_id (markers live `ttl_seconds`), each batch
+    sent without waiting for Redis (`PipelinedDecisionWriter`) and confirmed with the next or at the epoch's
+    end. Items (key, Decision), any key: one partition.
 
     The stream is trimmed to about `max_length` entries (0: never trimmed). `shards`, the transactions shard
-    count, is required on Redis Cluster (the decisions are written per shard); `cluster` as `stream_client`.
+    count, is required on Redis Cluster (the decisions are written per shard, each batch at once);
+    `cluster` as `stream_client`.
     """
+
+    PART = "decisions"
 
     def __init__(
         self,
@@ -191,11 +190,13 @@ class DecisionSink(DynamicSink[Decision]):
         self._metrics = metrics
         self._shards = shards
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DecisionPartition:
-        """A writer for one worker; the metrics' heartbeat starts with the first."""
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DecisionPartition:
+        """The writer (nothing to resume: the markers make a replayed decision change nothing); the
+        metrics' heartbeat starts with it."""
         client = stream_client(self._url, self._cluster)
         self._metrics.start()
-        return _DecisionPartition(client, self._ttl, self._max_length, self._metrics, self._shards)
+        writer = PipelinedDecisionWriter(client, self._ttl, self._max_length, self._shards)
+        return _DecisionPartition(client, writer, self._metrics)
 
 
 class _FeatureLogPartition(StatefulSinkPartition[Decision, list[LogEntry]]):
@@ -216,9 +217,9 @@ class _FeatureLogPartition(StatefulSinkPartition[Decision, list[LogEntry]]):
         self._log.close()
 
 
-class FeatureLogSink(FixedPartitionedSink[Decision, list[LogEntry]]):
+class FeatureLogSink(OnePartitionSink[Decision, list[LogEntry]]):
     """Scored transactions with their served features, to the landing zone in batches (one log per flow,
-    items keyed FEATURE_LOG_PART): every `flush_events` decisions, or once the oldest buffered one has waited
+    items (key, Decision), any key): every `flush_events` decisions, or once the oldest buffered one has waited
     FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS, even when no new transaction arrives.
 
     Durable with Bytewax recovery (any snapshot interval): each snapshot (epoch end) holds the decisions not
@@ -227,17 +228,11 @@ class FeatureLogSink(FixedPartitionedSink[Decision, list[LogEntry]]):
     `flush_events` decisions or `flush_seconds` of them). With several workers or processes the decisions
     travel to the worker that holds the partition (Bytewax's exchange; across processes, pickled)."""
 
+    PART = FEATURE_LOG_PART
+
     def __init__(self, settings: Settings, flush_events: int = 50_000) -> None:
         self._settings = settings
         self._flush_events = flush_events
-
-    def list_parts(self) -> list[str]:
-        """The one partition (any worker may hold it)."""
-        return [FEATURE_LOG_PART]
-
-    def part_fn(self, item_key: str) -> int:
-        """Every decision goes to the one partition."""
-        return 0
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: list[LogEntry] | None

@@ -1,4 +1,5 @@
-"""Where decisions go: the decisions stream (once per transaction_id, trimmed to the configured length) and
+"""Where decisions go: the decisions stream (once per transaction_id, trimmed to the configured length; the
+flow's writes pipelined, a failed batch written again, every batch confirmed at the epoch's end) and
 the feature log (landed in batches, also when the stream goes quiet; spooled to disk once snapshots are
 taken, so a snapshot names files instead of holding the decisions)."""
 
@@ -14,9 +15,11 @@ import numpy as np
 import pytest
 import redis
 
+from bytewax_flows.scoring import DecisionSink
 from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.lib.keys import DECISIONS_STREAM
 from fraud_platform.lib.landing import LandingZone
+from fraud_platform.lib.redis_server import LocalRedisServer
 from fraud_platform.lib.schema import Transaction
 from fraud_platform.scoring.decisions import (
     CONVERT_ROWS,
@@ -26,11 +29,15 @@ from fraud_platform.scoring.decisions import (
     FeatureLog,
     FeatureLogError,
     LogEntry,
+    PipelinedDecisionWriter,
     SpooledPart,
     read_decisions,
     write_decisions,
 )
+from fraud_platform.scoring.metrics import ScoringMetrics
+from fraud_platform.scoring.models import ModelWatcher
 from fraud_platform.scoring.scorer import APPROVE, Decision
+from fraud_platform.testing import scoring_settings
 
 
 def _decisions(count: int, start: int = 0) -> list[Decision]:
@@ -58,6 +65,62 @@ def test_a_decision_is_written_once_per_transaction(clean_redis: redis.Redis) ->
     assert write_decisions(clean_redis, _decisions(1_000, start=1_000), marker_ttl_seconds=60) == 500
     ids = [decision["transaction_id"] for decision in read_decisions(clean_redis)]
     assert ids == [f"t{index}" for index in range(2_000)]
+
+
+def _ids(client: redis.Redis) -> list[str]:
+    return [decision["transaction_id"] for decision in read_decisions(client)]
+
+
+def test_pipelined_writes_store_what_write_decisions_stores(clean_redis: redis.Redis) -> None:
+    writer = PipelinedDecisionWriter(clean_redis, marker_ttl_seconds=60)
+    writer.write(_decisions(1_500))  # two script calls, their replies read with the next batch
+    writer.write(_decisions(1_000, start=1_000))  # half of it decided before: not appended again
+    writer.close()
+    assert _ids(clean_redis) == [f"t{index}" for index in range(2_000)]
+    assert clean_redis.get("decided:t1999") is not None
+
+
+def _kill_the_writers_connection(client: redis.Redis) -> None:
+    (writer,) = [entry for entry in client.client_list() if entry["cmd"] == "evalsha"]
+    client.client_kill_filter(_id=writer["id"])
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        pytest.param(redis.Redis.script_flush, id="script-flushed"),
+        pytest.param(_kill_the_writers_connection, id="connection-killed"),
+    ],
+)
+def test_a_pipelined_batch_that_fails_is_written_again(
+    clean_redis: redis.Redis, outage: Callable[[redis.Redis], object], caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = PipelinedDecisionWriter(clean_redis, marker_ttl_seconds=60)
+    writer.write(_decisions(10))
+    writer.confirm()
+    outage(clean_redis)  # as a restarted server: no script (NOSCRIPT), or no connection
+    writer.write(_decisions(10, start=10))
+    writer.write(_decisions(10, start=20))  # confirms the batch before: it failed, so it is written again
+    writer.close()
+    assert _ids(clean_redis) == [f"t{index}" for index in range(30)]
+    assert "writing 10 decisions failed" in caplog.text
+
+
+def test_the_decision_sink_confirms_its_batch_at_the_epochs_end(
+    tmp_path: Path, redis_server: LocalRedisServer, clean_redis: redis.Redis
+) -> None:
+    settings = scoring_settings(tmp_path / "home", redis_server.url, mode="rules")
+    metrics = ScoringMetrics(clean_redis, ModelWatcher(settings))
+    sink = DecisionSink(redis_server.url, 60, metrics)
+    partition = sink.build_part("decisions", sink.PART, None)
+    partition.write_batch(_decisions(10))
+    partition.snapshot()
+    clean_redis.script_flush()
+    partition.write_batch(_decisions(10, start=10))  # NOSCRIPT: not in the stream until confirmed
+    assert len(_ids(clean_redis)) == 10
+    partition.snapshot()  # the epoch's end: the batch is confirmed, failed, written again
+    assert _ids(clean_redis) == [f"t{index}" for index in range(20)]
+    partition.close()
 
 
 def test_the_stream_is_trimmed_to_about_its_maximum_length(clean_redis: redis.Redis) -> None:

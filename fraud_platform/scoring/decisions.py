@@ -18,6 +18,8 @@
   decisions stream `stream:decisions:{<shard>}`, waiting set and markers `decided:{<shard>}:<transaction_id>`
   in the slot of `stream:transactions:{<shard>}`, and a batch's decisions are written one script call per
   shard. On one server the keys have no tag: one decisions stream, one script call per 1,000 decisions.
+  `PipelinedDecisionWriter` makes the same calls without waiting for their replies (the scoring flow's
+  decisions sink: it reads them a batch later, and writes a batch again when one failed).
 * `FeatureLog`: decisions with the transaction and the served feature vector, buffered and published to the
   landing zone as one batch (transactions + context table `decisions`, source "stream") when
   `flush_events` decisions are buffered, when the oldest has waited `flush_seconds` (on a quiet stream
@@ -39,7 +41,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
@@ -51,6 +53,7 @@ import orjson
 import pyarrow as pa
 import redis
 from redis.cluster import RedisCluster
+from redis.connection import Connection
 
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION, MODEL_FEATURES
 from fraud_platform.lib.bus import STREAM_SOURCE, stream_id
@@ -214,8 +217,19 @@ def write_decisions(
     if shards is None and isinstance(client, RedisCluster):
         raise ValueError("write_decisions on Redis Cluster needs `shards`, the transactions shard count")
     script = client.register_script(_WRITE_SCRIPT)
-    added = 0
-    for tag, group in _by_tag(decisions, shards if isinstance(client, RedisCluster) else None).items():
+    calls = _script_calls(
+        decisions, marker_ttl_seconds, max_length, shards if isinstance(client, RedisCluster) else None
+    )
+    return sum(int(script(keys=keys, args=arguments)) for keys, arguments in calls)
+
+
+def _script_calls(
+    decisions: Sequence[Decision], marker_ttl_seconds: int, max_length: int, shards: int | None
+) -> Iterator[tuple[list[str], list[Any]]]:
+    """The keys and arguments of each _WRITE_SCRIPT call that writes the decisions: one per chunk of CHUNK
+    decisions of one tag (`shards` None: one server, no tags)."""
+    for tag, group in _by_tag(decisions, shards).items():
+        meta = [marker_ttl_seconds, max_length, REPLY_TTL_SECONDS, _prefix(WAITERS_PREFIX, tag)]
         for start in range(0, len(group), CHUNK):
             chunk = group[start : start + CHUNK]
             keys = [decisions_stream(tag), waiting_key(tag)]
@@ -223,9 +237,90 @@ def write_decisions(
             arguments = chain.from_iterable(
                 (decision.transaction_id, decision_event(decision)) for decision in chunk
             )
-            meta = [marker_ttl_seconds, max_length, REPLY_TTL_SECONDS, _prefix(WAITERS_PREFIX, tag)]
-            added += int(script(keys=keys, args=[*meta, *arguments]))
-    return added
+            yield keys, [*meta, *arguments]
+
+
+class PipelinedDecisionWriter:
+    """`write_decisions` without waiting for Redis: a batch's script calls are sent on a connection of their
+    own and their replies read when the next batch is written or at `confirm`, so the flow scores the next
+    batch while Redis writes this one (the API's waiting requests are answered as Redis runs the script, as
+    before). At most one batch is in flight. A batch whose replies are not all successes (a lost connection,
+    a restarted server without the script, an out-of-memory server) is written again with `write_decisions`
+    (its retries wait for a restarting server; the markers make the second write change nothing twice) and
+    its error raised only if that fails too. On Redis Cluster every batch is written at once by
+    `write_decisions` (`shards` required)."""
+
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        marker_ttl_seconds: int,
+        max_length: int = 0,
+        shards: int | None = None,
+    ) -> None:
+        if shards is None and isinstance(client, RedisCluster):
+            raise ValueError(
+                "PipelinedDecisionWriter on Redis Cluster needs `shards`, the transactions shard count"
+            )
+        self._client = client
+        self._ttl = marker_ttl_seconds
+        self._max_length = max_length
+        self._shards = shards
+        self._connection: Connection | None = None  # taken from the client's pool on the first send
+        self._sha = ""
+        self._in_flight: Sequence[Decision] = ()
+        self._replies = 0  # the script calls of the batch in flight
+
+    def write(self, decisions: Sequence[Decision]) -> None:
+        """Confirm the batch in flight, then send these decisions' script calls."""
+        self.confirm()
+        if not decisions:
+            return
+        if isinstance(self._client, RedisCluster):
+            write_decisions(self._client, decisions, self._ttl, self._max_length, shards=self._shards)
+            return
+        if self._connection is None:
+            self._sha = self._client.script_load(_WRITE_SCRIPT)
+            self._connection = self._client.connection_pool.get_connection()
+        calls = [
+            ("EVALSHA", self._sha, len(keys), *keys, *arguments)
+            for keys, arguments in _script_calls(decisions, self._ttl, self._max_length, None)
+        ]
+        self._in_flight, self._replies = decisions, len(calls)
+        try:
+            self._connection.send_packed_command(self._connection.pack_commands(calls))
+        except redis.RedisError as error:
+            self._rewrite(error)
+
+    def confirm(self) -> None:
+        """Read the replies of the batch in flight; write it again if any is not a success."""
+        if not self._in_flight:
+            return
+        failure: redis.RedisError | None = None
+        try:
+            for _ in range(self._replies):
+                try:
+                    self._connection.read_response()
+                except redis.ResponseError as error:  # the other replies are still to be read
+                    failure = error
+        except redis.RedisError as error:  # the connection is lost
+            failure = error
+        if failure is not None:
+            self._rewrite(failure)
+        self._in_flight, self._replies = (), 0
+
+    def _rewrite(self, failure: redis.RedisError) -> None:
+        logger.warning("writing %d decisions failed (%s): written again", len(self._in_flight), failure)
+        self._connection.disconnect()
+        write_decisions(self._client, self._in_flight, self._ttl, self._max_length)
+        self._sha = self._client.script_load(_WRITE_SCRIPT)  # a restarted server has lost it
+        self._in_flight, self._replies = (), 0
+
+    def close(self) -> None:
+        """Confirm the batch in flight and return the connection to the client's pool."""
+        self.confirm()
+        if self._connection is not None:
+            self._client.connection_pool.release(self._connection)
+            self._connection = None
 
 
 def stored_decisions(
