@@ -34,10 +34,7 @@ from fraud_platform.scoring.decisions import (
     read_decisions,
     write_decisions,
 )
-from fraud_platform.scoring.metrics import ScoringMetrics
-from fraud_platform.scoring.models import ModelWatcher
 from fraud_platform.scoring.scorer import APPROVE, Decision
-from fraud_platform.testing import scoring_settings
 
 
 def _decisions(count: int, start: int = 0) -> list[Decision]:
@@ -107,11 +104,9 @@ def test_a_pipelined_batch_that_fails_is_written_again(
 
 
 def test_the_decision_sink_confirms_its_batch_at_the_epochs_end(
-    tmp_path: Path, redis_server: LocalRedisServer, clean_redis: redis.Redis
+    redis_server: LocalRedisServer, clean_redis: redis.Redis
 ) -> None:
-    settings = scoring_settings(tmp_path / "home", redis_server.url, mode="rules")
-    metrics = ScoringMetrics(clean_redis, ModelWatcher(settings))
-    sink = DecisionSink(redis_server.url, 60, metrics)
+    sink = DecisionSink(redis_server.url, 60)
     partition = sink.build_part("decisions", sink.PART, None)
     partition.write_batch(_decisions(10))
     partition.snapshot()
