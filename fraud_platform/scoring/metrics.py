@@ -64,7 +64,7 @@ class ScoringMetrics:
                 self._heartbeat_thread.start()
 
     def record(self, decisions: Sequence[Decision]) -> None:
-        """Count a written batch of decisions and report if an interval has passed."""
+        """Count a batch of decisions and report if an interval has passed."""
         with self._lock:
             self.total += len(decisions)
             self._latencies.extend(decision.decision_ms - decision.received_ms for decision in decisions)
