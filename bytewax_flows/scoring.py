@@ -10,10 +10,11 @@ writes decisions to the decisions stream (idempotent by transaction_id; `Decisio
 Redis's reply before the next batch, and confirms it before each epoch ends) and to the feature log in the
 landing zone (one log per flow, durable with Bytewax recovery: `FeatureLogSink`). Both sinks have one
 partition (`partitions.OnePartitionSink`): with several workers every decision is written by the worker
-that holds it. A transaction_id reused
-with other content is a dead letter (`realtime_features.TransactionIds`). The model is the registry's champion, checked every FRAUD_PLATFORM_MODEL_REFRESH_SECONDS and
-swapped between batches; without a champion the flow refuses to start unless FRAUD_PLATFORM_SCORING_MODE=rules.
-Every 10 s a log line and the hash `metrics:scoring` show throughput, latency, dead letters and model version.
+that holds it. A transaction_id reused with other content is a dead letter
+(`realtime_features.TransactionIds`). The model is the registry's champion, checked every
+FRAUD_PLATFORM_MODEL_REFRESH_SECONDS and swapped between batches; without a champion the flow refuses to
+start unless FRAUD_PLATFORM_SCORING_MODE=rules. Every 10 s a log line and the hash `metrics:scoring` (`MetricsSink`) show throughput, latency, dead letters
+and model version.
 
 Tests build the same flow with a TestingSource and TestingSinks (see `build_flow`'s arguments).
 """
