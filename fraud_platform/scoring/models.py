@@ -124,16 +124,7 @@ class ServingModel:
         if booster is None or len(features) == 0:
             return [() for _ in range(len(features))]
         threads = self.threads_for(len(features)) or None  # None: XGBoost's default
-        contributions = feature_contributions(booster, features, threads)[:, :-1]  # the last: the bias
-        top = np.argsort(-contributions, axis=1)[:, :REASON_CODES]
-        return [
-            tuple(
-                (MODEL_FEATURES[column], float(row_contributions[column]))
-                for column in columns
-                if row_contributions[column] > 0
-            )
-            for columns, row_contributions in zip(top, contributions, strict=True)
-        ]
+        return strongest_reasons(feature_contributions(booster, features, threads))
 
 
 def feature_contributions(
@@ -144,6 +135,21 @@ def feature_contributions(
     `ServingModel.scores` takes them: no names are set and checked per call."""
     matrix = xgb.DMatrix(features, missing=np.nan, nthread=threads)
     return booster.predict(matrix, pred_contribs=True, approx_contribs=approximate, validate_features=False)
+
+
+def strongest_reasons(contributions: np.ndarray) -> list[tuple[tuple[str, float], ...]]:
+    """Per row of `feature_contributions` (the bias column last): up to REASON_CODES (feature name,
+    contribution) pushing the score up most, largest first."""
+    features = contributions[:, :-1]
+    top = np.argsort(-features, axis=1)[:, :REASON_CODES]
+    return [
+        tuple(
+            (MODEL_FEATURES[column], float(row_contributions[column]))
+            for column in columns
+            if row_contributions[column] > 0
+        )
+        for columns, row_contributions in zip(top, features, strict=True)
+    ]
 
 
 RULES_MODEL = ServingModel(RULES_VERSION, RULES_THRESHOLDS)
