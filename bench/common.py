@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import platform
+import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,13 +17,28 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, object]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on, with the host's speed when the result was written
+    (`reference_loop_ms`)."""
     return {
         "processor": platform.processor(),
         "uname": platform.uname()._asdict(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
+        "reference_loop_ms": reference_loop_ms(),
     }
+
+
+def reference_loop_ms(iterations: int = 2_000_000, repeats: int = 3) -> float:
+    """The fastest of `repeats` runs of a fixed pure-Python loop, in ms: a yardstick for hosts whose speed
+    changes between sessions (the same code ran 2.7-3.6 times slower on some: docs/benchmarks.md, Machine)."""
+    fastest = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        total = 0
+        for number in range(iterations):
+            total += number
+        fastest = min(fastest, time.perf_counter() - began)
+    return round(fastest * 1000, 1)
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
