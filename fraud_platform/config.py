@@ -39,6 +39,7 @@ STREAM_MAX_LENGTH_VAR = "FRAUD_PLATFORM_STREAM_MAX_LENGTH"
 MODEL_REFRESH_VAR = "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS"
 SCORING_MODE_VAR = "FRAUD_PLATFORM_SCORING_MODE"
 SCORING_THREADS_VAR = "FRAUD_PLATFORM_SCORING_THREADS"
+REASON_CODES_VAR = "FRAUD_PLATFORM_REASON_CODES"
 FEATURE_LOG_FLUSH_VAR = "FRAUD_PLATFORM_FEATURE_LOG_FLUSH_SECONDS"
 MAX_EVENT_AGE_VAR = "FRAUD_PLATFORM_MAX_EVENT_AGE_DAYS"
 MAX_EVENT_FUTURE_VAR = "FRAUD_PLATFORM_MAX_EVENT_FUTURE_SECONDS"
@@ -73,6 +74,8 @@ DEFAULT_MAX_REJECT_SHARE = 0.1
 # XGBoost's own default, every core.
 DEFAULT_SCORING_THREADS = 1
 SCORING_MODES = ("model", "rules")
+# How reason codes are computed: XGBoost's approximate contributions (Saabas) or exact TreeSHAP.
+REASON_CODE_METHODS = ("approximate", "exact")
 TRANSPORTS = ("redis", "kafka")
 DEFAULT_KAFKA_TOPIC_PREFIX = "fraud-platform"
 # librdkafka properties the connectors set themselves: the brokers come from KAFKA_BROKERS_VAR, and the source
@@ -123,6 +126,7 @@ class Settings:
     model_refresh_seconds: int = DEFAULT_MODEL_REFRESH_SECONDS
     scoring_mode: str = SCORING_MODES[0]
     scoring_threads: int = DEFAULT_SCORING_THREADS
+    reason_codes: str = REASON_CODE_METHODS[0]
     feature_log_flush_seconds: int = DEFAULT_FEATURE_LOG_FLUSH_SECONDS
     max_event_age_days: int = DEFAULT_MAX_EVENT_AGE_DAYS
     max_event_future_seconds: int = DEFAULT_MAX_EVENT_FUTURE_SECONDS
@@ -181,6 +185,7 @@ class Settings:
             model_refresh_seconds=_integer(env, MODEL_REFRESH_VAR, DEFAULT_MODEL_REFRESH_SECONDS, 1, 86_400),
             scoring_mode=_choice(env, SCORING_MODE_VAR, SCORING_MODES),
             scoring_threads=_integer(env, SCORING_THREADS_VAR, DEFAULT_SCORING_THREADS, 0, 256),
+            reason_codes=_choice(env, REASON_CODES_VAR, REASON_CODE_METHODS),
             feature_log_flush_seconds=_integer(
                 env, FEATURE_LOG_FLUSH_VAR, DEFAULT_FEATURE_LOG_FLUSH_SECONDS, 1, 86_400
             ),
@@ -220,6 +225,7 @@ class Settings:
             MODEL_REFRESH_VAR: str(self.model_refresh_seconds),
             SCORING_MODE_VAR: self.scoring_mode,
             SCORING_THREADS_VAR: str(self.scoring_threads),
+            REASON_CODES_VAR: self.reason_codes,
             FEATURE_LOG_FLUSH_VAR: str(self.feature_log_flush_seconds),
             MAX_EVENT_AGE_VAR: str(self.max_event_age_days),
             MAX_EVENT_FUTURE_VAR: str(self.max_event_future_seconds),

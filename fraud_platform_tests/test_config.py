@@ -17,6 +17,7 @@ def test_defaults_live_under_one_home(tmp_path: Path) -> None:
     assert settings.redis_url is None
     assert settings.label_maturity_days == 180
     assert (settings.model_refresh_seconds, settings.scoring_mode) == (30, "model")
+    assert settings.reason_codes == "approximate"
 
 
 def test_environment_round_trips(tmp_path: Path) -> None:
@@ -61,6 +62,11 @@ def test_explicit_values_win(tmp_path: Path) -> None:
             "FRAUD_PLATFORM_SCORING_MODE",
             "magic",
             "FRAUD_PLATFORM_SCORING_MODE='magic': must be one of model, rules",
+        ),
+        (
+            "FRAUD_PLATFORM_REASON_CODES",
+            "shap",
+            "FRAUD_PLATFORM_REASON_CODES='shap': must be one of approximate, exact",
         ),
     ],
 )

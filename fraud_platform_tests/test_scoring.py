@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
+import xgboost as xgb
 from bytewax.testing import TestingSource, run_main
 from click.testing import CliRunner
 from mlflow import MlflowClient
@@ -265,3 +266,25 @@ def test_reason_codes_name_the_features_that_pushed_the_score_up() -> None:
     reasons = model.reasons(rows)
     assert [row_reasons[0] for row_reasons in reasons] == list(MODEL_FEATURES[:3])
     assert all(len(row_reasons) <= 3 for row_reasons in reasons)
+
+
+def test_exact_reason_codes_are_treeshap_s_where_the_approximate_ones_differ() -> None:
+    trained = fit(synthetic_data(3, signal=1.0), TrainingConfig(search_trials=1))
+    rows = synthetic_data(4, signal=1.0).features[:300]
+    approximate = ServingModel("1", trained.thresholds, trained.booster).explain(rows)
+    exact = ServingModel("1", trained.thresholds, trained.booster, exact_reasons=True).explain(rows)
+    shap = trained.booster.predict(  # exact TreeSHAP, the bias last
+        xgb.DMatrix(rows, feature_names=list(MODEL_FEATURES)), pred_contribs=True
+    )
+    expected = [
+        tuple(
+            (MODEL_FEATURES[column], float(value))
+            for value, column in sorted(
+                ((value, column) for column, value in enumerate(row[:-1])), reverse=True
+            )[:3]
+            if value > 0
+        )
+        for row in shap
+    ]
+    assert exact == expected
+    assert approximate != exact  # the setting changes what analysts are told

@@ -73,12 +73,14 @@ class ServingModel:
     """What scores a batch: a booster with its thresholds, or the rules baseline (booster None).
 
     `threads`: XGBoost threads for batches of WIDE_BATCH_ROWS rows or more (smaller ones use one); 0 leaves
-    XGBoost's default (every core) for every call. The booster's `nthread` is set here, on purpose."""
+    XGBoost's default (every core) for every call. The booster's `nthread` is set here, on purpose.
+    `exact_reasons`: reason codes from exact TreeSHAP instead of the approximate contributions."""
 
     version: str
     thresholds: Thresholds
     booster: xgb.Booster | None = None
     threads: int = DEFAULT_SCORING_THREADS
+    exact_reasons: bool = False
     _wide: xgb.Booster | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -117,14 +119,17 @@ class ServingModel:
         """Up to REASON_CODES (feature name, contribution in log-odds) per row, those pushing the score up
         most, largest first.
 
-        XGBoost's approximate contributions (Saabas: 62 us per row on 200 trees, exact TreeSHAP 407 us,
-        docs/benchmarks.md); still called only for the rows that are reviewed or declined. The rules
-        baseline gives none."""
+        XGBoost's approximate contributions (Saabas: 62 us per row on 200 trees), or exact TreeSHAP (407 us)
+        with `exact_reasons` (FRAUD_PLATFORM_REASON_CODES=exact; how often the two name the same features:
+        docs/benchmarks.md); called only for the rows that are reviewed or declined. The rules baseline gives
+        none."""
         booster = self.booster_for(len(features))
         if booster is None or len(features) == 0:
             return [() for _ in range(len(features))]
         threads = self.threads_for(len(features)) or None  # None: XGBoost's default
-        return strongest_reasons(feature_contributions(booster, features, threads))
+        return strongest_reasons(
+            feature_contributions(booster, features, threads, approximate=not self.exact_reasons)
+        )
 
 
 def feature_contributions(
@@ -209,7 +214,7 @@ class ModelWatcher:
                 f"champion version {champion.version} cannot be served: {error}; retrain with "
                 f"`fraud-platform train`, or set {SCORING_MODE_VAR}=rules"
             ) from None
-        self._model = _serving(loaded, self.settings.scoring_threads)
+        self._model = _serving(loaded, self.settings)
         logger.info("serving model %s version %s", registry.MODEL_NAME, self._model.version)
         self._refresher = threading.Thread(target=self._follow, name="model-refresh", daemon=True)
         self._refresher.start()
@@ -271,7 +276,7 @@ class ModelWatcher:
             self.models_refused += 1
             logger.error("REFUSED champion version %s: %s; keeping model version %s", version, error, current)
             return
-        self._model = _serving(loaded, self.settings.scoring_threads)
+        self._model = _serving(loaded, self.settings)
         logger.info("swapped the serving model: version %s -> %s", current, version)
 
     def _follow(self) -> None:
@@ -321,5 +326,11 @@ def bound_native_threads(threads: int) -> None:
         threadpool_limits(limits=threads)
 
 
-def _serving(loaded: registry.LoadedModel, threads: int) -> ServingModel:
-    return ServingModel(loaded.version, loaded.contract.thresholds, loaded.booster, threads)
+def _serving(loaded: registry.LoadedModel, settings: Settings) -> ServingModel:
+    return ServingModel(
+        loaded.version,
+        loaded.contract.thresholds,
+        loaded.booster,
+        settings.scoring_threads,
+        exact_reasons=settings.reason_codes == "exact",
+    )
