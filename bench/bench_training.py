@@ -27,7 +27,7 @@ from fraud_platform.training.dataset import build_training_data
 from fraud_platform.training.model import evaluate, fit, score
 
 
-def reason_agreement(booster: xgb.Booster, flagged: np.ndarray) -> dict[str, float]:
+def reason_agreement(booster: xgb.Booster, flagged: np.ndarray) -> dict[str, object]:
     """The served reason codes (approximate contributions, `ServingModel.explain`) against exact TreeSHAP's
     on the same rows: shares of rows whose first reason, set of reasons and ordered reasons agree, the mean
     number of reasons both name, and each method's time per row on one XGBoost thread."""

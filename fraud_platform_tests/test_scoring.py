@@ -3,10 +3,11 @@ equal the model's on the backfilled features, live champion swaps, refusals, rul
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -219,6 +220,18 @@ def test_an_unservable_champion_at_start_is_refused(store: dict) -> None:
     set_champion(settings, store["future"])
     with pytest.raises(NoServableModel, match=r"cannot be served: .*feature_from_the_future"):
         ModelWatcher(settings).start()
+
+
+def test_the_reason_code_setting_reaches_the_served_model(
+    store: dict, model_watcher: Callable[[Settings], ModelWatcher]
+) -> None:
+    settings: Settings = store["settings"]  # type: ignore[assignment]
+    set_champion(settings, store["first"])
+    served = {
+        method: model_watcher(dataclasses.replace(settings, reason_codes=method)).start().exact_reasons
+        for method in ("approximate", "exact")
+    }
+    assert served == {"approximate": False, "exact": True}
 
 
 def test_an_unreachable_registry_keeps_the_current_model(
