@@ -99,7 +99,7 @@ def build_flow(
     if source is None or dead_letter_sink is None or card_sink is None:
         url = redis_url(settings)
         transaction_ids = TransactionIds(
-            stream_client(url, settings.redis_cluster), settings.feature_ttl_seconds
+            stream_client(url, settings.redis_cluster), settings.marker_ttl_seconds
         )
         transport_source, transport_dead_letters = stream_connectors(settings, url, exit_when_drained)
         source = source or transport_source

@@ -87,7 +87,7 @@ def build_flow(
     # Redis: idempotency markers and the live decisions stream; Kafka: the topic first, then those.
     redis_decisions = DecisionSink(
         url,
-        settings.feature_ttl_seconds,
+        settings.marker_ttl_seconds,
         settings.stream_max_length,
         settings.stream_shards,
         settings.redis_cluster,
@@ -108,7 +108,7 @@ def build_flow(
         card_sink,
         settings.allowed_lateness_seconds * 1000,
         event_window=EventWindow.from_settings(settings),
-        transaction_ids=TransactionIds(client, settings.feature_ttl_seconds),
+        transaction_ids=TransactionIds(client, settings.marker_ttl_seconds),
     )
     # Served | FeatureRow: each transaction's served row with the transaction; corrections
     decisions = op.flat_map_batch("score", features, lambda items: _score_served(scorer, items))

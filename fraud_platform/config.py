@@ -27,6 +27,7 @@ LABEL_MATURITY_VAR = "FRAUD_PLATFORM_LABEL_MATURITY_DAYS"
 STREAM_SHARDS_VAR = "FRAUD_PLATFORM_STREAM_SHARDS"
 ALLOWED_LATENESS_VAR = "FRAUD_PLATFORM_ALLOWED_LATENESS_SECONDS"
 FEATURE_TTL_VAR = "FRAUD_PLATFORM_FEATURE_TTL_SECONDS"
+MARKER_TTL_VAR = "FRAUD_PLATFORM_MARKER_TTL_SECONDS"
 RETRAIN_LABELS_VAR = "FRAUD_PLATFORM_RETRAIN_MIN_NEW_LABELS"
 TRAIN_WINDOW_DAYS_VAR = "FRAUD_PLATFORM_TRAIN_WINDOW_DAYS"
 TEST_DAYS_VAR = "FRAUD_PLATFORM_TEST_DAYS"
@@ -53,6 +54,11 @@ DEFAULT_LABEL_MATURITY_DAYS = 180
 DEFAULT_STREAM_SHARDS = 4
 DEFAULT_ALLOWED_LATENESS_SECONDS = 300
 DEFAULT_FEATURE_TTL_SECONDS = 3 * 86_400
+# How long a transaction_id is remembered: its first decision (`decided:<id>`, what a repeated authorization
+# is answered with, and what keeps a replayed event from a second decision) and its content (`seen:<id>`, so
+# that a reused id is dead-lettered). Redis holds about 550 bytes per transaction for this long
+# (docs/operations.md, sizing).
+DEFAULT_MARKER_TTL_SECONDS = 3 * 86_400
 DEFAULT_RETRAIN_MIN_NEW_LABELS = 1_000
 # Training windows for scheduled and sensor-started runs (0: the default share of the labelled days, or all).
 DEFAULT_GAP_DAYS = 7
@@ -128,6 +134,7 @@ class Settings:
     scoring_threads: int = DEFAULT_SCORING_THREADS
     reason_codes: str = REASON_CODE_METHODS[0]
     feature_log_flush_seconds: int = DEFAULT_FEATURE_LOG_FLUSH_SECONDS
+    marker_ttl_seconds: int = DEFAULT_MARKER_TTL_SECONDS
     max_event_age_days: int = DEFAULT_MAX_EVENT_AGE_DAYS
     max_event_future_seconds: int = DEFAULT_MAX_EVENT_FUTURE_SECONDS
     transport: str = TRANSPORTS[0]
@@ -189,6 +196,7 @@ class Settings:
             feature_log_flush_seconds=_integer(
                 env, FEATURE_LOG_FLUSH_VAR, DEFAULT_FEATURE_LOG_FLUSH_SECONDS, 1, 86_400
             ),
+            marker_ttl_seconds=_integer(env, MARKER_TTL_VAR, DEFAULT_MARKER_TTL_SECONDS, 60, 365 * 86_400),
             max_event_age_days=_integer(env, MAX_EVENT_AGE_VAR, DEFAULT_MAX_EVENT_AGE_DAYS, 1, 36_500),
             max_event_future_seconds=_integer(
                 env, MAX_EVENT_FUTURE_VAR, DEFAULT_MAX_EVENT_FUTURE_SECONDS, 0, 365 * 86_400
@@ -213,6 +221,7 @@ class Settings:
             STREAM_SHARDS_VAR: str(self.stream_shards),
             ALLOWED_LATENESS_VAR: str(self.allowed_lateness_seconds),
             FEATURE_TTL_VAR: str(self.feature_ttl_seconds),
+            MARKER_TTL_VAR: str(self.marker_ttl_seconds),
             RETRAIN_LABELS_VAR: str(self.retrain_min_new_labels),
             TRAIN_WINDOW_DAYS_VAR: str(self.train_window_days),
             TEST_DAYS_VAR: str(self.test_days),

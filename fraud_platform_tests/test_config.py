@@ -18,6 +18,7 @@ def test_defaults_live_under_one_home(tmp_path: Path) -> None:
     assert settings.label_maturity_days == 180
     assert (settings.model_refresh_seconds, settings.scoring_mode) == (30, "model")
     assert settings.reason_codes == "approximate"
+    assert settings.marker_ttl_seconds == settings.feature_ttl_seconds == 3 * 86_400
 
 
 def test_environment_round_trips(tmp_path: Path) -> None:
@@ -34,9 +35,11 @@ def test_explicit_values_win(tmp_path: Path) -> None:
             "DAGSTER_HOME": str(tmp_path / "elsewhere"),
             "FRAUD_PLATFORM_MODEL_REFRESH_SECONDS": "5",
             "FRAUD_PLATFORM_SCORING_MODE": "rules",
+            "FRAUD_PLATFORM_MARKER_TTL_SECONDS": "86400",
         }
     )
     assert (settings.model_refresh_seconds, settings.scoring_mode) == (5, "rules")
+    assert (settings.marker_ttl_seconds, settings.feature_ttl_seconds) == (86_400, 3 * 86_400)
     assert settings.redis_url == "rediss://:secret@cache.example:6380/2"
     assert settings.label_maturity_days == 30
     assert settings.dagster_home == tmp_path / "elsewhere"
@@ -62,6 +65,11 @@ def test_explicit_values_win(tmp_path: Path) -> None:
             "FRAUD_PLATFORM_SCORING_MODE",
             "magic",
             "FRAUD_PLATFORM_SCORING_MODE='magic': must be one of model, rules",
+        ),
+        (
+            "FRAUD_PLATFORM_MARKER_TTL_SECONDS",
+            "30",
+            "FRAUD_PLATFORM_MARKER_TTL_SECONDS=30: must be between 60 and 31536000",
         ),
         (
             "FRAUD_PLATFORM_REASON_CODES",

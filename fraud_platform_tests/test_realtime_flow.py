@@ -17,7 +17,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bytewax_flows.realtime_features import CardFeatures, build_flow
+from bytewax_flows.realtime_features import FIRST_SEEN_PREFIX, CardFeatures, build_flow
 from bytewax_flows.redis_io import CardFeatureSink, DeadLetterSink, RedisStreamSource
 from fraud_platform.config import Settings
 from fraud_platform.features.backfill import backfill
@@ -38,6 +38,7 @@ from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform_tests.test_realtime_features import arrivals, txn
 
 TTL = 3_600
+MARKER_TTL = 7_200  # the first-seen markers' own TTL, longer than the features'
 BAD_PAYLOADS = [b"{not json", b"[1, 2]", b'{"transaction_id": "x"}', b"x" * 20_000]
 
 
@@ -250,7 +251,12 @@ def _wait(processes: list[subprocess.Popen]) -> None:
 def test_bytewax_run_with_two_workers_and_with_two_processes_gives_identical_output(
     platform_env: Settings, redis_server: LocalRedisServer, clean_redis: redis.Redis, history: pa.Table
 ) -> None:
-    env = {**os.environ, "REDIS_URL": redis_server.url, "FRAUD_PLATFORM_FEATURE_TTL_SECONDS": str(TTL)}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "FRAUD_PLATFORM_FEATURE_TTL_SECONDS": str(TTL),
+        "FRAUD_PLATFORM_MARKER_TTL_SECONDS": str(MARKER_TTL),
+    }
     events = reordered(history, lateness_ms=300_000, seed=3, duplicates=5)
     expected = expected_features(history)
 
@@ -271,5 +277,7 @@ def test_bytewax_run_with_two_workers_and_with_two_processes_gives_identical_out
         )  # the backfill's values: what one worker computes
         letters = read_dead_letters(clean_redis)
         assert sorted(letter.reason for letter in letters) == [DUPLICATE_REASON] * 5
+        first_seen = next(clean_redis.scan_iter(match=FIRST_SEEN_PREFIX + "*"))
+        assert TTL < clean_redis.ttl(first_seen) <= MARKER_TTL
         outputs.append((stored_cards(clean_redis), sorted(letter.payload for letter in letters)))
     assert outputs[0] == outputs[1]

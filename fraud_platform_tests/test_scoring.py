@@ -22,17 +22,18 @@ from bytewax.testing import TestingSource, run_main
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from bytewax_flows.realtime_features import FIRST_SEEN_PREFIX
 from bytewax_flows.scoring import build_flow
 from fraud_platform.cli import main
 from fraud_platform.config import Settings
 from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.lib.bus import events_from_table
-from fraud_platform.lib.keys import DECISIONS_STREAM
+from fraud_platform.lib.keys import DECISIONS_STREAM, card_realtime_key
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.pipeline import instance_for, load_landing
-from fraud_platform.scoring.decisions import read_decisions
+from fraud_platform.scoring.decisions import marker_key, read_decisions
 from fraud_platform.scoring.metrics import METRICS_KEY
 from fraud_platform.scoring.models import RULES_VERSION, ModelWatcher, NoServableModel, ServingModel
 from fraud_platform.scoring.scorer import APPROVE, DECLINE, REVIEW
@@ -88,7 +89,8 @@ def run(settings: Settings, source: object) -> None:
 def test_decisions_equal_the_model_on_backfilled_features(
     store: dict, world: dict[str, np.ndarray], clean_redis: redis.Redis, history: pa.Table
 ) -> None:
-    settings: Settings = store["settings"]  # type: ignore[assignment]
+    # markers kept longer than the features: each TTL must come from its own setting
+    settings = dataclasses.replace(store["settings"], marker_ttl_seconds=5 * 86_400)  # type: ignore[arg-type]
     set_champion(settings, store["first"])
     landed_before = {batch.batch_id for batch in LandingZone(settings.landing_dir).batches()}
     threads_before = set(threading.enumerate())
@@ -111,6 +113,11 @@ def test_decisions_equal_the_model_on_backfilled_features(
         assert set(decision["reasons"]) <= set(MODEL_FEATURES) and len(decision["reasons"]) <= 3
         assert decision["event_time"] <= decision["received_time"] <= decision["decision_time"]
     assert {d["decision"] for d in decisions} == {APPROVE, REVIEW, DECLINE}
+    some = ids[:20]
+    marker_ttls = [clean_redis.ttl(key) for tid in some for key in (marker_key(tid), FIRST_SEEN_PREFIX + tid)]
+    assert all(4 * 86_400 < ttl <= 5 * 86_400 for ttl in marker_ttls), marker_ttls
+    card = history.column("card_id")[0].as_py()
+    assert 0 < clean_redis.ttl(card_realtime_key(card)) <= settings.feature_ttl_seconds == 3 * 86_400
 
     zone = LandingZone(settings.landing_dir)
     (logged,) = [batch for batch in zone.batches() if batch.batch_id not in landed_before]
