@@ -57,11 +57,12 @@ FLOW_ID = "realtime_features"
 # allocations net of those freed, not batches or seconds, so the source's adaptive batch sizes change nothing
 # per event. A collection of generation 1 walks whatever survived the young collections since the last one:
 # up to about (middle threshold + 2) x 20,000 objects. With a middle threshold of 50 that was a million and a
-# stall of 200-220 ms (every 40-80 s at 2,000 requests/s while new cards arrived: p99.9 170-230 ms; at 1,000/s
-# now and then); with 2 it is 10-20 ms every few seconds (docs/benchmarks.md, 2026-12-01 09:40). A full
-# collection walks every card state created since start-up (~0.9 s per 4 million objects; what gc.freeze()
-# froze at start-up is skipped): at most one per 100 million net allocations (20,000 x 2 x 2,500), rarer than
-# a 30 s latency window can show, so a p99.9 over hours can contain one that the benchmark's does not.
+# stall of 200-220 ms (once in each 23-43 s run at 2,000 requests/s while new cards arrived: p99.9 170-230
+# ms; at 1,000/s now and then); with 2 it is 8-19 ms every few seconds (docs/benchmarks.md, 2026-12-01
+# 09:40). A full collection walks every card state created since start-up (~0.9 s per 4 million objects;
+# what gc.freeze() froze at start-up is skipped): at most one per 100 million net allocations (20,000 x 2 x
+# 2,500), rarer than a 30 s latency window can show, so a p99.9 over hours can contain one that the
+# benchmark's does not.
 GC_THRESHOLDS = (20_000, 2, 2_500)
 FIRST_SEEN_PREFIX = "seen:"  # + transaction_id: the content hash of the first event with that id
 REUSED_ID_REASON = "transaction_id reused with other content"
