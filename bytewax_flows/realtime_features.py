@@ -12,7 +12,8 @@ environment (`Settings.from_env()`): transport, shards, allowed lateness, featur
 (`TransactionIds`): the first event with an id stands, a later one with other content (on any card) is a
 dead letter, an identical re-send goes on (the card's state and the decision marker make it idempotent).
 Building the
-flow tunes the process's garbage collector for a heap of long-lived card states (GC_THRESHOLDS).
+flow tunes the process's garbage collector for a heap of long-lived card states, its thresholds following the
+batch sizes (`tune_collector`).
 
 Tests build the same flow with a TestingSource and TestingSinks; the per-transaction rows (served rows and
 corrections) go to `sink` when one is given. `feature_steps` is the feature part as a function, so the
@@ -52,18 +53,23 @@ from fraud_platform.lib.redis_server import redis_url
 from fraud_platform.lib.schema import Transaction
 
 FLOW_ID = "realtime_features"
-# Card states live long and most per-event objects die young: collecting the youngest generation every
-# 20,000 allocations instead of 700 gave the flow about 10 % more events/s. The thresholds count container
-# allocations net of those freed, not batches or seconds, so the source's adaptive batch sizes change nothing
-# per event. A collection of generation 1 walks whatever survived the young collections since the last one:
-# up to about (middle threshold + 2) x 20,000 objects. With a middle threshold of 50 that was a million and a
-# stall of 200-220 ms (once in each 23-43 s run at 2,000 requests/s while new cards arrived: p99.9 170-230
-# ms; at 1,000/s now and then); with 2 it is 8-19 ms every few seconds (docs/benchmarks.md, 2026-12-01
-# 09:40). A full collection walks every card state created since start-up (~0.9 s per 4 million objects;
-# what gc.freeze() froze at start-up is skipped): at most one per 100 million net allocations (20,000 x 2 x
-# 2,500), rarer than a 30 s latency window can show, so a p99.9 over hours can contain one that the
-# benchmark's does not.
-GC_THRESHOLDS = (20_000, 2, 2_500)
+# The garbage collector's thresholds follow the traffic, as the source's batches do (`tune_collector`, each
+# batch). Card states live long and most per-event objects die young. Under a backlog (batches of
+# BACKLOG_BATCH events or more) the youngest generation is collected every 20,000 net container allocations
+# instead of 700: about 10 % more events/s. But each young collection pauses the worker for as long as it
+# takes to free what it holds, and most of that is XGBoost's: every model call defines a class (about 20
+# objects in reference cycles, ~1 us an object to free). At 1,000 requests/s those collections took 7-20 ms,
+# 12-35 ms next to a CPU-burning neighbour, and every stall of the flow over 20 ms in a run coincided with one
+# (docs/benchmarks.md, 2026-12-01 11:30); collected every 2,000 they take at most 3-5 ms. A collection of
+# generation 1 walks whatever survived the young ones since the last: up to (middle threshold + 2) x young
+# threshold objects (24,000 light, 80,000 under a backlog; with (20,000, 50) it was a million and a 217 ms
+# stall). A full collection walks every card state created since start-up (~0.9 s per 4 million objects; what
+# gc.freeze() froze at start-up is skipped): at most one per 100 million net allocations in either setting,
+# rarer than a 30 s latency window can show, so a p99.9 over hours can contain one that the benchmark's does
+# not.
+LIGHT_GC_THRESHOLDS = (2_000, 10, 5_000)
+BACKLOG_GC_THRESHOLDS = (20_000, 2, 2_500)
+BACKLOG_BATCH = 100  # events in one source batch: the flow is catching up, throughput over pauses
 FIRST_SEEN_PREFIX = "seen:"  # + transaction_id: the content hash of the first event with that id
 REUSED_ID_REASON = "transaction_id reused with other content"
 _CLAIM_CHUNK = 1_000
@@ -98,7 +104,7 @@ def build_flow(
     end of the streams (partitions).
     """
     settings = settings or Settings.from_env()
-    gc.set_threshold(*GC_THRESHOLDS)  # process-wide: under bytewax.run the flow owns its process
+    tune_collector(0)
     transaction_ids = None
     if source is None or dead_letter_sink is None or card_sink is None:
         url = redis_url(settings)
@@ -281,9 +287,17 @@ def content_hash(txn: Transaction) -> bytes:
     return hashlib.blake2b(content.encode(), digest_size=8).digest()
 
 
+def tune_collector(batch_size: int) -> None:
+    """Set the process's garbage-collector thresholds for a source batch of `batch_size` events: short young
+    collections under light traffic, fewer under a backlog (LIGHT_GC_THRESHOLDS, BACKLOG_GC_THRESHOLDS).
+    Process-wide: under bytewax.run the flow owns its process."""
+    gc.set_threshold(*(BACKLOG_GC_THRESHOLDS if batch_size >= BACKLOG_BATCH else LIGHT_GC_THRESHOLDS))
+
+
 def _decode_all(
     window: EventWindow, transaction_ids: TransactionIds | None, items: list[bytes | None] | list[KafkaItem]
 ) -> list[Transaction | DeadLetter]:
+    tune_collector(len(items))
     now_ms = time.time_ns() // 1_000_000  # the wall clock of live events, once per batch
     decoded = [
         decode_event(item, window, now_ms)

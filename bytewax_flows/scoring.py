@@ -32,11 +32,11 @@ from bytewax.outputs import DynamicSink, Sink, StatefulSinkPartition, StatelessS
 from bytewax_flows.kafka_io import KafkaDecisionSink, KafkaItem
 from bytewax_flows.partitions import OnePartitionSink
 from bytewax_flows.realtime_features import (
-    GC_THRESHOLDS,
     Served,
     TransactionIds,
     feature_steps,
     stream_connectors,
+    tune_collector,
 )
 from bytewax_flows.redis_io import CardFeatureSink, stream_client
 from fraud_platform.config import Settings
@@ -74,7 +74,7 @@ def build_flow(
     settings = settings or Settings.from_env()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    gc.set_threshold(*GC_THRESHOLDS)  # process-wide: under bytewax.run the flow owns its process
+    tune_collector(0)  # the source's batches set it from then on
     url = redis_url(settings)
     client = stream_client(url, settings.redis_cluster)
     models = ModelWatcher(settings)
