@@ -59,8 +59,8 @@ FLOW_ID = "realtime_features"
 # instead of 700: about 10 % more events/s. But each young collection pauses the worker for as long as it
 # takes to free what it holds, and most of that is XGBoost's: every model call defines a class (about 20
 # objects in reference cycles, ~1 us an object to free). At 1,000 requests/s those collections took 7-20 ms,
-# 12-35 ms next to a CPU-burning neighbour, and every stall of the flow over 20 ms in a run coincided with one
-# (docs/benchmarks.md, 2026-12-01 11:30); collected every 2,000 they take at most 3-5 ms. A collection of
+# 12-35 ms next to a CPU-burning neighbour, the cause of most of the flow's stalls over 20 ms there
+# (docs/benchmarks.md, 2026-12-01 11:07); collected every 2,000 they take at most 3-6 ms. A collection of
 # generation 1 walks whatever survived the young ones since the last: up to (middle threshold + 2) x young
 # threshold objects (24,000 light, 80,000 under a backlog; with (20,000, 50) it was a million and a 217 ms
 # stall). A full collection walks every card state created since start-up (~0.9 s per 4 million objects; what
