@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from fraud_platform.api.client import live_events
+from fraud_platform.api.client import live_events, start_server, stop_processes, wait_until_ready
 from fraud_platform.api.gateway import CLIENT_NAME
 from fraud_platform.config import Settings
 from fraud_platform.features.backfill import backfill
@@ -36,11 +36,13 @@ from fraud_platform.lib.schema import TRANSACTIONS
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.report import authorization_lines, read_authorizations
 from fraud_platform.scoring.decisions import read_decisions
+from fraud_platform.scoring.metrics import METRICS_KEY
 from fraud_platform.testing import (
     expected_features,
     load_random_batch_features,
     register_model,
     running_api,
+    scoring_flow_process,
     scoring_settings,
     set_champion,
 )
@@ -333,6 +335,42 @@ def test_stand_in_while_redis_is_down_and_decisions_once_it_is_back(platform: Pl
             break
         time.sleep(1)
     assert answer["stand_in"] is False and answer["model_version"] == platform.model_version
+
+
+@pytest.mark.slow
+def test_not_ready_once_the_flow_has_stopped_until_a_new_one_reports(tmp_path: Path) -> None:
+    """A flow that ends marks itself stopped: the API is not ready although the flow's last report is seconds
+    old (a restarted flow's first requests used to be answered "ready" and wait for a flow not yet there), and
+    is ready again once the next flow reports."""
+    server = LocalRedisServer(tmp_path / "redis", free_port())
+    server.start()
+    processes: list[subprocess.Popen] = []
+    try:
+        settings = scoring_settings(tmp_path / "home", server.url)
+        set_champion(settings, register_model(settings, 1, review=0.2, decline=0.6))
+        env = {**os.environ, **settings.environment()}
+        drained = scoring_flow_process(env, log=tmp_path / "drained.log")  # empty streams: it ends at once
+        assert drained.wait(timeout=180) == 0
+        assert server.client().hget(METRICS_KEY, "model_version").decode() == "1"  # it reported, then ended
+        port = free_port()
+        processes.append(start_server(env, port, tmp_path / "api.log"))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:  # the server up: /healthz answers
+            try:
+                if httpx.get(f"{url}/healthz", timeout=CLIENT_TIMEOUT_S).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "fraud-platform serve did not start"
+                time.sleep(0.2)
+        response = httpx.get(f"{url}/readyz", timeout=CLIENT_TIMEOUT_S)
+        assert response.status_code == 503
+        assert any("the flow stopped" in problem for problem in response.json()["problems"]), response.text
+        processes.append(scoring_flow_process(env, exit_when_drained=False, log=tmp_path / "flow.log"))
+        wait_until_ready(url, processes[0])
+    finally:
+        stop_processes(processes)
+        server.stop()
 
 
 def test_serve_refuses_a_public_address_without_an_api_key(tmp_path: Path) -> None:

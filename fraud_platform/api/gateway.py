@@ -235,7 +235,7 @@ class Gateway:
 
     async def readiness(self, stale_seconds: int) -> list[str]:
         """What keeps the API from deciding (empty: ready): Redis unreachable, no scoring flow reporting within
-        `stale_seconds`, no model served by the flow."""
+        `stale_seconds` or the flow marked stopped since its last report, no model served by the flow."""
         try:
             async with asyncio.timeout(max(self.deadline_s, 1.0)):
                 metrics = await self.client.hgetall(METRICS_KEY)
@@ -243,12 +243,18 @@ class Gateway:
             return [f"Redis unreachable: {type(error).__name__}"]
         problems = []
         updated = int(metrics.get(b"updated_at", b"0"))
+        stopped = int(metrics.get(b"stopped_at", b"0"))
         age = time.time() - updated / 1000
-        if age > stale_seconds:
+        if stopped >= updated > 0:
+            gone = f"the flow stopped {time.time() - stopped / 1000:.0f} s ago"
+        elif age > stale_seconds:
+            gone = f"metrics:scoring {f'last updated {age:.0f} s ago' if updated else 'never written'}"
+        else:
+            gone = ""
+        if gone:
             problems.append(
-                "no scoring flow: metrics:scoring "
-                + (f"last updated {age:.0f} s ago" if updated else "never written")
-                + ' (start it with `python -m bytewax.run "bytewax_flows.scoring:build_flow()"`)'
+                f"no scoring flow: {gone}"
+                ' (start it with `python -m bytewax.run "bytewax_flows.scoring:build_flow()"`)'
             )
         model = metrics.get(b"model_version", b"none").decode()
         if model == "none":

@@ -6,7 +6,9 @@ Fields: `decisions_per_second` and `decisions` (over the last interval), `decisi
 `latency_p50_ms` / `latency_p99_ms` (from the moment the flow took the event in to its decision, over the
 last interval), `dead_letters` (length of the dead-letter stream), `model_version`, `models_refused`,
 `registry_errors`, `updated_at` (epoch ms). A quiet flow reports every interval too (a heartbeat thread), so
-`updated_at` shows that the flow is alive: the authorization API's readiness check reads it.
+`updated_at` shows that the flow is alive: the authorization API's readiness check reads it. A flow that ends
+(drained, or stopped cleanly) writes `stopped_at` (epoch ms) after its last report, so readiness fails at
+once instead of trusting that report until it is stale.
 """
 
 from __future__ import annotations
@@ -72,14 +74,21 @@ class ScoringMetrics:
                 self.report()
 
     def stop(self) -> None:
-        """Stop the heartbeat (the flow has ended)."""
-        self._stopped.set()
+        """Stop the heartbeat and mark the flow stopped (`stopped_at`): the flow has ended."""
+        with self._lock:  # no heartbeat report can follow the mark
+            self._stopped.set()
+            try:
+                self.client.hset(METRICS_KEY, "stopped_at", str(time.time_ns() // 1_000_000))
+            except redis.RedisError:  # readiness then fails once the last report is stale
+                logger.exception("scoring metrics: could not mark the flow stopped")
 
     def _heartbeat(self) -> None:
         """Report at start and whenever an interval passed without a batch to report it, until stopped."""
         due = True
-        while not self._stopped.is_set():
+        while True:
             with self._lock:
+                if self._stopped.is_set():
+                    return
                 if due or self.clock() - self._since >= self.interval:
                     try:
                         self._report()
