@@ -355,14 +355,7 @@ def test_not_ready_once_the_flow_has_stopped_until_a_new_one_reports(tmp_path: P
         port = free_port()
         processes.append(start_server(env, port, tmp_path / "api.log"))
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:  # the server up: /healthz answers
-            try:
-                if httpx.get(f"{url}/healthz", timeout=CLIENT_TIMEOUT_S).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "fraud-platform serve did not start"
-                time.sleep(0.2)
+        wait_until_ready(url, processes[0], probe="/healthz")  # the server is up
         response = httpx.get(f"{url}/readyz", timeout=CLIENT_TIMEOUT_S)
         assert response.status_code == 503
         assert any("the flow stopped" in problem for problem in response.json()["problems"]), response.text

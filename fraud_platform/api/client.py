@@ -43,16 +43,18 @@ def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 30.0)
             process.kill()
 
 
-def wait_until_ready(url: str, process: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
-    """Poll `url`/readyz until it answers 200; raise RuntimeError if the server's `process` (when this one
-    started it) exits or time runs out."""
+def wait_until_ready(
+    url: str, process: subprocess.Popen | None = None, timeout: float = 180.0, probe: str = "/readyz"
+) -> None:
+    """Poll `url` + `probe` (/readyz: able to decide; /healthz: the process is up) until it answers 200; raise
+    RuntimeError if the server's `process` (when this one started it) exits or time runs out."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the API server exited with status {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+            with urllib.request.urlopen(f"{url}{probe}", timeout=5) as response:
                 if response.status == 200:
                     return
         except urllib.error.HTTPError as error:
@@ -60,7 +62,7 @@ def wait_until_ready(url: str, process: subprocess.Popen | None = None, timeout:
         except OSError as error:
             last = str(error)
         time.sleep(0.25)
-    raise RuntimeError(f"the API never became ready within {timeout:.0f} s: {last}")
+    raise RuntimeError(f"the API never became ready within {timeout:.0f} s ({probe}): {last}")
 
 
 def live_events(events: Iterable[dict], now_ms: int | None = None) -> list[dict]:

@@ -245,12 +245,13 @@ class Gateway:
         updated = int(metrics.get(b"updated_at", b"0"))
         stopped = int(metrics.get(b"stopped_at", b"0"))
         age = time.time() - updated / 1000
-        if stopped >= updated > 0:
+        gone = ""
+        if not updated:
+            gone = "metrics:scoring never written"
+        elif stopped >= updated:
             gone = f"the flow stopped {time.time() - stopped / 1000:.0f} s ago"
         elif age > stale_seconds:
-            gone = f"metrics:scoring {f'last updated {age:.0f} s ago' if updated else 'never written'}"
-        else:
-            gone = ""
+            gone = f"metrics:scoring last updated {age:.0f} s ago"
         if gone:
             problems.append(
                 f"no scoring flow: {gone}"
