@@ -23,7 +23,6 @@ scoring flow (`bytewax_flows.scoring`) runs exactly these steps before it scores
 from __future__ import annotations
 
 import gc
-import hashlib
 import time
 from functools import partial
 from typing import NamedTuple, TypeGuard
@@ -43,14 +42,17 @@ from fraud_platform.features.realtime import CardState, DuplicateTransaction, Fe
 from fraud_platform.lib.bus import (
     DEFAULT_EVENT_WINDOW,
     DUPLICATE_REASON,
+    REUSED_ID_REASON,
     DeadLetter,
     EventWindow,
+    content_hash,
     decode_event,
     transaction_event,
 )
 from fraud_platform.lib.keys import transactions_stream
 from fraud_platform.lib.redis_server import redis_url
 from fraud_platform.lib.schema import Transaction
+from fraud_platform.scoring.decisions import first_seen_key
 
 FLOW_ID = "realtime_features"
 # The garbage collector's thresholds follow the traffic, as the source's batches do (`tune_collector`, each
@@ -70,8 +72,6 @@ FLOW_ID = "realtime_features"
 LIGHT_GC_THRESHOLDS = (2_000, 10, 5_000)
 BACKLOG_GC_THRESHOLDS = (20_000, 2, 2_500)
 BACKLOG_BATCH = 100  # events in one source batch: the flow is catching up, throughput over pauses
-FIRST_SEEN_PREFIX = "seen:"  # + transaction_id: the content hash of the first event with that id
-REUSED_ID_REASON = "transaction_id reused with other content"
 _CLAIM_CHUNK = 1_000
 # KEYS: the first-seen markers; ARGV[1] their TTL, ARGV[i + 1] the i-th event's content hash. Returns the
 # (1-based) positions whose id was first seen with another content. One SET NX GET per event.
@@ -270,21 +270,12 @@ class TransactionIds:
             chunk = positions[start : start + _CLAIM_CHUNK]
             txns: list[Transaction] = [items[index] for index in chunk]  # type: ignore[misc]
             conflicts = self._first_seen_elsewhere(
-                [FIRST_SEEN_PREFIX + txn.transaction_id for txn in txns], [content_hash(txn) for txn in txns]
+                [first_seen_key(txn.transaction_id) for txn in txns], [content_hash(txn) for txn in txns]
             )
             for position in conflicts:
                 txn = txns[position - 1]
                 items[chunk[position - 1]] = DeadLetter(REUSED_ID_REASON, transaction_event(txn))
         return items
-
-
-def content_hash(txn: Transaction) -> bytes:
-    """8 bytes identifying everything of a transaction but its id (stable across processes)."""
-    content = (
-        f"{txn.card_id}\0{txn.merchant_id}\0{txn.amount!r}\0{txn.currency}\0{txn.timestamp_ms}"
-        f"\0{txn.lat!r}\0{txn.lon!r}\0{txn.channel}\0{txn.mcc}"
-    )
-    return hashlib.blake2b(content.encode(), digest_size=8).digest()
 
 
 def tune_collector(batch_size: int) -> None:

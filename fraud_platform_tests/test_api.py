@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -29,7 +30,7 @@ from fraud_platform.features.packing import REALTIME_LAYOUT
 from fraud_platform.features.realtime import FEATURE_NAMES
 from fraud_platform.features.vector import MODEL_FEATURES
 from fraud_platform.lib.bus import events_from_table
-from fraud_platform.lib.keys import card_realtime_key
+from fraud_platform.lib.keys import card_realtime_key, transactions_stream
 from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.schema import TRANSACTIONS
@@ -217,9 +218,7 @@ def test_a_batch_is_handed_off_together_and_answered_in_order(platform: Platform
 def test_a_repeated_transaction_gets_its_first_decision(platform: Platform) -> None:
     event = {**_events(platform.history)[0], "transaction_id": "repeat-1"}
     first = _post(platform.url, event).json()
-    again = _post(
-        platform.url, {**event, "amount": 999_999.0}
-    ).json()  # same id, other content: still the first
+    again = _post(platform.url, event).json()
     assert again == first and not first["stand_in"]
 
     concurrent = {**event, "transaction_id": "repeat-2"}
@@ -235,6 +234,51 @@ def test_a_repeated_transaction_gets_its_first_decision(platform: Platform) -> N
     assert one == two and not one["stand_in"]
     decided = [d["transaction_id"] for d in read_decisions(platform.client)]
     assert decided.count("repeat-1") == 1 and decided.count("repeat-2") == 1
+
+
+@pytest.mark.slow
+def test_a_transaction_id_reused_with_other_content_gets_409(platform: Platform) -> None:
+    """An id names one transaction: another amount under a decided id, two contents under one id at once, or
+    one item of a batch are refused, naming the field; nothing of theirs reaches the flow."""
+    event = {**_events(platform.history)[0], "transaction_id": "reuse-1"}
+    assert _post(platform.url, event).status_code == 200
+    altered = _post(platform.url, {**event, "amount": 999_999.0})
+    assert altered.status_code == 409, altered.text
+    [problem] = altered.json()["detail"]
+    assert problem["field"] == "transaction_id" and "reuse-1" in problem["reason"]
+    assert "reused with other content" in problem["reason"]
+
+    async def send_two_contents() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=platform.url, timeout=CLIENT_TIMEOUT_S) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/authorize", json={**event, "transaction_id": "reuse-2", "amount": amount}
+                    )
+                    for amount in (10.0, 20.0)
+                )
+            )
+
+    statuses = sorted(response.status_code for response in asyncio.run(send_two_contents()))
+    assert statuses == [200, 409]
+
+    batch = [{**event, "transaction_id": "reuse-3"}, {**event, "amount": 1.0}]  # the second reuses reuse-1
+    refused = httpx.post(f"{platform.url}/v1/authorize/batch", json=batch, timeout=CLIENT_TIMEOUT_S)
+    assert refused.status_code == 409, refused.text
+    assert [problem["field"] for problem in refused.json()["detail"]] == ["[1].transaction_id"]
+    resent = httpx.post(f"{platform.url}/v1/authorize/batch", json=batch[:1], timeout=CLIENT_TIMEOUT_S)
+    assert resent.status_code == 200 and not resent.json()["results"][0]["stand_in"]
+
+    decided = [d["transaction_id"] for d in read_decisions(platform.client)]
+    assert [decided.count(tid) for tid in ("reuse-1", "reuse-2", "reuse-3")] == [1, 1, 1]
+    published = {  # (id, amount) of every event put on the bus for these ids: one content each
+        (event["transaction_id"], event["amount"])
+        for shard in range(platform.settings.stream_shards)
+        for _, fields in platform.client.xrange(transactions_stream(shard))
+        for event in [orjson.loads(fields[b"event"])]
+        if event["transaction_id"].startswith("reuse-")
+    }
+    assert sorted(tid for tid, _ in published) == ["reuse-1", "reuse-2", "reuse-3"]
 
 
 @pytest.mark.slow

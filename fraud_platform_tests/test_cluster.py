@@ -263,6 +263,9 @@ def test_the_api_hands_off_and_answers_as_on_one_server(
             assert response.status_code == 200, response.text
             answers[event["transaction_id"]] = response.json()
         again = httpx.post(f"{url}/v1/authorize", json=event, timeout=30).json()  # decided: stored answer
+        altered = {**event, "amount": event["amount"] + 1}  # the same id, card and shard, other content
+        refused = httpx.post(f"{url}/v1/authorize", json=altered, timeout=30)
+    assert refused.status_code == 409, refused.text
 
     single_decisions = one_server_run[0]
     assert not any(answer["stand_in"] for answer in answers.values())

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 from bytewax_flows.realtime_features import (
     BACKLOG_GC_THRESHOLDS,
-    FIRST_SEEN_PREFIX,
     LIGHT_GC_THRESHOLDS,
     CardFeatures,
     build_flow,
@@ -43,6 +42,7 @@ from fraud_platform.lib.keys import card_realtime_key, transactions_stream
 from fraud_platform.lib.redis_server import LocalRedisServer, free_port
 from fraud_platform.lib.schema import TRANSACTIONS, Transaction
 from fraud_platform.lib.simulator import SimulationConfig, simulate
+from fraud_platform.scoring.decisions import first_seen_key
 from fraud_platform_tests.test_realtime_features import arrivals, txn
 
 TTL = 3_600
@@ -285,7 +285,7 @@ def test_bytewax_run_with_two_workers_and_with_two_processes_gives_identical_out
         )  # the backfill's values: what one worker computes
         letters = read_dead_letters(clean_redis)
         assert sorted(letter.reason for letter in letters) == [DUPLICATE_REASON] * 5
-        first_seen = next(clean_redis.scan_iter(match=FIRST_SEEN_PREFIX + "*"))
+        first_seen = next(clean_redis.scan_iter(match=first_seen_key("*")))
         assert TTL < clean_redis.ttl(first_seen) <= MARKER_TTL
         outputs.append((stored_cards(clean_redis), sorted(letter.payload for letter in letters)))
     assert outputs[0] == outputs[1]

@@ -22,7 +22,6 @@ from bytewax.testing import TestingSource, run_main
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from bytewax_flows.realtime_features import FIRST_SEEN_PREFIX
 from bytewax_flows.scoring import build_flow
 from fraud_platform.cli import main
 from fraud_platform.config import Settings
@@ -33,7 +32,7 @@ from fraud_platform.lib.landing import LandingZone
 from fraud_platform.lib.redis_server import LocalRedisServer
 from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.pipeline import instance_for, load_landing
-from fraud_platform.scoring.decisions import marker_key, read_decisions
+from fraud_platform.scoring.decisions import first_seen_key, marker_key, read_decisions
 from fraud_platform.scoring.metrics import METRICS_KEY
 from fraud_platform.scoring.models import RULES_VERSION, ModelWatcher, NoServableModel, ServingModel
 from fraud_platform.scoring.scorer import APPROVE, DECLINE, REVIEW
@@ -114,7 +113,7 @@ def test_decisions_equal_the_model_on_backfilled_features(
         assert decision["event_time"] <= decision["received_time"] <= decision["decision_time"]
     assert {d["decision"] for d in decisions} == {APPROVE, REVIEW, DECLINE}
     some = ids[:20]
-    marker_ttls = [clean_redis.ttl(key) for tid in some for key in (marker_key(tid), FIRST_SEEN_PREFIX + tid)]
+    marker_ttls = [clean_redis.ttl(key) for tid in some for key in (marker_key(tid), first_seen_key(tid))]
     assert all(4 * 86_400 < ttl <= 5 * 86_400 for ttl in marker_ttls), marker_ttls
     card = history.column("card_id")[0].as_py()
     assert 0 < clean_redis.ttl(card_realtime_key(card)) <= settings.feature_ttl_seconds == 3 * 86_400

@@ -28,12 +28,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from fraud_platform.api.gateway import FLOW, STAND_IN, Gateway, Outcome
+from fraud_platform.api.gateway import FLOW, REUSED, STAND_IN, Gateway, Outcome
 from fraud_platform.api.openapi import OPENAPI, SWAGGER_PAGE
 from fraud_platform.api.settings import ApiSettings
 from fraud_platform.config import Settings
 from fraud_platform.features.vector import FEATURE_DEFINITION_VERSION
-from fraud_platform.lib.bus import DeadLetter, EventWindow, decode_event, repeated_key
+from fraud_platform.lib.bus import REUSED_ID_REASON, DeadLetter, EventWindow, decode_event, repeated_key
 from fraud_platform.lib.schema import Transaction
 
 MAX_BATCH = 1_000
@@ -99,6 +99,19 @@ class Metrics:
 def invalid(field: str, reason: str) -> Response:
     """422 naming the field and the reason."""
     return json_response({"detail": [{"field": field, "reason": reason}]}, 422)
+
+
+def reused(fields: list[tuple[str, str]]) -> Response:
+    """409 naming each (field, transaction_id) whose id was first seen with other content."""
+    detail = [
+        {
+            "field": field,
+            "reason": f"{REUSED_ID_REASON}: '{transaction_id}' was first seen with another card, merchant, "
+            "amount, currency, time, place, channel or mcc; a transaction_id names one transaction",
+        }
+        for field, transaction_id in fields
+    ]
+    return json_response({"detail": detail}, 409)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -182,6 +195,9 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
         if isinstance(checked, Response):
             return checked
         outcome = await state["gateway"].decide(checked)
+        if outcome.source == REUSED:
+            metrics.errors.labels("reused_id").inc()
+            return reused([("transaction_id", checked.transaction_id)])
         body = answer(checked, outcome, api.stand_in)
         metrics.answered(outcome, body["decision"])
         return json_response(body, headers={"Server-Timing": server_timing(outcome)})
@@ -209,6 +225,14 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
                 return checked
             txns.append(checked)
         outcomes = await asyncio.gather(*(state["gateway"].decide(txn) for txn in txns))
+        refused = [
+            (f"[{index}].transaction_id", txn.transaction_id)
+            for index, (txn, outcome) in enumerate(zip(txns, outcomes, strict=True))
+            if outcome.source == REUSED
+        ]
+        if refused:  # the others were decided: sent again, they get their stored decisions
+            metrics.errors.labels("reused_id").inc(len(refused))
+            return reused(refused)
         bodies = []
         for txn, outcome in zip(txns, outcomes, strict=True):
             body = answer(txn, outcome, api.stand_in)

@@ -2,15 +2,17 @@
 
 The flow is the only writer of card state and of decisions. The gateway collects the requests that arrive in
 one turn of the event loop and hands them off together: one `decisions.HANDOFF_SCRIPT` call (one round trip)
-per batch (per shard on a cluster). A transaction decided before gets its stored first decision at once;
-otherwise the script registers this server process's reply list (its inbox) for the transaction and puts the
-event on the card's shard of the transactions stream (`bus.xadd_arguments`, as `fraud-platform replay`
-publishes). One reader task per inbox pops the decisions the flow's decision script pushes there, many per
-round trip, and wakes the requests waiting for them. A request that has no decision by the deadline, or
-whose hand-off cannot reach Redis, gets the configured stand-in decision, marked as such. A transaction that
-timed out is still decided by the flow when it gets to it, and recorded once like any other; only the caller
-got the stand-in (its late decision reaches the inbox and is dropped). With FRAUD_PLATFORM_REDIS_CLUSTER=1
-the client is an asyncio `RedisCluster`, the hand-off's keys and the inbox carry the tag of the card's shard
+per batch (per shard on a cluster). A transaction_id first seen with other content (the first-seen marker the
+flow's claim also keeps, `bus.content_hash`) is refused at once (REUSED) and nothing is published; a
+transaction decided before gets its stored first decision at once; otherwise the script registers this server
+process's reply list (its inbox) for the transaction and puts the event on the card's shard of the
+transactions stream (`bus.xadd_arguments`, as `fraud-platform replay` publishes). One reader task per inbox
+pops the decisions the flow's decision script pushes there, many per round trip, and wakes the requests
+waiting for them. A request that has no decision by the deadline, or whose hand-off cannot reach Redis, gets
+the configured stand-in decision, marked as such. A transaction that timed out is still decided by the flow
+when it gets to it, and recorded once like any other; only the caller got the stand-in (its late decision
+reaches the inbox and is dropped). With FRAUD_PLATFORM_REDIS_CLUSTER=1 the client is an asyncio
+`RedisCluster`, the hand-off's keys and the inbox carry the tag of the card's shard
 (`decisions.decision_tag`), so each script runs on the node of its shard, and there is one inbox per shard.
 
 Per request this costs a share of one script call and of one pop, instead of a script call and a blocking
@@ -35,13 +37,14 @@ from redis.backoff import NoBackoff
 
 from fraud_platform.api.settings import ApiSettings
 from fraud_platform.config import Settings
-from fraud_platform.lib.bus import transaction_event, xadd_arguments
+from fraud_platform.lib.bus import content_hash, transaction_event, xadd_arguments
 from fraud_platform.lib.redis_server import redis_url
 from fraud_platform.lib.schema import Transaction
 from fraud_platform.scoring.decisions import (
     HANDOFF_SCRIPT,
     REPLY_TTL_SECONDS,
     decision_tag,
+    first_seen_key,
     marker_key,
     reply_key,
     waiters_key,
@@ -51,6 +54,7 @@ from fraud_platform.scoring.metrics import METRICS_KEY
 
 logger = logging.getLogger(__name__)
 FLOW, STORED, STAND_IN = "flow", "stored", "stand_in"
+REUSED = "reused_id"  # the transaction_id was first seen with other content: no decision
 CLIENT_NAME = "fraud-platform-api"  # the server's connections in Redis's CLIENT LIST
 MAX_CONNECTIONS = 1_024
 HANDOFF_CHUNK = 500  # transactions per hand-off script call
@@ -61,8 +65,9 @@ RETRY_S = 0.05  # a reader's pause after a Redis error (requests meanwhile get s
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a request gets: the flow's decision event (`decision`, None for a stand-in), where it came from
-    (FLOW, STORED or STAND_IN), why a stand-in was given, and where the time went (milliseconds)."""
+    """What a request gets: the flow's decision event (`decision`, None for a stand-in or a reused id), where
+    it came from (FLOW, STORED, STAND_IN, or REUSED: refused), why a stand-in was given, and where the time
+    went (milliseconds)."""
 
     source: str
     decision: dict[str, Any] | None
@@ -123,7 +128,8 @@ class Gateway:
         await self.client.aclose()
 
     async def decide(self, txn: Transaction) -> Outcome:
-        """The flow's decision for `txn` (or its stored first decision), else a stand-in within the deadline."""
+        """The flow's decision for `txn` (or its stored first decision), else a stand-in within the deadline;
+        REUSED, without a decision, when its transaction_id was first seen with other content."""
         began = time.perf_counter()
         request = self._enqueue(txn)
         try:
@@ -137,6 +143,8 @@ class Gateway:
             return Outcome(STAND_IN, None, f"Redis unreachable: {type(error).__name__}")
         finally:
             self._forget(request)
+        if source == REUSED:
+            return Outcome(REUSED, None)
         handed_off = request.handed_off or request.answered  # the reply can overtake the hand-off's return
         return Outcome(
             source,
@@ -189,15 +197,22 @@ class Gateway:
                 self.settings.stream_shards,
                 self.settings.stream_max_length,
             )
-            keys += [marker_key(tid, tag), waiters_key(tid, tag), stream]
-            events += [tid, *entry]
-        width = len(events) // len(requests) - 1  # XADD arguments per transaction, the same for every one
+            keys += [marker_key(tid, tag), waiters_key(tid, tag), stream, first_seen_key(tid, tag)]
+            events += [tid, content_hash(request.txn), *entry]
+        width = len(events) // len(requests) - 2  # XADD arguments per transaction, the same for every one
         sent_at_ms = time.time() * 1000
         for request in requests:
             request.sent_at_ms = sent_at_ms
         try:
             stored = await self._handoff(
-                keys=keys, args=[reply_key(self._token, tag), REPLY_TTL_SECONDS, width, *events]
+                keys=keys,
+                args=[
+                    reply_key(self._token, tag),
+                    REPLY_TTL_SECONDS,
+                    width,
+                    self.settings.marker_ttl_seconds,
+                    *events,
+                ],
             )
         except redis.RedisError as error:
             for request in requests:
@@ -207,7 +222,9 @@ class Gateway:
         handed_off = time.perf_counter()
         for request, decision in zip(requests, stored, strict=True):
             request.handed_off = handed_off
-            if decision is not None:
+            if decision == 0:
+                request.give(REUSED, {})
+            elif decision is not None:
                 request.give(STORED, orjson.loads(decision))
 
     async def _read_replies(self, tag: str) -> None:

@@ -86,6 +86,12 @@ _INVALID = {
         }
     },
 }
+_REUSED = {
+    **_INVALID,
+    "description": "A transaction_id that was first seen with other content (card, merchant, amount,"
+    " currency, time, place, channel or mcc): the field and the reason. An identical re-send gets the first"
+    " decision.",
+}
 _UNAUTHORISED = {"description": "An API key is configured and the request has none or a wrong one."}
 
 
@@ -128,6 +134,7 @@ OPENAPI: dict[str, Any] = {
                         **_json({"$ref": "#/components/schemas/Decision"}),
                     },
                     "401": _UNAUTHORISED,
+                    "409": _REUSED,
                     "422": _INVALID,
                 },
             }
@@ -155,6 +162,12 @@ OPENAPI: dict[str, Any] = {
                         ),
                     },
                     "401": _UNAUTHORISED,
+                    "409": {
+                        **_REUSED,
+                        "description": _REUSED["description"]
+                        + " The batch's other transactions were decided;"
+                        " sent again without the refused ones, they get their first decisions.",
+                    },
                     "422": _INVALID,
                 },
             }

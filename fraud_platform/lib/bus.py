@@ -22,6 +22,7 @@ offsets in its recovery snapshots, not in a consumer group. docs/scale-out.md ha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -63,6 +64,7 @@ EVENT_FIELD = "event"
 MAX_EVENT_BYTES = 16 * 1024
 DEAD_LETTER_PAYLOAD_BYTES = 4 * 1024
 DUPLICATE_REASON = "duplicate transaction_id"
+REUSED_ID_REASON = "transaction_id reused with other content"
 PIPELINE_SIZE = 1_000
 STREAM_START = "0-0"  # the id before every entry
 REPLAY_CLOCK_FIELD = "replay_clock"
@@ -205,6 +207,16 @@ def decode_event(
         return txn  # the live common case, without a call
     reason = window.violation(txn.timestamp_ms, clock, now_ms)
     return txn if reason is None else dead_letter(reason, payload)
+
+
+def content_hash(txn: Transaction) -> bytes:
+    """8 bytes identifying everything of a transaction but its id (stable across processes): what the
+    first-seen markers hold, so a transaction_id reused with other content is told from a re-send."""
+    content = (
+        f"{txn.card_id}\0{txn.merchant_id}\0{txn.amount!r}\0{txn.currency}\0{txn.timestamp_ms}"
+        f"\0{txn.lat!r}\0{txn.lon!r}\0{txn.channel}\0{txn.mcc}"
+    )
+    return hashlib.blake2b(content.encode(), digest_size=8).digest()
 
 
 def transaction_event(txn: Transaction) -> bytes:

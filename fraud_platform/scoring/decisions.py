@@ -72,6 +72,7 @@ MARKER_PREFIX = "decided:"
 CHUNK = 1_000
 WAITING_KEY = "awaiting"  # the set of transaction_ids with API requests waiting for their decision
 WAITERS_PREFIX = "awaiting:"
+FIRST_SEEN_PREFIX = "seen:"  # + transaction_id: the content hash of the first event with that id
 REPLY_PREFIX = "reply:"  # + a token: one reply list (inbox) per API server process (and shard on a cluster)
 # A reply list nobody reads any more (its server stopped) disappears after this.
 REPLY_TTL_SECONDS = 60
@@ -106,26 +107,36 @@ end
 return added
 """
 # The API's hand-off of a batch of transactions, atomic against _WRITE_SCRIPT: KEYS[1] WAITING_KEY, then per
-# transaction i KEYS[3i - 1] its marker, KEYS[3i] its waiters list, KEYS[3i + 1] its card's shard of the
-# transactions stream; ARGV[1] the reply list to register (the server process's inbox), ARGV[2] the waiters
-# lists' TTL, ARGV[3] the number w of XADD arguments per transaction, then per transaction its transaction_id
-# and its w XADD arguments after the stream name (`bus.xadd_arguments`). Returns, per transaction, its stored
-# first decision when it was decided already (nothing is published), else nil: the reply list is registered
-# and the event put on the bus.
+# transaction i KEYS[4i - 2] its marker, KEYS[4i - 1] its waiters list, KEYS[4i] its card's shard of the
+# transactions stream, KEYS[4i + 1] its first-seen marker; ARGV[1] the reply list to register (the server
+# process's inbox), ARGV[2] the waiters lists' TTL, ARGV[3] the number w of XADD arguments per transaction,
+# ARGV[4] the first-seen markers' TTL, then per transaction its transaction_id, its content hash
+# (`bus.content_hash`) and its w XADD arguments after the stream name (`bus.xadd_arguments`). Returns, per
+# transaction: 0 when its id was first seen with other content (nothing is published), its stored first
+# decision when it was decided already (nothing is published), else nil: the reply list is registered and the
+# event put on the bus. On one server the first-seen marker is the one the flow's claim sets
+# (`TransactionIds`), which then finds the same content there and passes the event; on Redis Cluster the
+# hand-off's carries the shard's tag and the flow's none, so the API refuses an id reused within a shard and
+# the flow dead-letters any reuse.
 HANDOFF_SCRIPT = """
-local inbox, ttl, width = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local inbox, ttl, width, seen_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local stored = {}
-for i = 1, (#KEYS - 1) / 3 do
-  local at = 4 + (i - 1) * (width + 1)
-  local decided = redis.call('GET', KEYS[3 * i - 1])
-  if decided then
-    stored[i] = decided
+for i = 1, (#KEYS - 1) / 4 do
+  local at = 5 + (i - 1) * (width + 2)
+  local first = redis.call('SET', KEYS[4 * i + 1], ARGV[at + 1], 'NX', 'GET', 'EX', seen_ttl)
+  if first and first ~= ARGV[at + 1] then
+    stored[i] = 0
   else
-    redis.call('SADD', KEYS[1], ARGV[at])
-    redis.call('RPUSH', KEYS[3 * i], inbox)
-    redis.call('EXPIRE', KEYS[3 * i], ttl)
-    redis.call('XADD', KEYS[3 * i + 1], unpack(ARGV, at + 1, at + width))
-    stored[i] = false
+    local decided = redis.call('GET', KEYS[4 * i - 2])
+    if decided then
+      stored[i] = decided
+    else
+      redis.call('SADD', KEYS[1], ARGV[at])
+      redis.call('RPUSH', KEYS[4 * i - 1], inbox)
+      redis.call('EXPIRE', KEYS[4 * i - 1], ttl)
+      redis.call('XADD', KEYS[4 * i], unpack(ARGV, at + 2, at + 1 + width))
+      stored[i] = false
+    end
   end
 end
 return stored
@@ -144,6 +155,11 @@ def _prefix(prefix: str, tag: str) -> str:
 def marker_key(transaction_id: str, tag: str = "") -> str:
     """The key that records that a transaction was decided: its first decision's JSON."""
     return _prefix(MARKER_PREFIX, tag) + transaction_id
+
+
+def first_seen_key(transaction_id: str, tag: str = "") -> str:
+    """The key holding the content hash of the first event with a transaction_id (tells a reused id)."""
+    return _prefix(FIRST_SEEN_PREFIX, tag) + transaction_id
 
 
 def waiters_key(transaction_id: str, tag: str = "") -> str:
