@@ -138,9 +138,13 @@ def authorization_summary(answers: Sequence[Mapping[str, Any]]) -> str:
     stand_ins = sum(1 for answer in answers if answer["stand_in"])
     p50, p99, p999 = np.percentile(round_trips, [50, 99, 99.9])
     return (
-        f"{len(answers):,} requests ({decided}; {stand_ins:,} stand-ins): round trip p50 {p50:.1f} ms, "
-        f"p99 {p99:.1f} ms, p99.9 {p999:.1f} ms, max {round_trips.max():.1f} ms"
+        f"{_counted(len(answers), 'request')} ({decided}; {_counted(stand_ins, 'stand-in')}): round trip "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, p99.9 {p999:.1f} ms, max {round_trips.max():.1f} ms"
     )
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def authorization_lines(

@@ -3,7 +3,7 @@
 import pytest
 
 from fraud_platform.lib.schema import DAY_MS
-from fraud_platform.report import busy_seconds, stream_report
+from fraud_platform.report import authorization_summary, busy_seconds, stream_report
 
 
 def _event(
@@ -54,3 +54,14 @@ def test_throughput_counts_the_time_spent_deciding_each_day() -> None:
 def test_no_decisions_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="no decisions to report on"):
         stream_report([], {})
+
+
+def test_the_authorization_summary_counts_in_words() -> None:
+    answers = [
+        {"decision": "approve", "stand_in": False, "round_trip_ms": 2.0},
+        {"decision": "approve", "stand_in": True, "round_trip_ms": 40.0},
+    ]
+    assert authorization_summary(answers).startswith(
+        "2 requests (approve 2; 1 stand-in): round trip p50 21.0 ms"
+    )
+    assert authorization_summary(answers[:1]).startswith("1 request (approve 1; 0 stand-ins)")
