@@ -20,8 +20,8 @@ no real card has, and flag several times as many: 20,000 cards flagged 6.5 % at 
 `http` (client latency minus the server's own time: connection queueing, HTTP parsing, the loop), `handoff`
 (waiting for the loop turn's batch hand-off script: first-seen claim, marker check, reply list, XADD),
 `queue` (on the bus until the flow took it in), `flow` (the flow's features, batch features, model, decision
-script), `reply` (decision to the server's inbox reader). Queue, flow and reply come from the decision's millisecond times.
-And the CPU time each process (load generator, server, flow, Redis) spent per request sent, from /proc, and
+script), `reply` (decision to the server's inbox reader). Queue, flow and reply come from the decision's
+millisecond times. And the CPU time each process (load generator, server, flow, Redis) spent per request sent, from /proc, and
 where the flow's worker spent the run, step by step (Bytewax's own step metrics: `bench.common.step_split`).
 Then the rates of --search-rates in order, until one misses p99 <= 10 ms: the highest rate held is reported;
 then the rates of --neighbour-rates again next to `bench.neighbour` (one busy process per core). Results in
