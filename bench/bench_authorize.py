@@ -14,19 +14,18 @@ while it sends (its pauses are not the server's).
 
 For each rate, after --warmup seconds not counted: p50 / p99 / p99.9 / max latency, the number of stand-in
 answers, the share of decisions reviewed or declined (`flagged_share`: only those rows pay for reason codes;
-the thresholds come from historical rows; with too few cards the live requests give each card a velocity
-no real card has, and flag several times as many: 20,000 cards flagged 6.5 % at 1,000/s and 10 % from
-2,000/s on) and the time split per request from the server's Server-Timing header (medians and p99, ms):
-`http` (client latency minus the server's own time: connection queueing, HTTP parsing, the loop), `handoff`
-(waiting for the loop turn's batch hand-off script: first-seen claim, marker check, reply list, XADD),
-`queue` (on the bus until the flow took it in), `flow` (the flow's features, batch features, model, decision
-script), `reply` (decision to the server's inbox reader). Queue, flow and reply come from the decision's
-millisecond times. And the CPU time each process (load generator, server, flow, Redis) spent per request sent, from /proc, and
-where the flow's worker spent the run, step by step (Bytewax's own step metrics: `bench.common.step_split`).
-Then the rates of --search-rates in order, until one misses p99 <= 10 ms: the highest rate held is reported;
-then the rates of --neighbour-rates again next to `bench.neighbour` (one busy process per core). Results in
-bench/results/authorize.json.
-"""
+the thresholds come from historical rows; with too few cards the live requests give each card a velocity no
+real card has, and flag several times as many: 20,000 cards flagged 6.5 % at 1,000/s and 10 % from 2,000/s on)
+and the time split per request from the server's Server-Timing header (medians and p99, ms): `http` (client
+latency minus the server's own time: connection queueing, HTTP parsing, the loop), `handoff` (waiting for the
+loop turn's batch hand-off script: first-seen claim, marker check, reply list, XADD), `queue` (on the bus
+until the flow took it in), `flow` (the flow's features, batch features, model, decision script), `reply`
+(decision to the server's inbox reader). Queue, flow and reply come from the decision's millisecond times. And
+the CPU time each process (load generator, server, flow, Redis) spent per request sent, from /proc, and where
+the flow's worker spent the run, step by step (Bytewax's own step metrics: `bench.common.step_split`). Then
+the rates of --search-rates in order, until one misses p99 <= 10 ms: the highest rate held is reported; then
+the rates of --neighbour-rates again next to `bench.neighbour` (one busy process per core). Results in
+bench/results/authorize.json. """
 
 from __future__ import annotations
 
