@@ -25,7 +25,8 @@ the CPU time each process (load generator, server, flow, Redis) spent per reques
 the flow's worker spent the run, step by step (Bytewax's own step metrics: `bench.common.step_split`). Then
 the rates of --search-rates in order, until one misses p99 <= 10 ms: the highest rate held is reported; then
 the rates of --neighbour-rates again next to `bench.neighbour` (one busy process per core). Results in
-bench/results/authorize.json. """
+bench/results/authorize.json.
+"""
 
 from __future__ import annotations
 
