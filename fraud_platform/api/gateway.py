@@ -87,6 +87,7 @@ class _Waiting:
     answer: asyncio.Future[tuple[str, dict[str, Any]]]
     sent_at_ms: float = 0.0  # wall clock, epoch ms, when its hand-off was sent
     handed_off: float = 0.0  # perf_counter when the hand-off returned
+    early: dict[str, Any] | None = None  # its decision, when that came before the hand-off returned
     answered_at_ms: float = 0.0
     answered: float = 0.0  # perf_counter when the answer arrived
 
@@ -187,7 +188,8 @@ class Gateway:
                 task.add_done_callback(self._tasks.discard)
 
     async def _hand_off(self, tag: str, requests: list[_Waiting]) -> None:
-        """One script call for `requests` (all of `tag`): each gets its stored decision, or waits for the flow."""
+        """One script call for `requests` (all of `tag`): each is refused as a reused id, gets its stored
+        decision, or waits for the flow (with the decision at once if it arrived before this reply)."""
         keys, events = [waiting_key(tag)], []
         for request in requests:
             tid = request.txn.transaction_id
@@ -226,9 +228,12 @@ class Gateway:
                 request.give(REUSED, {})
             elif decision is not None:
                 request.give(STORED, orjson.loads(decision))
+            elif request.early is not None:  # registered, and decided before this reply was read
+                request.give(FLOW, request.early)
 
     async def _read_replies(self, tag: str) -> None:
-        """Pop this process's inbox of `tag` for as long as the server runs, answering the waiting requests."""
+        """Pop this process's inbox of `tag` for as long as the server runs, answering the waiting requests
+        (those whose hand-off has not returned keep the decision until it says whether it registered them)."""
         inbox = reply_key(self._token, tag)
         while True:
             try:
@@ -248,7 +253,10 @@ class Gateway:
                     )
                     continue
                 for request in waiting:
-                    request.give(FLOW, decision)
+                    if request.handed_off:
+                        request.give(FLOW, decision)
+                    else:  # registered, or refused as a reused id: its hand-off's reply says which
+                        request.early = decision
 
     async def readiness(self, stale_seconds: int) -> list[str]:
         """What keeps the API from deciding (empty: ready): Redis unreachable, no scoring flow reporting within
