@@ -146,12 +146,11 @@ class Gateway:
             self._forget(request)
         if source == REUSED:
             return Outcome(REUSED, None)
-        handed_off = request.handed_off or request.answered  # the reply can overtake the hand-off's return
-        return Outcome(
+        return Outcome(  # answered only once its hand-off returned (an earlier decision waits for it)
             source,
             decision,
-            handoff_ms=(handed_off - began) * 1000,
-            wait_ms=(request.answered - handed_off) * 1000,
+            handoff_ms=(request.handed_off - began) * 1000,
+            wait_ms=(request.answered - request.handed_off) * 1000,
             handed_off_at_ms=request.sent_at_ms,
             replied_at_ms=request.answered_at_ms,
         )
