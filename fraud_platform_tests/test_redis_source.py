@@ -1,10 +1,11 @@
 """The Redis stream source's adaptive micro-batches against a real server: what is waiting comes at once (a
-few entries make a small batch), a backlog comes in full batches, one XREAD per round reads all of a
-worker's shards, and only an idle worker waits on XREAD BLOCK. Which reads blocked is read from the server's
-slow log (every command logged with its arguments)."""
+few entries make a small batch), a backlog comes in full batches with each next read sent ahead, one XREAD
+per round reads all of a worker's shards, and only an idle worker waits on XREAD BLOCK. Which reads the
+server ran, and which blocked, is read from its slow log (every command logged with its arguments)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -44,6 +45,17 @@ def blocking_reads(client: redis.Redis, stream: str) -> list[bool]:
         for command in commands
         if command[0].upper() == b"XREAD" and stream.encode() in command
     ]
+
+
+def reads_run(client: redis.Redis, count: int) -> int:
+    """The XREADs the server has run since its statistics were reset, once it has run `count` of them (or
+    after 10 s)."""
+    deadline = time.monotonic() + 10
+    while (run := client.info("commandstats").get("cmdstat_xread", {}).get("calls", 0)) < count:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return run
 
 
 def test_few_waiting_entries_come_at_once_and_a_backlog_in_full_batches(
@@ -116,5 +128,44 @@ def test_partitions_that_stop_when_drained_never_wait(
         with pytest.raises(StopIteration):
             partition.next_batch()
         assert blocking_reads(command_log, QUIET) == [False, False]
+    finally:
+        partition.close()
+
+
+def test_a_backlog_s_next_read_is_sent_ahead_and_taken_at_the_next_round(
+    command_log: redis.Redis, redis_server: LocalRedisServer
+) -> None:
+    source = RedisStreamSource(redis_server.url, [QUIET], batch_size=BATCH, block_ms=1)
+    partition = source.build_part("in", QUIET, None)
+    try:
+        add(command_log, QUIET, 2 * BATCH + 1)
+        command_log.config_resetstat()
+        assert partition.next_batch() == [f"event {index}".encode() for index in range(BATCH)]
+        # the batch was full: the next read runs on the server before the worker asks for it
+        assert reads_run(command_log, 2) == 2
+        assert partition.next_batch() == [f"event {index}".encode() for index in range(BATCH, 2 * BATCH)]
+        assert reads_run(command_log, 3) == 3
+        assert partition.next_batch() == [f"event {2 * BATCH}".encode()]  # the third read, sent ahead
+        assert partition.next_batch() == []  # not a full batch: nothing was sent ahead, read when asked
+        assert blocking_reads(command_log, QUIET) == [True, False, False, False]
+        assert partition.snapshot() == command_log.xrevrange(QUIET, count=1)[0][0].decode()
+    finally:
+        partition.close()
+
+
+def test_a_read_sent_ahead_on_a_lost_connection_loses_no_entry(
+    clean_redis: redis.Redis, redis_server: LocalRedisServer
+) -> None:
+    source = RedisStreamSource(redis_server.url, [QUIET], batch_size=BATCH, block_ms=1)
+    partition = source.build_part("in", QUIET, None)
+    try:
+        add(clean_redis, QUIET, 2 * BATCH + 1)
+        taken = partition.next_batch()
+        # the source's connections, the one its next read was sent ahead on too
+        clean_redis.client_kill_filter(_type="normal", skipme=True)
+        add(clean_redis, QUIET, 5, first=2 * BATCH + 1)
+        while batch := partition.next_batch():
+            taken += batch
+        assert taken == [f"event {index}".encode() for index in range(2 * BATCH + 6)]  # each once, in order
     finally:
         partition.close()

@@ -58,6 +58,7 @@ from fraud_platform.lib.schema import (
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Message
+    from redis.connection import Connection
 
 EVENT_FIELD = "event"
 # A card transaction is a few hundred bytes; anything this large is not one.
@@ -500,7 +501,18 @@ def read_streams(
 ) -> dict[str, list[tuple[str, bytes | None]]]:
     """One XREAD of several streams (of one slot on a cluster): up to `count` entries of each after its id in
     `after`, as (id, event payload or None), for the streams that had any; waits up to block_ms if none had."""
-    reply = client.xread(dict(after), count=count, block=block_ms)
+    return stream_entries(client.xread(dict(after), count=count, block=block_ms))
+
+
+def send_read_streams(connection: Connection, after: Mapping[str, str], count: int) -> None:
+    """Send one XREAD of several streams (up to `count` entries of each after its id in `after`, no wait) on
+    `connection` without reading the reply: `client.parse_response(connection, "XREAD")` then
+    `stream_entries` read it later, so Redis serves the read while the caller works."""
+    connection.send_command("XREAD", "COUNT", count, "STREAMS", *after.keys(), *after.values())
+
+
+def stream_entries(reply: list | None) -> dict[str, list[tuple[str, bytes | None]]]:
+    """An XREAD reply as redis-py parses it: (id, event payload or None) of each stream that had entries."""
     return {
         stream.decode(): [(entry_id.decode(), fields.get(_EVENT_KEY)) for entry_id, fields in entries]
         for stream, entries in reply or ()
