@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from bytewax.inputs import StatefulSourcePartition
 
 from bytewax_flows.redis_io import RedisStreamSource
 from fraud_platform.lib.bus import EVENT_FIELD
@@ -25,6 +26,16 @@ def add(client: redis.Redis, stream: str, count: int, first: int = 0) -> None:
     for index in range(first, first + count):
         pipeline.xadd(stream, {EVENT_FIELD: f"event {index}"})
     pipeline.execute()
+
+
+@pytest.fixture
+def quiet_partition(redis_server: LocalRedisServer) -> Iterator[StatefulSourcePartition[bytes | None, str]]:
+    """A partition of the QUIET shard, batches of BATCH, blocking 1 ms when idle; closed after the test."""
+    partition = RedisStreamSource(redis_server.url, [QUIET], batch_size=BATCH, block_ms=1).build_part(
+        "in", QUIET, None
+    )
+    yield partition
+    partition.close()
 
 
 @pytest.fixture
@@ -59,20 +70,15 @@ def reads_run(client: redis.Redis, count: int) -> int:
 
 
 def test_few_waiting_entries_come_at_once_and_a_backlog_in_full_batches(
-    clean_redis: redis.Redis, redis_server: LocalRedisServer
+    clean_redis: redis.Redis, quiet_partition: StatefulSourcePartition[bytes | None, str]
 ) -> None:
-    source = RedisStreamSource(redis_server.url, [QUIET], batch_size=BATCH, block_ms=1)
-    partition = source.build_part("in", QUIET, None)
-    try:
-        add(clean_redis, QUIET, 3)
-        assert partition.next_batch() == [b"event 0", b"event 1", b"event 2"]  # not held to fill a batch
-        assert partition.next_batch() == []
-        add(clean_redis, QUIET, 2 * BATCH + 30, first=3)
-        sizes = [len(partition.next_batch()) for _ in range(4)]
-        assert sizes == [BATCH, BATCH, 30, 0]
-        assert partition.snapshot() == clean_redis.xrevrange(QUIET, count=1)[0][0].decode()
-    finally:
-        partition.close()
+    add(clean_redis, QUIET, 3)
+    assert quiet_partition.next_batch() == [b"event 0", b"event 1", b"event 2"]  # not held to fill a batch
+    assert quiet_partition.next_batch() == []
+    add(clean_redis, QUIET, 2 * BATCH + 30, first=3)
+    sizes = [len(quiet_partition.next_batch()) for _ in range(4)]
+    assert sizes == [BATCH, BATCH, 30, 0]
+    assert quiet_partition.snapshot() == clean_redis.xrevrange(QUIET, count=1)[0][0].decode()
 
 
 def test_a_resumed_partition_reads_right_after_its_snapshot(
@@ -133,39 +139,29 @@ def test_partitions_that_stop_when_drained_never_wait(
 
 
 def test_a_backlog_s_next_read_is_sent_ahead_and_taken_at_the_next_round(
-    command_log: redis.Redis, redis_server: LocalRedisServer
+    command_log: redis.Redis, quiet_partition: StatefulSourcePartition[bytes | None, str]
 ) -> None:
-    source = RedisStreamSource(redis_server.url, [QUIET], batch_size=BATCH, block_ms=1)
-    partition = source.build_part("in", QUIET, None)
-    try:
-        add(command_log, QUIET, 2 * BATCH + 1)
-        command_log.config_resetstat()
-        assert partition.next_batch() == [f"event {index}".encode() for index in range(BATCH)]
-        # the batch was full: the next read runs on the server before the worker asks for it
-        assert reads_run(command_log, 2) == 2
-        assert partition.next_batch() == [f"event {index}".encode() for index in range(BATCH, 2 * BATCH)]
-        assert reads_run(command_log, 3) == 3
-        assert partition.next_batch() == [f"event {2 * BATCH}".encode()]  # the third read, sent ahead
-        assert partition.next_batch() == []  # not a full batch: nothing was sent ahead, read when asked
-        assert blocking_reads(command_log, QUIET) == [True, False, False, False]
-        assert partition.snapshot() == command_log.xrevrange(QUIET, count=1)[0][0].decode()
-    finally:
-        partition.close()
+    add(command_log, QUIET, 2 * BATCH + 1)
+    command_log.config_resetstat()
+    assert quiet_partition.next_batch() == [f"event {index}".encode() for index in range(BATCH)]
+    # the batch was full: the next read runs on the server before the worker asks for it
+    assert reads_run(command_log, 2) == 2
+    assert quiet_partition.next_batch() == [f"event {index}".encode() for index in range(BATCH, 2 * BATCH)]
+    assert reads_run(command_log, 3) == 3
+    assert quiet_partition.next_batch() == [f"event {2 * BATCH}".encode()]  # the third read, sent ahead
+    assert quiet_partition.next_batch() == []  # not a full batch: nothing was sent ahead, read when asked
+    assert blocking_reads(command_log, QUIET) == [True, False, False, False]
+    assert quiet_partition.snapshot() == command_log.xrevrange(QUIET, count=1)[0][0].decode()
 
 
 def test_a_read_sent_ahead_on_a_lost_connection_loses_no_entry(
-    clean_redis: redis.Redis, redis_server: LocalRedisServer
+    clean_redis: redis.Redis, quiet_partition: StatefulSourcePartition[bytes | None, str]
 ) -> None:
-    source = RedisStreamSource(redis_server.url, [QUIET], batch_size=BATCH, block_ms=1)
-    partition = source.build_part("in", QUIET, None)
-    try:
-        add(clean_redis, QUIET, 2 * BATCH + 1)
-        taken = partition.next_batch()
-        # the source's connections, the one its next read was sent ahead on too
-        clean_redis.client_kill_filter(_type="normal", skipme=True)
-        add(clean_redis, QUIET, 5, first=2 * BATCH + 1)
-        while batch := partition.next_batch():
-            taken += batch
-        assert taken == [f"event {index}".encode() for index in range(2 * BATCH + 6)]  # each once, in order
-    finally:
-        partition.close()
+    add(clean_redis, QUIET, 2 * BATCH + 1)
+    taken = quiet_partition.next_batch()
+    # the source's connections, the one its next read was sent ahead on too
+    clean_redis.client_kill_filter(_type="normal", skipme=True)
+    add(clean_redis, QUIET, 5, first=2 * BATCH + 1)
+    while batch := quiet_partition.next_batch():
+        taken += batch
+    assert taken == [f"event {index}".encode() for index in range(2 * BATCH + 6)]  # each once, in order
