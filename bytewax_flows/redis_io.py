@@ -14,8 +14,9 @@
   On Redis Cluster (each shard a slot of its own) and when draining, each partition reads its own shard and
   only the worker's first one may block. Under a backlog (a read that filled a shard's batch) the next read
   is sent ahead, on one server, and taken the next round: Redis serves it while the worker processes this
-  batch rather than after the round's decisions (+16-18 % events/s on one worker, docs/benchmarks.md). The partition's snapshot is the last id it took, so a
-  recovered flow resumes right after what it had processed.
+  batch rather than after the round's decisions (+16-18 % events/s on one worker, docs/benchmarks.md).
+  The partition's snapshot is the last id it took, so a recovered flow resumes right after what it had
+  processed (a read sent ahead and not taken is read again).
   With `exit_when_drained` a partition stops once it has read everything that was in its stream when it
   started (tests, benchmarks, replays of history).
 * `CardFeatureSink`: each card's newest feature vector, packed, under `card_realtime_key` with a TTL; one
@@ -142,13 +143,14 @@ class _StreamGroup:
         return bool(entries_by_stream)
 
     def _send_ahead(self) -> None:
-        if self._connection is None:
-            self._connection = self.client.connection_pool.get_connection()
         after = {stream: part.read_id for stream, part in self.partitions.items()}
         try:
+            if self._connection is None:
+                self._connection = self.client.connection_pool.get_connection()
             send_read_streams(self._connection, after, self._batch_size)
         except redis.RedisError:  # the round's own read will read these entries (with retries)
-            self._connection.disconnect()
+            if self._connection is not None:
+                self._connection.disconnect()
             return
         self._read_ahead = True
 
