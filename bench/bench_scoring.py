@@ -33,7 +33,8 @@ features, stored natively, thresholds set so that about 1 % of the events are re
    more per `--recovery-seconds` value, quiet, one thread, the first shard count, with Bytewax recovery on as
    docs/operations.md runs the flow (`-r DIR -s N -b 2N`): each snapshot pauses the worker. Every run lists
    its pauses (`pauses_ms`: gaps between consecutive decisions over 30 ms; `warmup_pauses_ms`: those of the
-   warm-up, where the flow catches up with what was published while it started).
+   warm-up, where the flow catches up with what was published while it started) and the server's forks in
+   the window (`server_forks`, the append-only file's rewrites, each blocking the server for a moment).
 """
 
 from __future__ import annotations
@@ -298,6 +299,7 @@ def latency(
                 if start == warmup:
                     _wait_for(client, warmup, 120)
                     steps_before, cpu_before = step_seconds(api_port), cpu_seconds(process.pid)
+                    forks_before = client.info("stats")["total_forks"]
                     next_at = window_began = time.perf_counter()
                 chunk = events[start : start + per_tick]
                 publish(client, chunk, settings.stream_shards)
@@ -312,6 +314,7 @@ def latency(
             window = time.perf_counter() - window_began
             split = step_split(steps_before, step_seconds(api_port), window)
             flow_cores = (cpu_seconds(process.pid) - cpu_before) / window
+            server = client.info("stats")
         finally:
             process.send_signal(signal.SIGINT)
             try:
@@ -337,6 +340,9 @@ def latency(
         "in_flow_p50_ms": float(np.percentile(in_flow, 50)),
         "in_flow_p99_ms": float(np.percentile(in_flow, 99)),
         "flow_cores": round(flow_cores, 3),
+        # a fork (the append-only file's rewrite) blocks the server while it copies its page tables
+        "server_forks": server["total_forks"] - forks_before,
+        "server_latest_fork_ms": server["latest_fork_usec"] / 1000,
         "warmup_pauses_ms": _pauses(decided_ms[:warmup]),
         "pauses_ms": _pauses(decided_ms[warmup:]),
         "step_split": split,
