@@ -21,20 +21,21 @@ features, stored natively, thresholds set so that about 1 % of the events are re
    the model call on 10 and 1,000 rows, and both reason-code methods, exact TreeSHAP (`pred_contribs`) and
    the approximate contributions the scorer serves (`approx_contribs`), on 10 and 100 flagged rows, each
    with XGBoost's default threads, one thread and two.
-3. Latency: the flow runs as `python -m bytewax.run "bytewax_flows.scoring:build_flow()"` in its own
-   process; this process publishes events at a steady rate (a pipeline of 5 every 5 ms) and records when
-   each was published; event-to-decision latency = the decision's `decision_time` - the publish time
-   (both wall clock on this machine, 1 ms resolution), after a warm-up that is not counted. Measured in one
-   run for each shard count of `--shard-counts`, with XGBoost's default threads (before) and one thread
-   (after), each on the quiet machine and with the neighbour started before the flow (so its warm-up is
-   contended too) and stopped after it; `threading_table` is the before/after table in Markdown. Each run
-   also reports the flow's CPU (cores) and where its worker spent the measured window, step by step, from
-   Bytewax's own step metrics (`split_table`: calls per second, ms per call, share of the window). Then once
-   more per `--recovery-seconds` value, quiet, one thread, the first shard count, with Bytewax recovery on as
-   docs/operations.md runs the flow (`-r DIR -s N -b 2N`): each snapshot pauses the worker. Every run lists
-   its pauses (`pauses_ms`: gaps between consecutive decisions over 30 ms; `warmup_pauses_ms`: those of the
-   warm-up, where the flow catches up with what was published while it started) and the server's forks in
-   the window (`server_forks`, the append-only file's rewrites, each blocking the server for a moment).
+3. Latency: the flow runs as `python -m bytewax.run "bytewax_flows.scoring:build_flow()" -s 1` (epochs of one
+   second, as docs/operations.md runs a flow without recovery) in its own process; this process publishes
+   events at a steady rate (a pipeline of 5 every 5 ms) and records when each was published; event-to-decision
+   latency = the decision's `decision_time` - the publish time (both wall clock on this machine, 1 ms
+   resolution), after a warm-up that is not counted. Measured in one run for each shard count of
+   `--shard-counts`, with XGBoost's default threads (before) and one thread (after), each on the quiet machine
+   and with the neighbour started before the flow (so its warm-up is contended too) and stopped after it;
+   `threading_table` is the before/after table in Markdown. Each run also reports the flow's CPU (cores) and
+   where its worker spent the measured window, step by step, from Bytewax's own step metrics (`split_table`:
+   calls per second, ms per call, share of the window). Then once more per `--recovery-seconds` value, quiet,
+   one thread, the first shard count, with Bytewax recovery on as docs/operations.md runs the flow (`-r DIR -s
+   N -b 2N`): each snapshot pauses the worker. Every run lists its pauses (`pauses_ms`: gaps between
+   consecutive decisions over 30 ms; `warmup_pauses_ms`: those of the warm-up, where the flow catches up with
+   what was published while it started) and the server's forks in the window (`server_forks`, the append-only
+   file's rewrites, each blocking the server for a moment).
 """
 
 from __future__ import annotations
@@ -73,7 +74,12 @@ from fraud_platform.lib.simulator import SimulationConfig, simulate
 from fraud_platform.scoring.decisions import FeatureLog, read_decisions, write_decisions
 from fraud_platform.scoring.models import ModelWatcher, feature_contributions
 from fraud_platform.scoring.scorer import Scorer
-from fraud_platform.testing import expected_features, load_random_batch_features, synthetic_data
+from fraud_platform.testing import (
+    LIVE_EPOCH_OPTIONS,
+    expected_features,
+    load_random_batch_features,
+    synthetic_data,
+)
 from fraud_platform.training import registry
 from fraud_platform.training.model import TrainingConfig, fit, score
 
@@ -264,17 +270,17 @@ def latency(
     seconds: int,
     snapshot_seconds: int | None = None,
 ) -> dict[str, object]:
-    """Event-to-decision latency at a steady rate, the flow in its own `bytewax.run` process; with Bytewax
-    recovery as docs/operations.md runs it (`-r DIR -s snapshot_seconds -b 2 x snapshot_seconds`) when
-    `snapshot_seconds` is given."""
+    """Event-to-decision latency at a steady rate, the flow in its own `bytewax.run` process, as
+    docs/operations.md runs it: epochs of one second without recovery (`-s 1`), or with Bytewax recovery
+    (`-r DIR -s snapshot_seconds -b 2 x snapshot_seconds`) when `snapshot_seconds` is given."""
     reset_streams(client)
-    recovery: list[str] = []
+    options = list(LIVE_EPOCH_OPTIONS)
     if snapshot_seconds is not None:
         store = Path(settings.home) / "recovery"
         shutil.rmtree(store, ignore_errors=True)
         store.mkdir(parents=True)
         subprocess.run([sys.executable, "-m", "bytewax.recovery", str(store), "1"], check=True)
-        recovery = ["-r", str(store), "-s", str(snapshot_seconds), "-b", str(2 * snapshot_seconds)]
+        options = ["-r", str(store), "-s", str(snapshot_seconds), "-b", str(2 * snapshot_seconds)]
     events = list(events_from_table(table))
     warmup = 2 * rate
     needed = warmup + rate * seconds
@@ -286,7 +292,7 @@ def latency(
     log_path = Path(settings.home) / "flow.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "bytewax_flows.scoring:build_flow()", *recovery],
+            [sys.executable, "-m", "bytewax.run", "bytewax_flows.scoring:build_flow()", *options],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

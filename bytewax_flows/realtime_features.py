@@ -1,6 +1,6 @@
 """The real-time feature flow: transaction events in, per-card window features out to Redis.
 
-    python -m bytewax.run "bytewax_flows.realtime_features:build_flow()"                  # follow the streams
+    python -m bytewax.run "bytewax_flows.realtime_features:build_flow()" -s 1             # follow the streams
     python -m bytewax.run "bytewax_flows.realtime_features:build_flow(exit_when_drained=True)" -w 2
 
 Reads the transactions from the configured transport (FRAUD_PLATFORM_TRANSPORT: every shard of the Redis

@@ -1,7 +1,11 @@
 """The scoring flow: the real-time feature flow, then a decision for every transaction from the champion model.
 
-    python -m bytewax.run "bytewax_flows.scoring:build_flow()"                         # follow the streams
+    python -m bytewax.run "bytewax_flows.scoring:build_flow()" -s 1                    # follow the streams
     python -m bytewax.run "bytewax_flows.scoring:build_flow(exit_when_drained=True)"   # stop at their end
+
+`-s 1`: epochs of one second without recovery (bytewax.run's default is 10 s). At each epoch's end Bytewax
+asks every card touched in the epoch for its state, so shorter epochs mean shorter pauses
+(docs/operations.md). With recovery `-s` is the snapshot interval (`-r DIR -s 30 -b 60`).
 
 Runs exactly the steps of `bytewax_flows.realtime_features` (`feature_steps`), then for each batch of served
 rows (corrections are not re-decided: a decision is made once, at arrival) reads the batch features from

@@ -130,6 +130,12 @@ def expected_features(table: pa.Table, cards: dict, merchants: dict) -> dict[str
     return dict(zip(ids, matrix, strict=True))
 
 
+# A live flow without recovery closes an epoch every second (`bytewax.run -s 1`; its default is 10): at each
+# epoch's end Bytewax asks every card touched in the epoch for its state, so short epochs make many short
+# pauses where long ones make a few long ones (docs/operations.md, "What recovery costs in latency").
+LIVE_EPOCH_OPTIONS = ("-s", "1")
+
+
 def scoring_flow_process(
     env: dict[str, str], *options: str, exit_when_drained: bool = True, log: Path | None = None
 ) -> subprocess.Popen:
@@ -152,10 +158,10 @@ def scoring_flow_process(
 
 @contextmanager
 def running_api(env: dict[str, str], logs: Path) -> Iterator[str]:
-    """The scoring flow as a service (`bytewax.run`, not draining) and `fraud-platform serve` on a free
+    """The scoring flow as a service (`bytewax.run -s 1`, not draining) and `fraud-platform serve` on a free
     loopback port, both with `env` and their logs under `logs`; yields the API's base URL once it is ready,
     and stops both on exit."""
-    flow = scoring_flow_process(env, exit_when_drained=False, log=logs / "flow.log")
+    flow = scoring_flow_process(env, *LIVE_EPOCH_OPTIONS, exit_when_drained=False, log=logs / "flow.log")
     port = free_port()
     api = start_server(env, port, logs / "api.log")
     url = f"http://127.0.0.1:{port}"

@@ -279,7 +279,7 @@ class Gateway:
         if gone:
             problems.append(
                 f"no scoring flow: {gone}"
-                ' (start it with `python -m bytewax.run "bytewax_flows.scoring:build_flow()"`)'
+                ' (start it with `python -m bytewax.run "bytewax_flows.scoring:build_flow()" -s 1`)'
             )
         model = metrics.get(b"model_version", b"none").decode()
         if model == "none":

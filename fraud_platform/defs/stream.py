@@ -12,7 +12,7 @@ import dagster as dg
 from fraud_platform.defs.training import MODEL_ASSET
 
 GROUP = "stream"
-FLOW_COMMAND = 'python -m bytewax.run "bytewax_flows.scoring:build_flow()"'
+FLOW_COMMAND = 'python -m bytewax.run "bytewax_flows.scoring:build_flow()" -s 1'
 ONLINE_BATCH_FEATURES = dg.AssetKey(["online", "batch_features"])
 CARD_REALTIME_STATE = dg.AssetKey(["stream", "card_realtime_features"])
 DECISIONS_STREAM = dg.AssetKey(["stream", "decisions"])
