@@ -3,13 +3,13 @@
     python -m bench.bench_authorize [--cards 200000 --seconds 20 --rates 200 1000 2000 --search-rates ...]
 
 Starts its own Redis-compatible server on a free loopback port, an MLflow store in a temporary directory with
-the scoring benchmark's real model (200 trees of depth 6, about 1 % reviewed and 0.2 % declined), random
-batch features for every simulated card and merchant, then the scoring flow (`python -m bytewax.run
-"bytewax_flows.scoring:build_flow()" -s 1`) and `fraud-platform serve` as processes of their own. This process is
-the load generator: an asyncio HTTP/1.1 client on uvloop over keep-alive connections (opened as needed, up to
---connections) sends live transactions of random simulated cards, open loop at a fixed rate: request i is due
-at start + i / rate, and its latency is measured from that intended time, so a stalled server is charged for
-every request that waited behind it (no coordinated omission). The generator's garbage collector is off
+the scoring benchmark's real model (200 trees of depth 6, about 1 % reviewed and 0.2 % declined), random batch
+features for every simulated card and merchant, then the scoring flow (`python -m bytewax.run
+"bytewax_flows.scoring:build_flow()" -s 1`) and `fraud-platform serve` as processes of their own. This process
+is the load generator: an asyncio HTTP/1.1 client on uvloop over keep-alive connections (opened as needed, up
+to --connections) sends live transactions of random simulated cards, open loop at a fixed rate: request i is
+due at start + i / rate, and its latency is measured from that intended time, so a stalled server is charged
+for every request that waited behind it (no coordinated omission). The generator's garbage collector is off
 while it sends (its pauses are not the server's).
 
 For each rate, after --warmup seconds not counted: p50 / p99 / p99.9 / max latency, the number of stand-in
