@@ -3,12 +3,12 @@
     python -m bench.neighbour [--seconds 60 --processes <cores> --niceness 0]
 
 Each process spins a pure-Python loop (no I/O, no memory growth) on one core until its own deadline, so a
-benchmark that dies cannot leave a burner behind for longer than `--seconds`. `--niceness` runs the burners
-at a lower CPU priority (Linux niceness 0-19: what an operator gives batch work on a shared machine); at 0
-they weigh as much as any process of the platform. Benchmarks start it around
-the measurement that needs it (`with Neighbour(seconds=...):`) and stop it, by process id, when the
-measurement ends; run from the command line it burns in the foreground until the time is up (Ctrl-C stops
-it early), e.g. next to another benchmark or the API's load test.
+benchmark that dies cannot leave a burner behind for longer than `--seconds`. `--niceness N` runs the burners
+N steps of Linux niceness below the process that starts them (what an operator gives batch work on a shared
+machine; capped at 19); at 0 they weigh as much as the platform's processes. Benchmarks start it around the
+measurement that needs it (`with Neighbour(seconds=...):`) and stop it, by process id, when the measurement
+ends; run from the command line it burns in the foreground until the time is up (Ctrl-C stops it early),
+e.g. next to another benchmark or the API's load test.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _BURN = (
 
 class Neighbour:
     """`with Neighbour(seconds=...)`: `processes` busy processes (default one per core) for at most `seconds`,
-    at `niceness` (0-19)."""
+    `niceness` steps (0-19) below this process's priority."""
 
     def __init__(self, seconds: float, processes: int | None = None, niceness: int = 0) -> None:
         if seconds <= 0:
@@ -42,7 +42,9 @@ class Neighbour:
         if self.processes < 1:
             raise ValueError(f"Neighbour processes={self.processes}: must be at least 1")
         if not 0 <= niceness <= 19:
-            raise ValueError(f"Neighbour niceness={niceness}: must be 0-19 (a lower priority, no privilege)")
+            raise ValueError(
+                f"Neighbour niceness={niceness}: must be 0-19 (steps below this process's priority)"
+            )
         self.niceness = niceness
         self._burners: list[subprocess.Popen[bytes]] = []
 
@@ -50,8 +52,10 @@ class Neighbour:
         self._burners = [
             subprocess.Popen([sys.executable, "-c", _BURN, str(self.seconds)]) for _ in range(self.processes)
         ]
-        for burner in self._burners:
-            os.setpriority(os.PRIO_PROCESS, burner.pid, self.niceness)
+        if self.niceness:  # a lower priority than this process's: no privilege needed
+            lowered = min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.niceness)
+            for burner in self._burners:
+                os.setpriority(os.PRIO_PROCESS, burner.pid, lowered)
         return self
 
     def __exit__(
@@ -83,7 +87,8 @@ def main() -> None:
     args = parse_options(__doc__, seconds=60, processes=os.cpu_count() or 1, niceness=0)
     began = time.monotonic()
     with Neighbour(args.seconds, args.processes, args.niceness) as neighbour:
-        print(f"{neighbour.processes} busy processes at niceness {args.niceness} for {args.seconds} s")
+        lower = f", {args.niceness} steps of niceness below this process" if args.niceness else ""
+        print(f"{neighbour.processes} busy processes for {args.seconds} s{lower}")
         try:
             while neighbour.running() and time.monotonic() - began < args.seconds + 1:
                 time.sleep(0.5)
