@@ -44,6 +44,7 @@ features, stored natively, thresholds set so that about 1 % of the events are re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -379,10 +380,7 @@ def latency_runs(
             configured = dataclasses.replace(settings, stream_shards=shards, scoring_threads=threads)
             for load in ("quiet", *neighbours):
                 name = f"latency_{shards}_shards_threads_{threads}_{load}"
-                if load in neighbours:
-                    with neighbours[load]:
-                        runs[name] = latency(configured, client, table, rate, seconds)
-                else:
+                with neighbours.get(load, contextlib.nullcontext()):
                     runs[name] = latency(configured, client, table, rate, seconds)
                 print(name, _summary(runs[name]))
     return runs
@@ -482,12 +480,11 @@ def main() -> None:
     )
     # the loads next to a neighbour, by name: "neighbour" at niceness 0, "neighbour_nice<N>" at N; built
     # first so that a wrong niceness fails before any run; each burner's time is bounded if this process dies
-    loads = {
-        "neighbour" + (f"_nice{niceness}" if niceness else ""): niceness
+    neighbours = {
+        "neighbour" + (f"_nice{niceness}" if niceness else ""): Neighbour(
+            max(600, args.seconds + 300), niceness=niceness
+        )
         for niceness in args.neighbour_niceness
-    }
-    latency_neighbours = {
-        load: Neighbour(args.seconds + 300, niceness=niceness) for load, niceness in loads.items()
     }
     table = simulate(SimulationConfig(cards=args.cards, days=args.days, seed=args.seed)).transactions
     table = table.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
@@ -519,13 +516,13 @@ def main() -> None:
                 registry.configure(settings.mlflow_tracking_uri, settings.mlflow_artifact_root), version
             ).booster
             costs = {"quiet": xgboost_costs(booster, sample)}
-            for load, niceness in loads.items():
-                with Neighbour(600, niceness=niceness):  # bounded even if this process dies
+            for load, neighbour in neighbours.items():
+                with neighbour:
                     costs[load] = xgboost_costs(booster, sample)
             result["xgboost_us_per_row"] = costs
             print(costs)
             runs = latency_runs(
-                settings, client, table, args.rate, args.seconds, args.shard_counts, latency_neighbours
+                settings, client, table, args.rate, args.seconds, args.shard_counts, neighbours
             )
             one_thread = dataclasses.replace(settings, stream_shards=args.shard_counts[0], scoring_threads=1)
             for interval in args.recovery_seconds:  # as docs/operations.md runs the flow: recovery on
